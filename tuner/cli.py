@@ -1,0 +1,266 @@
+"""Command line: thin wrappers over the library. A TunerError is one line and exit status 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import optuna
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tuner.config import load_objective, load_profile, load_seeds, load_space, violations
+from tuner.errors import TunerError
+from tuner.study import RunSettings, StudyPaths, StudyRunner, TrialOutcome, load_study
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Bayesian auto-tuner for vLLM serving configurations.",
+)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+SPACE = Path("search_spaces/seed_192.yaml")
+SEEDS = Path("configs/strategic_12.yaml")
+OBJECTIVE = Path("objectives/agent_multiturn.yaml")
+PROFILE = Path("configs/profiles/tiny_cpu.yaml")
+STUDIES = Path("studies")
+
+SpaceOpt = Annotated[Path, typer.Option("--space", help="search space YAML")]
+SeedsOpt = Annotated[Path, typer.Option("--seeds", help="seed configurations YAML")]
+StudiesOpt = Annotated[Path, typer.Option("--studies-dir", help="where study folders live")]
+
+
+SHORT = {
+    "gpu_memory_utilization": "mem",
+    "enable_prefix_caching": "prefix",
+    "enable_chunked_prefill": "chunked",
+    "max_num_seqs": "seqs",
+    "max_num_batched_tokens": "tokens",
+    "ttft_hit_ms": "HIT ms",
+    "ttft_miss_ms": "MISS ms",
+    "vram_mib": "VRAM MiB",
+    "speedup": "MISS/HIT",
+    "hit_rate_hit": "hit rate",
+    "feasible": "meets criteria",
+}
+
+
+def _fmt(v: Any, unit: str = "", digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "–"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}{unit}"
+    return f"{v}{unit}"
+
+
+def _line(o: TrialOutcome) -> str:
+    name = o.seed_name or f"trial_{o.number}"
+    a = o.attrs
+    if o.state == "complete":
+        dup = f"  (= trial {o.duplicate_of}, not redeployed)" if o.duplicate_of is not None else ""
+        return (
+            f"#{o.number:<3} {name:<34} [green]ok[/]   HIT {_fmt(a.get('ttft_hit_ms'), ' ms')}  "
+            f"MISS {_fmt(a.get('ttft_miss_ms'), ' ms')}  "
+            f"VRAM {_fmt(a.get('vram_mib'), ' MiB', 0)}  "
+            f"x{_fmt(a.get('speedup'), '', 2)}  hit-rate {_fmt(a.get('hit_rate_hit'), '', 2)}  "
+            f"startup {_fmt(a.get('startup_s'), ' s')}{dup}"
+        )
+    colour = "yellow" if o.reason in ("invalid", "duplicate") else "red"
+    return f"#{o.number:<3} {name:<34} [{colour}]{o.reason}[/]  {a.get('error', '')}"
+
+
+@app.command()
+def optimize(
+    trials: Annotated[
+        int, typer.Option("--trials", min=1, help="deployed configurations to reach")
+    ] = 40,
+    study: Annotated[
+        str | None, typer.Option("--study", help="study name (default: PROFILE-SPACE)")
+    ] = None,
+    space: SpaceOpt = SPACE,
+    seeds: SeedsOpt = SEEDS,
+    objective: Annotated[Path, typer.Option("--objective", help="objective YAML")] = OBJECTIVE,
+    profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
+    studies_dir: StudiesOpt = STUDIES,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
+    sampler_seed: Annotated[int, typer.Option("--sampler-seed")] = 0,
+    no_seeds: Annotated[bool, typer.Option("--no-seeds", help="do not enqueue the seeds")] = False,
+) -> None:
+    """Create or resume a study and run trials until it holds TRIALS deployments."""
+    sp = load_space(space)
+    sd = load_seeds(seeds, sp)
+    obj = load_objective(objective)
+    prof = load_profile(profile)
+    paths = StudyPaths.create(study or f"{prof.name}-{sp.name}", studies_dir, storage)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"study {paths.name}", total=trials)
+
+        def started(number: int, params: dict[str, Any], seed: str | None) -> None:
+            progress.update(task, description=f"trial {number} {seed or ''}".strip())
+
+        def ended(o: TrialOutcome) -> None:
+            progress.console.print(_line(o))
+            if o.deployed:
+                progress.advance(task)
+
+        runner = StudyRunner(
+            paths=paths,
+            space=sp,
+            seeds=sd,
+            objective=obj,
+            profile=prof,
+            settings=RunSettings(
+                n_trials=trials, sampler_seed=sampler_seed, enqueue_seeds=not no_seeds
+            ),
+            on_trial_start=started,
+            on_trial_end=ended,
+        )
+        result = runner.run()
+    extra = " (every valid point evaluated)" if result.exhausted else ""
+    out.print(
+        f"study {result.study_name}: {result.deployed} deployments{extra}, {result.new_trials} new "
+        f"trials this run; storage {paths.storage_url}"
+    )
+    out.print(f"next: tuner report {paths.name}")
+
+
+@app.command("space")
+def space_cmd(file: Annotated[Path, typer.Argument(help="search space YAML")] = SPACE) -> None:
+    """Print the dimensions of a search space and its number of points."""
+    sp = load_space(file)
+    table = Table(title=f"{sp.name}: {sp.size} points")
+    for col in ("dimension", "values", "flags"):
+        table.add_column(col)
+    for d in sp.dimensions:
+        flags = d.flag if d.negative_flag is None else f"{d.flag} / {d.negative_flag}"
+        table.add_row(
+            d.name, ", ".join("null" if v is None else str(v).lower() for v in d.values), flags
+        )
+    out.print(table)
+    out.print(f"{sp.size} points")
+
+
+@app.command("seeds")
+def seeds_cmd(
+    file: Annotated[Path, typer.Argument(help="seeds YAML")] = SEEDS,
+    space: SpaceOpt = SPACE,
+    profile: Annotated[
+        Path | None, typer.Option("--profile", help="check validity with this profile")
+    ] = None,
+) -> None:
+    """List the seed configurations and the vLLM flags each one deploys."""
+    sp = load_space(space)
+    sd = load_seeds(file, sp)
+    fixed = load_profile(profile).server.to_args() if profile else []
+    table = Table(title=f"{len(sd)} seeds ({len({sp.key(s.params) for s in sd})} distinct points)")
+    for col in ("#", "name", "flags", "valid"):
+        table.add_column(col)
+    for i, s in enumerate(sd, 1):
+        flags = sp.to_flags(s.params)
+        problems = violations([*fixed, *flags]) if profile else []
+        table.add_row(str(i), s.name, " ".join(flags), "; ".join(problems) or "yes")
+    out.print(table)
+
+
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="study name")],
+    studies_dir: StudiesOpt = STUDIES,
+    storage: Annotated[str | None, typer.Option("--storage")] = None,
+) -> None:
+    """Print the Pareto front and write pareto.csv, pareto.json and trials.csv."""
+    from tuner.report import pareto_trials, write_pareto
+
+    paths = StudyPaths.create(study, studies_dir, storage)
+    st = load_study(paths)
+    front, feasible = pareto_trials(st)
+    files = write_pareto(st, paths.root)
+    if not front:
+        out.print("no completed trial yet")
+    else:
+        title = "Pareto front" + (
+            "" if feasible else " (no trial meets the success criteria: all trials)"
+        )
+        table = Table(title=title)
+        dims = list(st.user_attrs.get("dimensions", []))
+        metrics = list(st.metric_names or [])
+        cols = ["trial", "name", *dims, *metrics, "speedup", "hit_rate_hit", "feasible"]
+        for c in cols:
+            table.add_column(SHORT.get(c, c))
+        for t in front:
+            cons = t.constraints
+            row = [str(t.number), t.user_attrs.get("seed_name") or f"trial_{t.number}"]
+            row += [
+                _fmt(t.params.get(d))
+                if not isinstance(t.params.get(d), float)
+                else f"{t.params[d]:g}"
+                for d in dims
+            ]
+            row += [_fmt(v) for v in t.values]
+            row += [
+                _fmt(t.user_attrs.get("speedup"), digits=2),
+                _fmt(t.user_attrs.get("hit_rate_hit"), digits=2),
+            ]
+            row.append("–" if not cons else ("yes" if all(v <= 0 for v in cons.values()) else "no"))
+            table.add_row(*row)
+        out.print(table)
+    for p in files.values():
+        out.print(f"wrote {p}")
+
+
+@app.command("demo-model")
+def demo_model(
+    path: Annotated[Path, typer.Argument(help="output folder")] = Path("studies/models/tiny-llama"),
+) -> None:
+    """Build the tiny random-weight Llama the quick start and tests serve (needs vLLM installed)."""
+    from tuner.demo_model import build_tiny_model
+
+    build_tiny_model(path)
+    out.print(f"model ready in {path}")
+
+
+def main() -> None:
+    """Entry point of the ``tuner`` command."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err.print(
+            "interrupted: the server was stopped; finished trials are kept and the study resumes "
+            "with the same command"
+        )
+        sys.exit(130)
+    except TunerError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except OSError as exc:
+        # e.g. a full disk: one line, nothing lost (trials are committed as they finish)
+        err.print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), markup=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Objective file: what to minimise, the success criteria, and the multi-turn agent workload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tuner.config._yaml import StrictModel, load_model
+
+__all__ = [
+    "METRICS",
+    "Criteria",
+    "ObjectiveFile",
+    "ObjectiveSpec",
+    "WorkloadSpec",
+    "load_objective",
+]
+
+# Trial results that can be objectives (see tuner.measure.TrialMeasurement.metric).
+METRICS = (
+    "ttft_hit_ms",
+    "ttft_miss_ms",
+    "vram_mib",
+    "speedup",
+    "throughput_tok_s",
+    "startup_s",
+)
+
+
+class ObjectiveSpec(StrictModel):
+    name: Literal[
+        "ttft_hit_ms", "ttft_miss_ms", "vram_mib", "speedup", "throughput_tok_s", "startup_s"
+    ]
+    direction: Literal["minimize", "maximize"] = "minimize"
+    unit: str = ""
+    description: str = ""
+
+
+class Criteria(StrictModel):
+    """The mission's success criteria, relative to the baseline seed's measurement."""
+
+    baseline: str = "baseline_reference"
+    miss_max_ratio: float = Field(default=1.2, gt=0)  # MISS <= 1.2 x baseline MISS
+    hit_max_ratio: float = Field(default=0.7, gt=0)  # HIT <= 0.7 x baseline HIT
+    min_speedup: float = Field(default=1.5, gt=0)  # MISS / HIT >= 1.5
+
+
+class WorkloadSpec(StrictModel):
+    """A multi-turn agent conversation: long system prompt with tools, growing history."""
+
+    system_prompt_words: int = Field(default=1200, ge=1)
+    tools: int = Field(default=8, ge=0)
+    turns: int = Field(default=4, ge=2)
+    conversations: int = Field(default=3, ge=3)
+    warmup_conversations: int = Field(default=1, ge=0)
+    user_words: int = Field(default=40, ge=1)
+    max_tokens: int = Field(default=24, ge=1)
+    temperature: float = 0.0
+    ignore_eos: bool = True  # same number of output tokens in every configuration
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    seed: int = 7
+
+
+class ObjectiveFile(StrictModel):
+    name: str
+    description: str = ""
+    objectives: list[ObjectiveSpec] = Field(min_length=1)
+    criteria: Criteria | None = Criteria()
+    workload: WorkloadSpec = WorkloadSpec()
+
+    @model_validator(mode="after")
+    def _unique(self) -> ObjectiveFile:
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective names must be unique, got {names}")
+        return self
+
+
+def load_objective(path: Path) -> ObjectiveFile:
+    """Load an objective YAML file."""
+    return load_model(path, ObjectiveFile)

@@ -1,0 +1,105 @@
+"""Deploy profile: the fixed server arguments and how to run the server (``deployer.kind``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from tuner.config._yaml import StrictModel, load_model
+
+__all__ = [
+    "DeployerConfig",
+    "ExternalConfig",
+    "FakeConfig",
+    "LocalConfig",
+    "Profile",
+    "ServerArgs",
+    "load_profile",
+]
+
+
+class ServerArgs(StrictModel):
+    """Arguments every trial passes to vLLM, whatever the search space proposes."""
+
+    model: str
+    served_model_name: str | None = None
+    max_model_len: int | None = Field(default=None, gt=0)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    extra_args: list[str] = []
+
+    @property
+    def model_name(self) -> str:
+        """The name clients send in requests."""
+        return self.served_model_name or self.model
+
+    def to_args(self) -> list[str]:
+        args = ["--model", self.model]
+        if self.served_model_name:
+            args += ["--served-model-name", self.served_model_name]
+        if self.max_model_len is not None:
+            args += ["--max-model-len", str(self.max_model_len)]
+        if self.tensor_parallel_size != 1:
+            args += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
+        return args + list(self.extra_args)
+
+
+class LocalConfig(StrictModel):
+    """vLLM as a child process of the tuner (its own process group)."""
+
+    kind: Literal["local"] = "local"
+    python: str | None = None  # interpreter that has vLLM; default: the tuner's own
+    module: str = "vllm.entrypoints.openai.api_server"
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)  # 0: a free port per trial
+    env: dict[str, str] = {}
+    pass_env: list[str] = []  # names copied from the environment at start; values never stored
+    health_timeout_s: float = Field(default=600.0, gt=0)
+    stop_timeout_s: float = Field(default=30.0, gt=0)
+    crash_retries: int = Field(default=1, ge=0)
+
+
+class ExternalConfig(StrictModel):
+    """An already running server: measured as it is, never restarted."""
+
+    kind: Literal["external"] = "external"
+    url: str
+    params: dict[str, bool | int | float | str | None] | None = None
+    pid: int | None = None  # lets VRAM/RSS be attributed when the server runs on this host
+    health_timeout_s: float = Field(default=60.0, gt=0)
+    crash_retries: int = 0
+
+
+class FakeConfig(StrictModel):
+    """The in-process fake OpenAI server of ``tuner.testing`` (tests, demos, dry runs)."""
+
+    kind: Literal["fake"] = "fake"
+    base_ms: float = 4.0
+    per_token_ms: float = 0.02
+    chunked_overhead: float = 1.3
+    startup_s: float = 0.0
+    crash_when: list[dict[str, str | None]] = []
+    oom_when: list[dict[str, str | None]] = []
+    hang_when: list[dict[str, str | None]] = []
+    error_when: list[dict[str, str | None]] = []  # chat requests answer HTTP 500
+    flaky_crashes: int = Field(default=0, ge=0)  # the first N starts crash, whatever the flags
+    health_timeout_s: float = Field(default=10.0, gt=0)
+    crash_retries: int = Field(default=1, ge=0)
+
+
+DeployerConfig = Annotated[LocalConfig | ExternalConfig | FakeConfig, Field(discriminator="kind")]
+
+
+class Profile(StrictModel):
+    """A deploy profile file."""
+
+    name: str
+    description: str = ""
+    server: ServerArgs
+    deployer: DeployerConfig = LocalConfig()
+
+
+def load_profile(path: Path) -> Profile:
+    """Load a deploy profile YAML file."""
+    return load_model(path, Profile)

@@ -1,0 +1,167 @@
+"""Search space as data: dimensions, their values, and how each maps to vLLM CLI flags.
+
+``null`` in a dimension means "omit the flag and let vLLM decide". Booleans map to explicit
+flags both ways, because vLLM V1 turns prefix caching and chunked prefill on by default:
+a config that wants them off must say ``--no-enable-...``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from tuner.config._yaml import StrictModel, load_model, load_yaml
+from tuner.errors import ConfigError
+
+__all__ = ["Dimension", "ParamValue", "Params", "SearchSpace", "load_space"]
+
+ParamValue = bool | int | float | str | None
+Params = Mapping[str, ParamValue]
+
+
+class _DimensionModel(StrictModel):
+    values: list[bool | int | float | str | None] = Field(min_length=1)
+    flag: str
+    negative_flag: str | None = None
+    description: str = ""
+
+    @field_validator("flag", "negative_flag")
+    @classmethod
+    def _dashed(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("--"):
+            raise ValueError(f"flags start with '--', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _bool_needs_negative(self) -> _DimensionModel:
+        keys = [json.dumps(v) for v in self.values]
+        if len(set(keys)) != len(keys):
+            raise ValueError("values must be unique")
+        if any(isinstance(v, bool) for v in self.values) and self.negative_flag is None:
+            raise ValueError(
+                "a boolean dimension needs negative_flag (vLLM V1 enables some features by default)"
+            )
+        return self
+
+
+class _SpaceModel(StrictModel):
+    name: str
+    description: str = ""
+    dimensions: dict[str, _DimensionModel] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Dimension:
+    """One tunable vLLM setting."""
+
+    name: str
+    values: tuple[ParamValue, ...]
+    flag: str
+    negative_flag: str | None = None
+    description: str = ""
+
+    def to_flags(self, value: ParamValue) -> list[str]:
+        """Flags for ``value``: none for ``None``, the flag or its negation for booleans."""
+        if value is None:
+            return []
+        if isinstance(value, bool):
+            if value:
+                return [self.flag]
+            assert self.negative_flag is not None
+            return [self.negative_flag]
+        return [self.flag, str(value)]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSpace:
+    """A finite grid of vLLM settings (the Optuna categorical space)."""
+
+    name: str
+    dimensions: tuple[Dimension, ...]
+    description: str = ""
+    source: str = ""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.dimensions)
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.dimensions:
+            n *= len(d.values)
+        return n
+
+    def dimension(self, name: str) -> Dimension:
+        for d in self.dimensions:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def points(self) -> Iterator[dict[str, ParamValue]]:
+        """Every point of the grid, in declaration order."""
+        for combo in itertools.product(*(d.values for d in self.dimensions)):
+            yield dict(zip(self.names, combo, strict=True))
+
+    def to_flags(self, params: Params) -> list[str]:
+        """vLLM CLI flags for a point (dimension order, so the same point gives the same flags)."""
+        flags: list[str] = []
+        for d in self.dimensions:
+            flags += d.to_flags(params[d.name])
+        return flags
+
+    def key(self, params: Params) -> str:
+        """Canonical identity of a point, used to never deploy the same configuration twice."""
+        return json.dumps({d.name: params.get(d.name) for d in self.dimensions}, sort_keys=True)
+
+    def check(self, params: Params, *, where: str = "params") -> None:
+        """Raise ConfigError unless ``params`` sets every dimension to one of its values."""
+        unknown = set(params) - set(self.names)
+        if unknown:
+            raise ConfigError(f"unknown dimension(s) {sorted(unknown)}", key=where)
+        for d in self.dimensions:
+            if d.name not in params:
+                raise ConfigError(f"missing value for {d.name}", key=where)
+            if not any(_same(params[d.name], v) for v in d.values):
+                raise ConfigError(
+                    f"{params[d.name]!r} is not one of {list(d.values)}", key=f"{where}.{d.name}"
+                )
+
+
+def _same(a: object, b: object) -> bool:
+    # True == 1 in Python; a space value of 1 must not match a boolean and vice versa.
+    return (
+        type(a) is type(b)
+        and a == b
+        or (
+            isinstance(a, int | float)
+            and isinstance(b, int | float)
+            and not isinstance(a, bool)
+            and not isinstance(b, bool)
+            and a == b
+        )
+    )
+
+
+def load_space(path: Path) -> SearchSpace:
+    """Load a search space YAML file."""
+    tree = load_yaml(path)
+    model = load_model(path, _SpaceModel, tree)
+    dims = tuple(
+        Dimension(
+            name=name,
+            values=tuple(m.values),
+            flag=m.flag,
+            negative_flag=m.negative_flag,
+            description=m.description,
+        )
+        for name, m in model.dimensions.items()
+    )
+    return SearchSpace(
+        name=model.name, dimensions=dims, description=model.description, source=str(path)
+    )

@@ -1,0 +1,169 @@
+"""The deployer seam: start vLLM with some flags, wait until healthy, give an Endpoint, stop.
+
+``deploy`` knows nothing of Optuna or measurements; ``measure`` knows nothing of how the server
+was started. They meet in ``tuner.study.runner`` through an :class:`Endpoint`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+import httpx
+
+from tuner.errors import StartupTimeout
+
+__all__ = [
+    "FAILURE_REASONS",
+    "Deployer",
+    "Endpoint",
+    "classify_exit",
+    "tail",
+    "wait_healthy",
+]
+
+# Every reason a trial can fail with; the report groups failed trials by these.
+FAILURE_REASONS = (
+    "invalid",  # vLLM refuses the flags (detected before deploying, or at start-up)
+    "crash",  # the server exited
+    "oom",  # out of memory (exit status or log pattern)
+    "timeout",  # not healthy within the deployer's timeout
+    "request_error",  # the workload failed against a healthy server
+    "interrupted",  # Ctrl-C / SIGTERM during the trial
+    "duplicate",  # the sampler proposed an already evaluated point (not deployed)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a started server answers, and what to attribute its memory to."""
+
+    base_url: str
+    model: str
+    pids: tuple[int, ...] = ()
+    container_id: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Deployer(Protocol):
+    """Starts one server at a time. Used as a context manager, it always releases what it started.
+
+    Example:
+        >>> with make_deployer(profile) as dep:  # doctest: +SKIP
+        ...     endpoint = dep.start(flags, trial_dir)
+        ...     startup_s = dep.wait_ready()
+    """
+
+    kind: str
+
+    def start(self, flags: Sequence[str], workdir: Path) -> Endpoint:
+        """Start the server with the profile's fixed args plus ``flags``; logs go to ``workdir``."""
+        ...
+
+    def wait_ready(self) -> float:
+        """Block until healthy; return start-up seconds. Raises StartupTimeout / ServerExited."""
+        ...
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Last lines of the server log (for failed trials)."""
+        ...
+
+    def check_alive(self) -> None:
+        """Raise ServerExited if the server died since it became healthy."""
+        ...
+
+    def stop(self) -> None:
+        """Stop what ``start`` started (idempotent)."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+_OOM = re.compile(
+    r"out of memory|OutOfMemoryError|CUDA error: out of memory|Cannot allocate memory|"
+    r"No available memory for the cache blocks|insufficient memory|MemoryError|"
+    r"not enough (?:GPU |KV cache )?memory|larger than the available KV cache memory|OOMKilled",
+    re.IGNORECASE,
+)
+_INVALID = re.compile(
+    r"validation error for \w+Config|unrecognized arguments|invalid choice|"
+    r"error: argument --|is not supported|ValueError: .*must be",
+)
+
+
+def classify_exit(returncode: int | None, log: str) -> str:
+    """crash / oom / invalid for a server that exited, from its status and log."""
+    # SIGKILL (-9 from Popen, 137 from a shell or container) is how the kernel OOM killer ends it.
+    if returncode in (-9, 137) or _OOM.search(log):
+        return "oom"
+    if _INVALID.search(log):
+        return "invalid"
+    return "crash"
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_healthy(
+    base_url: str,
+    *,
+    timeout_s: float,
+    alive: Callable[[], None],
+    client: httpx.Client | None = None,
+    interval_s: float = 0.5,
+) -> float:
+    """Poll ``/health`` until 200; ``alive()`` raises ServerExited if the server died meanwhile.
+
+    Returns the seconds it took. Raises StartupTimeout after ``timeout_s``.
+    """
+    t0 = time.perf_counter()
+    own = client is None
+    http = client or httpx.Client(timeout=5.0)
+    try:
+        while True:
+            alive()
+            try:
+                if http.get(f"{base_url}/health").status_code == 200:
+                    return time.perf_counter() - t0
+            except httpx.HTTPError:
+                pass  # not listening yet
+            if time.perf_counter() - t0 > timeout_s:
+                raise StartupTimeout(f"server not healthy after {timeout_s:.0f} s")
+            time.sleep(interval_s)
+    finally:
+        if own:
+            http.close()
+
+
+class BaseDeployer:
+    """Context-manager plumbing shared by the implementations."""
+
+    kind = "base"
+
+    def stop(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,49 @@
+"""``external`` deployer: an already running server, measured as it is and never restarted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tuner.config.profile import ExternalConfig, Profile
+from tuner.deploy.base import BaseDeployer, Endpoint, wait_healthy
+
+__all__ = ["ExternalDeployer"]
+
+
+class ExternalDeployer(BaseDeployer):
+    """Points the measurement at ``deployer.url``. ``flags`` are recorded, not applied."""
+
+    kind = "external"
+
+    def __init__(self, profile: Profile) -> None:
+        if not isinstance(profile.deployer, ExternalConfig):
+            raise TypeError(
+                f"ExternalDeployer needs an external profile, got {profile.deployer.kind}"
+            )
+        self._profile = profile
+        self._cfg: ExternalConfig = profile.deployer
+
+    def start(self, flags: Sequence[str], workdir: Path) -> Endpoint:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "server.log").write_text(
+            f"external server at {self._cfg.url}; its flags are whatever it was started with\n"
+        )
+        pids = (self._cfg.pid,) if self._cfg.pid else ()
+        return Endpoint(
+            base_url=self._cfg.url.rstrip("/"), model=self._profile.server.model_name, pids=pids
+        )
+
+    def wait_ready(self) -> float:
+        return wait_healthy(
+            self._cfg.url.rstrip("/"), timeout_s=self._cfg.health_timeout_s, alive=lambda: None
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        return ""
+
+    def check_alive(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None  # not ours to stop

@@ -1,0 +1,193 @@
+"""``local`` deployer: vLLM's OpenAI server as a child process in its own process group."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from tuner.config.profile import LocalConfig, Profile
+from tuner.deploy.base import BaseDeployer, Endpoint, classify_exit, tail, wait_healthy
+from tuner.errors import DeployError, ServerExited
+
+__all__ = ["LocalDeployer", "free_port"]
+
+# Every live server process group, so an unexpected interpreter exit still stops them.
+_LIVE: set[LocalDeployer] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for dep in list(_LIVE):
+        dep.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _resolve_model(model: str) -> str:
+    # A relative local folder (e.g. the generated demo model) must survive the child's cwd.
+    p = Path(model)
+    return str(p.resolve()) if not p.is_absolute() and p.exists() else model
+
+
+class LocalDeployer(BaseDeployer):
+    """Runs ``python -m vllm.entrypoints.openai.api_server`` per trial.
+
+    Stop sends SIGTERM to the whole process group (API server, engine core, workers), then
+    SIGKILL after ``stop_timeout_s``.
+    """
+
+    kind = "local"
+
+    def __init__(self, profile: Profile) -> None:
+        if not isinstance(profile.deployer, LocalConfig):
+            raise TypeError(f"LocalDeployer needs a local profile, got {profile.deployer.kind}")
+        self._profile = profile
+        self._cfg: LocalConfig = profile.deployer
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._log_path: Path | None = None
+        self._base_url = ""
+
+    def command(self, flags: Sequence[str], port: int) -> list[str]:
+        """The exact argv the server is started with."""
+        python = self._cfg.python or sys.executable
+        server = self._profile.server.model_copy(
+            update={"model": _resolve_model(self._profile.server.model)}
+        )
+        return [
+            python,
+            "-m",
+            self._cfg.module,
+            *server.to_args(),
+            "--host",
+            self._cfg.host,
+            "--port",
+            str(port),
+            *flags,
+        ]
+
+    def start(self, flags: Sequence[str], workdir: Path) -> Endpoint:
+        self.stop()
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = self._cfg.port or free_port(self._cfg.host)
+        argv = self.command(flags, port)
+        env = dict(os.environ)
+        env.update(self._cfg.env)
+        # Only names are written: values (HF_TOKEN...) never reach disk or logs.
+        (workdir / "command.json").write_text(
+            json.dumps(
+                {"argv": argv, "env": sorted(self._cfg.env) + list(self._cfg.pass_env)}, indent=2
+            )
+        )
+        self._log_path = workdir / "server.log"
+        self._log = self._log_path.open("wb")
+        try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # own process group: one killpg stops every worker
+            )
+        except OSError as exc:
+            self._close_log()
+            raise DeployError(f"cannot start {argv[0]}: {exc.strerror}", reason="crash") from exc
+        _LIVE.add(self)
+        host = "127.0.0.1" if self._cfg.host in ("0.0.0.0", "") else self._cfg.host
+        self._base_url = f"http://{host}:{port}"
+        return Endpoint(
+            base_url=self._base_url,
+            model=self._profile.server.model_name,
+            pids=(self._proc.pid,),
+        )
+
+    def _alive(self) -> None:
+        if self._proc is None:
+            raise ServerExited("server was not started", reason="crash")
+        rc = self._proc.poll()
+        if rc is not None:
+            log = self._read_log()
+            reason = classify_exit(rc, log)
+            raise ServerExited(
+                f"server exited with status {rc} ({reason})", reason=reason, log_tail=tail(log)
+            )
+
+    def wait_ready(self) -> float:
+        try:
+            return wait_healthy(
+                self._base_url, timeout_s=self._cfg.health_timeout_s, alive=self._alive
+            )
+        except DeployError as exc:
+            if not exc.log_tail:
+                exc.log_tail = tail(self._read_log())
+            raise
+
+    def _read_log(self) -> str:
+        if self._log is not None:
+            self._log.flush()
+        if self._log_path is None or not self._log_path.exists():
+            return ""
+        return self._log_path.read_bytes().decode("utf-8", errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return tail(self._read_log(), lines)
+
+    def check_alive(self) -> None:
+        """Raise ServerExited if the server died (e.g. during the workload)."""
+        self._alive()
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate_group(proc, self._cfg.stop_timeout_s)
+        _LIVE.discard(self)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _terminate_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        proc.wait()
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _group_alive(pgid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

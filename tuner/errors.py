@@ -1,0 +1,90 @@
+"""The one exception tree of vllm-tuner.
+
+Lower-layer errors (httpx, subprocess, YAML, pydantic, OS) are converted where they enter,
+with ``raise ... from exc``, so callers only need to know this tree::
+
+    TunerError
+     ├── ConfigError          bad YAML or value; names file, line and key
+     ├── StudyError           storage / study state that cannot be used
+     ├── DeployError          the server could not be brought up (has a failure ``reason``)
+     │    ├── StartupTimeout  not healthy within the timeout     reason = "timeout"
+     │    └── ServerExited    the process or container died       reason = crash | oom | invalid
+     └── MeasureError         the workload could not be measured  reason = "request_error"
+
+Deploy and measure errors become failed trials (failure is data); the others propagate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "ConfigError",
+    "DeployError",
+    "MeasureError",
+    "ServerExited",
+    "StartupTimeout",
+    "StudyError",
+    "TunerError",
+]
+
+
+class TunerError(Exception):
+    """Base of every error vllm-tuner raises on purpose."""
+
+
+class ConfigError(TunerError):
+    """A configuration file or value is invalid.
+
+    The message reads ``FILE:LINE: KEY: what is wrong`` where each part is known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Path | str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.key = key
+        self.detail = message
+        where = ""
+        if self.file:
+            where = self.file if line is None else f"{self.file}:{line}"
+        parts = [p for p in (where, key) if p]
+        super().__init__(": ".join([*parts, message]))
+
+
+class StudyError(TunerError):
+    """The study (storage, folder, state) cannot be used as asked."""
+
+
+class DeployError(TunerError):
+    """The server could not be started or kept alive; ``reason`` classifies why."""
+
+    reason: str = "crash"
+
+    def __init__(self, message: str, *, reason: str | None = None, log_tail: str = "") -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+        self.log_tail = log_tail
+
+
+class StartupTimeout(DeployError):
+    """The server was not healthy within the allowed time."""
+
+    reason = "timeout"
+
+
+class ServerExited(DeployError):
+    """The server process or container exited; ``reason`` is crash, oom or invalid."""
+
+
+class MeasureError(TunerError):
+    """The workload failed against a healthy server (HTTP error, timeout, bad stream)."""
+
+    reason = "request_error"

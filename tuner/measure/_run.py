@@ -1,0 +1,217 @@
+"""Run the agent workload against an endpoint and turn it into honest numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from tuner.config.objective import WorkloadSpec
+from tuner.deploy.base import Endpoint
+from tuner.measure.client import stream_chat
+from tuner.measure.metrics import MetricsSnapshot, fetch_metrics
+from tuner.measure.stats import Summary, summarize
+from tuner.measure.vram import MemoryReading, read_memory
+from tuner.measure.workload import AgentWorkload
+
+__all__ = ["RequestSample", "TrialMeasurement", "measure", "measure_async"]
+
+Kind = Literal["warmup", "miss", "hit"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSample:
+    conversation: int
+    turn: int
+    kind: Kind
+    ttft_ms: float
+    total_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    decode_tok_s: float
+    prefix_queries: float  # /metrics delta over this request
+    prefix_hits: float
+    server_ttft_ms: float | None
+
+
+def _rate(samples: list[RequestSample]) -> float | None:
+    q = sum(s.prefix_queries for s in samples)
+    return sum(s.prefix_hits for s in samples) / q if q > 0 else None
+
+
+def _server_ttft(samples: list[RequestSample]) -> float | None:
+    xs = [s.server_ttft_ms for s in samples if s.server_ttft_ms is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+@dataclass(frozen=True, slots=True)
+class TrialMeasurement:
+    """Everything measured for one configuration; raw samples included."""
+
+    samples: tuple[RequestSample, ...]
+    memory: MemoryReading
+    cache_config: dict[str, str] = field(default_factory=dict)
+    metrics_available: bool = True
+
+    def _of(self, kind: Kind) -> list[RequestSample]:
+        return [s for s in self.samples if s.kind == kind]
+
+    @property
+    def miss(self) -> Summary:
+        return summarize([s.ttft_ms for s in self._of("miss")])
+
+    @property
+    def hit(self) -> Summary:
+        return summarize([s.ttft_ms for s in self._of("hit")])
+
+    @property
+    def speedup(self) -> float:
+        """MISS / HIT medians: > 1 means later turns are faster."""
+        return self.miss.median / self.hit.median if self.hit.median > 0 else math.nan
+
+    @property
+    def gain_pct(self) -> float:
+        m = self.miss.median
+        return (m - self.hit.median) / m * 100.0 if m > 0 else math.nan
+
+    @property
+    def hit_rate_hit(self) -> float | None:
+        """Prefix-cache hit rate (tokens) of HIT turns; 0: a speed-up cannot be the cache's."""
+        return _rate(self._of("hit"))
+
+    @property
+    def hit_rate_miss(self) -> float | None:
+        return _rate(self._of("miss"))
+
+    @property
+    def throughput_tok_s(self) -> float:
+        measured = self._of("miss") + self._of("hit")
+        xs = [s.decode_tok_s for s in measured if s.decode_tok_s > 0]
+        return summarize(xs).median if xs else 0.0
+
+    def metric(self, name: str) -> float:
+        """Value of a named objective (see tuner.config.objective.METRICS)."""
+        values = {
+            "ttft_hit_ms": self.hit.median,
+            "ttft_miss_ms": self.miss.median,
+            "vram_mib": self.memory.vram_mib,
+            "speedup": self.speedup,
+            "throughput_tok_s": self.throughput_tok_s,
+        }
+        if name not in values:
+            raise KeyError(name)
+        return values[name]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ttft_miss_ms": self.miss.as_dict(),
+            "ttft_hit_ms": self.hit.as_dict(),
+            "speedup": self.speedup,
+            "gain_pct": self.gain_pct,
+            "hit_rate_hit": self.hit_rate_hit,
+            "hit_rate_miss": self.hit_rate_miss,
+            "server_ttft_miss_ms": _server_ttft(self._of("miss")),
+            "server_ttft_hit_ms": _server_ttft(self._of("hit")),
+            "throughput_tok_s": self.throughput_tok_s,
+            "memory": self.memory.as_dict(),
+            "metrics_available": self.metrics_available,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary(),
+            "cache_config": self.cache_config,
+            "samples": [asdict(s) for s in self.samples],
+        }
+
+
+async def measure_async(
+    endpoint: Endpoint,
+    spec: WorkloadSpec,
+    client: httpx.AsyncClient,
+    *,
+    check_alive: Callable[[], None] | None = None,
+    on_request: Callable[[RequestSample], None] | None = None,
+) -> TrialMeasurement:
+    """Warm-up conversation(s), then ``spec.conversations`` measured ones, strictly sequential.
+
+    Requests are sequential so each /metrics delta belongs to exactly one request.
+    """
+    workload = AgentWorkload(spec)
+    samples: list[RequestSample] = []
+    before = await fetch_metrics(client, endpoint.base_url)
+    last: MetricsSnapshot = before
+    total = spec.warmup_conversations + spec.conversations
+    for conv in range(total):
+        salt = uuid.uuid4().hex
+        messages = [{"role": "system", "content": workload.system_prompt(salt)}]
+        for turn in range(spec.turns):
+            messages.append({"role": "user", "content": workload.user_message(conv, turn)})
+            timing = await stream_chat(
+                client,
+                endpoint.base_url,
+                endpoint.model,
+                messages,
+                max_tokens=spec.max_tokens,
+                temperature=spec.temperature,
+                ignore_eos=spec.ignore_eos,
+                timeout_s=spec.request_timeout_s,
+            )
+            now = await fetch_metrics(client, endpoint.base_url)
+            d = now.delta(last)
+            last = now
+            kind: Kind = (
+                "warmup" if conv < spec.warmup_conversations else ("miss" if turn == 0 else "hit")
+            )
+            sample = RequestSample(
+                conversation=conv - spec.warmup_conversations,
+                turn=turn,
+                kind=kind,
+                ttft_ms=timing.ttft_s * 1000.0,
+                total_ms=timing.total_s * 1000.0,
+                prompt_tokens=timing.prompt_tokens,
+                completion_tokens=timing.completion_tokens,
+                decode_tok_s=timing.decode_tok_s,
+                prefix_queries=d.prefix_queries,
+                prefix_hits=d.prefix_hits,
+                server_ttft_ms=d.ttft_sum_s / d.ttft_count * 1000.0 if d.ttft_count > 0 else None,
+            )
+            samples.append(sample)
+            if on_request is not None:
+                on_request(sample)
+            # The agent's history grows with what the model really answered.
+            messages.append({"role": "assistant", "content": timing.text})
+        if check_alive is not None:
+            check_alive()
+    memory = read_memory(endpoint.pids, last.kv_cache_bytes)
+    return TrialMeasurement(
+        samples=tuple(samples),
+        memory=memory,
+        cache_config=last.cache_config,
+        metrics_available=last.available,
+    )
+
+
+def measure(
+    endpoint: Endpoint,
+    spec: WorkloadSpec,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    check_alive: Callable[[], None] | None = None,
+    on_request: Callable[[RequestSample], None] | None = None,
+) -> TrialMeasurement:
+    """Synchronous entry point: owns its event loop and HTTP client."""
+
+    async def _go() -> TrialMeasurement:
+        # trust_env=False: a proxy from the environment must never see loopback traffic.
+        async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
+            return await measure_async(
+                endpoint, spec, client, check_alive=check_alive, on_request=on_request
+            )
+
+    return asyncio.run(_go())

@@ -1,0 +1,92 @@
+"""vLLM's Prometheus ``/metrics``: prefix-cache counters, server-side TTFT, cache config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tuner.errors import MeasureError
+
+__all__ = ["MetricsSnapshot", "fetch_metrics", "parse_metrics"]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """Counters summed over engines/models; ``cache_config`` is vLLM's cache_config_info labels."""
+
+    prefix_queries: float = 0.0  # prompt tokens looked up in the prefix cache
+    prefix_hits: float = 0.0  # of which found
+    ttft_sum_s: float = 0.0  # server-side TTFT histogram
+    ttft_count: float = 0.0
+    cache_config: dict[str, str] = field(default_factory=dict)
+    available: bool = True
+
+    def delta(self, before: MetricsSnapshot) -> MetricsSnapshot:
+        return MetricsSnapshot(
+            prefix_queries=self.prefix_queries - before.prefix_queries,
+            prefix_hits=self.prefix_hits - before.prefix_hits,
+            ttft_sum_s=self.ttft_sum_s - before.ttft_sum_s,
+            ttft_count=self.ttft_count - before.ttft_count,
+            cache_config=self.cache_config,
+            available=self.available and before.available,
+        )
+
+    @property
+    def kv_cache_bytes(self) -> float | None:
+        v = self.cache_config.get("kv_cache_memory_bytes")
+        try:
+            return float(v) if v not in (None, "None") else None
+        except ValueError:
+            return None
+
+
+_COUNTERS = {
+    "vllm:prefix_cache_queries": "prefix_queries",
+    "vllm:prefix_cache_hits": "prefix_hits",
+    # vLLM V0 names, so older servers still report a hit rate
+    "vllm:gpu_prefix_cache_queries": "prefix_queries",
+    "vllm:gpu_prefix_cache_hits": "prefix_hits",
+}
+
+
+def parse_metrics(text: str) -> MetricsSnapshot:
+    """Parse the Prometheus text format (with prometheus_client's parser)."""
+    acc = {"prefix_queries": 0.0, "prefix_hits": 0.0, "ttft_sum_s": 0.0, "ttft_count": 0.0}
+    cache_config: dict[str, str] = {}
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError as exc:
+        raise MeasureError(f"unparseable /metrics: {exc}") from exc
+    for fam in families:
+        for s in fam.samples:
+            name = s.name.removesuffix("_total")
+            if name in _COUNTERS and s.name.endswith("_total"):
+                acc[_COUNTERS[name]] += s.value
+            elif s.name == "vllm:time_to_first_token_seconds_sum":
+                acc["ttft_sum_s"] += s.value
+            elif s.name == "vllm:time_to_first_token_seconds_count":
+                acc["ttft_count"] += s.value
+            elif s.name == "vllm:cache_config_info":
+                cache_config = dict(s.labels)
+    return MetricsSnapshot(
+        prefix_queries=acc["prefix_queries"],
+        prefix_hits=acc["prefix_hits"],
+        ttft_sum_s=acc["ttft_sum_s"],
+        ttft_count=acc["ttft_count"],
+        cache_config=cache_config,
+    )
+
+
+async def fetch_metrics(client: httpx.AsyncClient, base_url: str) -> MetricsSnapshot:
+    """GET ``/metrics``; a server without it gives an empty, ``available=False`` snapshot."""
+    try:
+        resp = await client.get(f"{base_url}/metrics", timeout=30.0)
+    except httpx.HTTPError as exc:
+        raise MeasureError(f"cannot read /metrics: {exc}") from exc
+    if resp.status_code == 404:
+        return MetricsSnapshot(available=False)
+    if resp.status_code != 200:
+        raise MeasureError(f"HTTP {resp.status_code} from /metrics")
+    return parse_metrics(resp.text)

@@ -1,0 +1,17 @@
+"""The study: Optuna storage and folders, the trial loop, dedup and failure recording."""
+
+from __future__ import annotations
+
+from tuner.study._trial import TrialOutcome
+from tuner.study.runner import RunResult, RunSettings, StudyRunner, sigterm_as_interrupt
+from tuner.study.storage import StudyPaths, load_study
+
+__all__ = [
+    "RunResult",
+    "RunSettings",
+    "StudyPaths",
+    "StudyRunner",
+    "TrialOutcome",
+    "load_study",
+    "sigterm_as_interrupt",
+]

@@ -1,0 +1,347 @@
+"""The study loop: seeds first, then multi-objective TPE; never deploy the same point twice.
+
+``--trials N`` is the number of *deployed* configurations the study should hold: re-running
+the same command resumes an interrupted study up to N; invalid points (rejected from the flags
+alone, in milliseconds) and duplicates (never deployed) do not count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.config.objective import ObjectiveFile
+from tuner.config.profile import ExternalConfig, Profile
+from tuner.config.rules import violations
+from tuner.config.seeds import Seed
+from tuner.config.space import ParamValue, SearchSpace
+from tuner.deploy import make_deployer
+from tuner.deploy.base import Deployer
+from tuner.errors import ConfigError, StudyError
+from tuner.study._trial import TrialOutcome, evaluate, record_failure
+from tuner.study.storage import StudyPaths
+
+__all__ = ["RunResult", "RunSettings", "StudyRunner", "sigterm_as_interrupt"]
+
+log = logging.getLogger("tuner.study")
+
+# Not "evaluated": an interrupted trial is retried on resume; a duplicate is only a pointer.
+_NOT_EVALUATED = ("interrupted", "duplicate")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    n_trials: int = 40
+    sampler_seed: int | None = 0
+    max_duplicate_streak: int = 3  # then enqueue an unexplored valid point next to the front
+    enqueue_seeds: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    study_name: str
+    deployed: int  # deployments the study holds now
+    new_trials: int  # trials created by this run (all states)
+    exhausted: bool  # every valid point of the space has been evaluated
+    outcomes: tuple[TrialOutcome, ...]
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C inside the block, so both clean up the same way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _evaluated(t: FrozenTrial) -> bool:
+    if t.state == TrialState.COMPLETE:
+        return "duplicate_of" not in t.user_attrs
+    return t.state == TrialState.FAIL and t.user_attrs.get("reason") not in _NOT_EVALUATED
+
+
+class StudyRunner:
+    """Creates or resumes the Optuna study and runs trials until the target is reached."""
+
+    def __init__(
+        self,
+        *,
+        paths: StudyPaths,
+        space: SearchSpace,
+        seeds: tuple[Seed, ...],
+        objective: ObjectiveFile,
+        profile: Profile,
+        settings: RunSettings,
+        deployer_factory: Callable[[Profile], Deployer] = make_deployer,
+        on_trial_start: Callable[[int, dict[str, Any], str | None], None] | None = None,
+        on_trial_end: Callable[[TrialOutcome], None] | None = None,
+    ) -> None:
+        self.paths = paths
+        self.space = space
+        self.seeds = seeds
+        self.objective = objective
+        self.profile = profile
+        self.settings = settings
+        self._factory = deployer_factory
+        self._on_start = on_trial_start
+        self._on_end = on_trial_end
+        self._rng = random.Random(settings.sampler_seed)
+        self._external = isinstance(profile.deployer, ExternalConfig)
+
+    # -- study set-up -------------------------------------------------------------------
+    def open_study(self) -> optuna.Study:
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        directions = [o.direction for o in self.objective.objectives]
+        sampler = optuna.samplers.TPESampler(seed=self.settings.sampler_seed)
+        study = optuna.create_study(
+            study_name=self.paths.name,
+            storage=self.paths.storage_url,
+            directions=directions,
+            sampler=sampler,
+            load_if_exists=True,
+        )
+        want: list[str] = [str(o.name) for o in self.objective.objectives]
+        have = study.user_attrs.get("objectives")
+        if have is None:
+            with warnings.catch_warnings():
+                # set_metric_names is marked experimental; the dashboard shows the names.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(want)
+            study.set_user_attr("objectives", want)
+            study.set_user_attr("units", {o.name: o.unit for o in self.objective.objectives})
+            study.set_user_attr("space", self.space.name)
+            study.set_user_attr("dimensions", list(self.space.names))
+            study.set_user_attr("profile", self.profile.name)
+            study.set_user_attr("objective_file", self.objective.name)
+            if self.objective.criteria is not None:
+                study.set_user_attr("criteria", self.objective.criteria.model_dump())
+        elif have != want or study.user_attrs.get("space") != self.space.name:
+            raise StudyError(
+                f"study {self.paths.name!r} was created with space "
+                f"{study.user_attrs.get('space')!r} "
+                f"and objectives {have}; use another --study name for space {self.space.name!r} "
+                f"and objectives {want}"
+            )
+        return study
+
+    def _recover_stale(self, study: optuna.Study) -> None:
+        # A RUNNING trial at start-up belongs to a run that was killed hard (kill -9, power).
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial = optuna.Trial(study, t._trial_id)
+            record_failure(study, trial, "interrupted", "the run holding this trial was killed")
+
+    def _enqueue_seeds(self, study: optuna.Study) -> None:
+        if self._external:
+            return
+        trials = study.get_trials(deepcopy=False)
+        done = {
+            t.user_attrs.get("seed_name")
+            for t in trials
+            if _evaluated(t) or "duplicate_of" in t.user_attrs
+        }
+        waiting = {t.user_attrs.get("seed_name") for t in trials if t.state == TrialState.WAITING}
+        for seed in self.seeds:
+            if seed.name not in done and seed.name not in waiting:
+                study.enqueue_trial(dict(seed.params), user_attrs={"seed_name": seed.name})
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        external_params = self._external_params() if self._external else None
+        study = self.open_study()
+        self._recover_stale(study)
+        if self.settings.enqueue_seeds:
+            self._enqueue_seeds(study)
+        trials = study.get_trials(deepcopy=False)
+        if external_params is not None and not any(
+            _evaluated(t) or t.state == TrialState.WAITING for t in trials
+        ):
+            study.enqueue_trial(external_params, user_attrs={"external": True})
+        target = 1 if self._external else self.settings.n_trials
+
+        evaluated: dict[str, FrozenTrial] = {}
+        deployed = 0
+        for t in study.get_trials(deepcopy=False):
+            if _evaluated(t):
+                evaluated.setdefault(self.space.key(t.params), t)
+                deployed += int(bool(t.user_attrs.get("deployed")))
+        valid = [p for p in self.space.points() if not self._invalid(p)]
+        outcomes: list[TrialOutcome] = []
+        streak = 0
+        with sigterm_as_interrupt():
+            while deployed < target:
+                if not self._external and all(self.space.key(p) in evaluated for p in valid):
+                    return self._result(study, deployed, outcomes, exhausted=True)
+                out = self._one(study, evaluated)
+                outcomes.append(out)
+                if self._on_end is not None:
+                    self._on_end(out)
+                if out.deployed:
+                    deployed += 1
+                streak = streak + 1 if out.reason == "duplicate" else 0
+                if streak >= self.settings.max_duplicate_streak:
+                    # TPE keeps re-proposing known points (greedy in a small discrete space):
+                    # re-sample an unexplored valid point next to the current front.
+                    study.enqueue_trial(
+                        self._neighbour(study, valid, evaluated), user_attrs={"fallback": True}
+                    )
+                    streak = 0
+        return self._result(study, deployed, outcomes, exhausted=False)
+
+    def _neighbour(
+        self,
+        study: optuna.Study,
+        valid: list[dict[str, ParamValue]],
+        evaluated: dict[str, FrozenTrial],
+    ) -> dict[str, ParamValue]:
+        fresh = [p for p in valid if self.space.key(p) not in evaluated]
+        front = [t.params for t in study.best_trials] or [
+            t.params for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ]
+        if not front:
+            return self._rng.choice(fresh)
+
+        def distance(p: dict[str, ParamValue]) -> int:
+            # Hamming distance; json.dumps keeps True and 1 apart.
+            return min(sum(json.dumps(p[k]) != json.dumps(f.get(k)) for k in p) for f in front)
+
+        best = min(distance(p) for p in fresh)
+        return self._rng.choice([p for p in fresh if distance(p) == best])
+
+    def _result(
+        self, study: optuna.Study, deployed: int, outcomes: list[TrialOutcome], *, exhausted: bool
+    ) -> RunResult:
+        return RunResult(self.paths.name, deployed, len(outcomes), exhausted, tuple(outcomes))
+
+    def _external_params(self) -> dict[str, ParamValue]:
+        assert isinstance(self.profile.deployer, ExternalConfig)
+        params = self.profile.deployer.params
+        if params is None:
+            raise ConfigError(
+                "the external deployer measures one running server: set deployer.params to the "
+                "configuration it runs",
+                key="deployer.params",
+            )
+        self.space.check(params, where="deployer.params")
+        return dict(params)
+
+    def _server_args(self, params: dict[str, ParamValue]) -> list[str]:
+        return [*self.profile.server.to_args(), *self.space.to_flags(params)]
+
+    def _invalid(self, params: dict[str, ParamValue]) -> list[str]:
+        return violations(self._server_args(params))
+
+    def _one(self, study: optuna.Study, evaluated: dict[str, FrozenTrial]) -> TrialOutcome:
+        t0 = time.perf_counter()
+        trial = study.ask()
+        params: dict[str, ParamValue] = {
+            d.name: trial.suggest_categorical(d.name, list(d.values)) for d in self.space.dimensions
+        }
+        flags = self.space.to_flags(params)
+        seed = trial.user_attrs.get("seed_name")
+        trial.set_user_attr("flags", flags)
+        key = self.space.key(params)
+        if self._on_start is not None:
+            self._on_start(trial.number, params, seed)
+        try:
+            if key in evaluated:
+                return self._duplicate(study, trial, evaluated[key], params, t0)
+            problems = self._invalid(params)
+            if problems:
+                record_failure(study, trial, "invalid", "; ".join(problems))
+                evaluated[key] = study.trials[trial.number]
+                return TrialOutcome(
+                    trial.number,
+                    params,
+                    "fail",
+                    "invalid",
+                    seed,
+                    duration_s=time.perf_counter() - t0,
+                    attrs=dict(trial.user_attrs),
+                )
+            trial.set_user_attr("deployed", True)
+            trial.set_user_attr("trial_dir", str(self.paths.trial_dir(trial.number)))
+            out = evaluate(
+                study,
+                trial,
+                flags=flags,
+                trial_dir=self.paths.trial_dir(trial.number),
+                profile=self.profile,
+                objective=self.objective,
+                make_deployer=self._factory,
+                crash_retries=getattr(self.profile.deployer, "crash_retries", 0),
+            )
+            evaluated[key] = study.trials[trial.number]
+            return out
+        except KeyboardInterrupt:
+            if study.trials[trial.number].state == TrialState.RUNNING:
+                record_failure(study, trial, "interrupted", "interrupted by Ctrl-C / SIGTERM")
+            raise
+
+    def _duplicate(
+        self,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        orig: FrozenTrial,
+        params: dict[str, Any],
+        t0: float,
+    ) -> TrialOutcome:
+        seed = trial.user_attrs.get("seed_name")
+        trial.set_user_attr("duplicate_of", orig.number)
+        if seed is not None and orig.state == TrialState.COMPLETE:
+            # A named seed that became identical to another one: reuse the measurement so the
+            # name still has its row, without a second deployment.
+            for k, v in orig.user_attrs.items():
+                if k not in ("seed_name", "flags", "deployed", "fallback"):
+                    trial.set_user_attr(k, v)
+            for k, v in orig.constraints.items():
+                trial.set_constraint(k, v)
+            study.tell(trial, orig.values)
+            return TrialOutcome(
+                trial.number,
+                params,
+                "complete",
+                None,
+                seed,
+                tuple(orig.values),
+                duplicate_of=orig.number,
+                duration_s=time.perf_counter() - t0,
+                attrs=dict(trial.user_attrs),
+            )
+        reason = "duplicate"
+        if seed is not None:
+            reason = str(orig.user_attrs.get("reason", "duplicate"))
+        record_failure(
+            study, trial, reason, f"same configuration as trial {orig.number}; not redeployed"
+        )
+        return TrialOutcome(
+            trial.number,
+            params,
+            "fail",
+            reason,
+            seed,
+            duplicate_of=orig.number,
+            duration_s=time.perf_counter() - t0,
+            attrs=dict(trial.user_attrs),
+        )
