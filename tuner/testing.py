@@ -207,8 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, state: _State) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, state: _State, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.state = state
         self.log_lines: list[str] = []
 
@@ -227,8 +227,9 @@ class FakeVLLMServer:
         model: ServerModel | None = None,
         name: str = "fake-model",
         fail_chat: bool = False,
+        port: int = 0,
     ) -> None:
-        self._server = _Server(_State(flags, model or ServerModel(), name, fail_chat))
+        self._server = _Server(_State(flags, model or ServerModel(), name, fail_chat), port)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         host, port = self._server.server_address[:2]
@@ -329,3 +330,32 @@ class FakeDeployer(BaseDeployer):
         server, self._server = self._server, None
         if server is not None:
             server.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m tuner.testing --model M --port P [vLLM flags]``: the fake as a real process.
+
+    The ``local`` deployer's contract test starts this instead of vLLM (set ``module:
+    tuner.testing`` in a local profile), so process handling is tested without vLLM.
+    """
+    import signal
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    f = parse_flags(args)
+    name = f.get("--served-model-name") or f.get("--model") or "fake-model"
+    delay = float(f.get("--fake-startup-s") or 0)
+    time.sleep(delay)
+    if "--fake-crash" in f:
+        print("RuntimeError: engine core died unexpectedly (fake)", flush=True)
+        raise SystemExit(1)
+    server = FakeVLLMServer(args, name=name, port=int(f.get("--port") or 0))
+    print(f"fake vLLM serving {name} on {server.base_url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.close()
+
+
+if __name__ == "__main__":
+    main()

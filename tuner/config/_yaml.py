@@ -87,7 +87,9 @@ def load_model(path: Path, model: type[M], data: Any = None) -> M:
         return model.model_validate(plain(tree))
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = err["loc"]
+        loc = tuple(err["loc"])
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = (*loc, "kind")  # point at the discriminator, not at the whole section
         key = ".".join(str(p) for p in loc) or None
         msg = err["msg"]
         if err["type"] == "extra_forbidden":

@@ -95,7 +95,8 @@ class Deployer(Protocol):
 _OOM = re.compile(
     r"out of memory|OutOfMemoryError|CUDA error: out of memory|Cannot allocate memory|"
     r"No available memory for the cache blocks|insufficient memory|MemoryError|"
-    r"not enough (?:GPU |KV cache )?memory|larger than the available KV cache memory|OOMKilled",
+    r"not enough (?:GPU |KV cache )?memory|larger than the available KV cache memory|OOMKilled|"
+    r"less than requested memory for kv",
     re.IGNORECASE,
 )
 _INVALID = re.compile(

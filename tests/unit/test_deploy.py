@@ -1,0 +1,148 @@
+"""One contract over every deployer kind, plus failure classification from real logs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tuner.config import ExternalConfig, LocalConfig, Profile, ServerArgs
+from tuner.deploy import DEPLOYER_KINDS, Deployer, classify_exit, make_deployer
+from tuner.errors import ServerExited, StartupTimeout
+from tuner.testing import FakeVLLMServer
+
+from tests.conftest import fake_profile
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def local_profile(**kw: object) -> Profile:
+    # The local deployer runs `python -m tuner.testing`: a real child process that speaks
+    # the vLLM OpenAI API, so process handling is tested without vLLM.
+    cfg = {"module": "tuner.testing", "health_timeout_s": 20.0, "stop_timeout_s": 5.0, **kw}
+    return Profile(name="local-fake", server=ServerArgs(model="fake-model", max_model_len=4096),
+                   deployer=LocalConfig(**cfg))  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=DEPLOYER_KINDS)
+def deployer(request: pytest.FixtureRequest) -> Iterator[Deployer]:
+    kind = request.param
+    if kind == "external":
+        with FakeVLLMServer(name="fake-model") as srv:
+            prof = Profile(name="ext", server=ServerArgs(model="fake-model"),
+                           deployer=ExternalConfig(url=srv.base_url))
+            yield make_deployer(prof)
+        return
+    yield make_deployer(local_profile() if kind == "local" else fake_profile())
+
+
+class TestContract:
+    def test_start_wait_serve_stop(self, deployer: Deployer, tmp_path: Path) -> None:
+        """Every deployer: start gives an endpoint that is healthy after wait_ready, logs land in
+        the trial folder, and leaving the context stops what it started."""
+        with deployer as dep:
+            ep = dep.start(["--enable-prefix-caching"], tmp_path)
+            startup = dep.wait_ready()
+            assert startup >= 0
+            assert httpx.get(f"{ep.base_url}/health", timeout=5).status_code == 200
+            models = httpx.get(f"{ep.base_url}/v1/models", timeout=5).json()
+            assert models["data"][0]["id"] == ep.model
+            dep.check_alive()
+            assert (tmp_path / "server.log").exists()
+            pids = ep.pids
+        if deployer.kind == "external":
+            assert httpx.get(f"{ep.base_url}/health", timeout=5).status_code == 200  # never stopped
+        else:
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(f"{ep.base_url}/health", timeout=2)
+            assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+    def test_stop_is_idempotent(self, deployer: Deployer, tmp_path: Path) -> None:
+        """stop() may be called any number of times, started or not."""
+        deployer.stop()
+        deployer.start([], tmp_path)
+        deployer.stop()
+        deployer.stop()
+
+
+class TestLocal:
+    def test_command_and_secrets(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """command.json has the exact argv and only the names of environment variables."""
+        monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+        prof = local_profile(env={"VLLM_CPU_KVCACHE_SPACE": "1"}, pass_env=["HF_TOKEN"])
+        with make_deployer(prof) as dep:
+            dep.start(["--max-num-seqs", "32"], tmp_path)
+            dep.wait_ready()
+        text = (tmp_path / "command.json").read_text()
+        assert "hf_secret_value" not in text
+        assert '"HF_TOKEN"' in text and '"--max-num-seqs"' in text and sys.executable in text
+
+    def test_crash_is_classified_with_log_tail(self, tmp_path: Path) -> None:
+        """A server that exits during start-up raises ServerExited(crash) with its log."""
+        with make_deployer(local_profile()) as dep:
+            dep.start(["--fake-crash"], tmp_path)
+            with pytest.raises(ServerExited) as exc:
+                dep.wait_ready()
+        assert exc.value.reason == "crash"
+        assert "engine core died" in exc.value.log_tail
+
+    def test_startup_timeout(self, tmp_path: Path) -> None:
+        """Not healthy in time: StartupTimeout, and the process group is gone afterwards."""
+        with make_deployer(local_profile(health_timeout_s=1.0)) as dep:
+            ep = dep.start(["--fake-startup-s", "30"], tmp_path)
+            with pytest.raises(StartupTimeout):
+                dep.wait_ready()
+        assert not psutil.pid_exists(ep.pids[0]) or psutil.Process(ep.pids[0]).status() == "zombie"
+
+    def test_sigkill_after_grace(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A server ignoring SIGTERM is killed after stop_timeout_s."""
+        (tmp_path / "stubborn.py").write_text(
+            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n"
+        )
+        monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        dep = make_deployer(local_profile(stop_timeout_s=0.5, module="stubborn"))
+        ep = dep.start([], tmp_path / "t")
+        dep.stop()
+        assert not psutil.pid_exists(ep.pids[0]) or psutil.Process(ep.pids[0]).status() == "zombie"
+
+
+class TestFake:
+    @pytest.mark.parametrize(("field", "reason"), [("crash_when", "crash"), ("oom_when", "oom")])
+    def test_scripted_failures(self, tmp_path: Path, field: str, reason: str) -> None:
+        """The fake fails the way the profile says, with a vLLM-like log."""
+        prof = fake_profile(**{field: [{"--max-num-seqs": "128"}]})
+        with make_deployer(prof) as dep:
+            dep.start(["--max-num-seqs", "128"], tmp_path)
+            with pytest.raises(ServerExited) as exc:
+                dep.wait_ready()
+        assert exc.value.reason == reason
+
+
+class TestClassify:
+    def test_real_vllm_validation_error_is_invalid(self) -> None:
+        """vLLM-CPU 0.32's refusal of chunked-off with a small budget (captured log) → invalid."""
+        assert classify_exit(1, (DATA / "vllm_invalid_budget.log").read_text()) == "invalid"
+
+    def test_real_vllm_cpu_kv_cache_oom(self) -> None:
+        """vLLM-CPU asked for more KV cache than RAM (captured log, VLLM_CPU_KVCACHE_SPACE=30) → oom."""
+        assert classify_exit(1, (DATA / "vllm_cpu_kv_oom.log").read_text()) == "oom"
+
+    @pytest.mark.parametrize(
+        ("rc", "log", "reason"),
+        [
+            (-9, "", "oom"),
+            (137, "", "oom"),
+            (1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate", "oom"),
+            (1, "ValueError: No available memory for the cache blocks.", "oom"),
+            (2, "api_server.py: error: unrecognized arguments: --bogus", "invalid"),
+            (1, "RuntimeError: Engine core initialization failed", "crash"),
+        ],
+    )
+    def test_patterns(self, rc: int, log: str, reason: str) -> None:
+        """Exit status and log patterns decide crash / oom / invalid."""
+        assert classify_exit(rc, log) == reason

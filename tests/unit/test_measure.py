@@ -1,0 +1,166 @@
+"""Measurement maths and the streaming client, against MockTransport and the fake server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from tuner.config import WorkloadSpec
+from tuner.deploy import Endpoint
+from tuner.errors import MeasureError
+from tuner.measure import AgentWorkload, measure, parse_metrics, percentile, stream_chat, summarize
+from tuner.testing import FakeVLLMServer
+
+from tests.conftest import FAST_WORKLOAD
+
+
+class TestStats:
+    def test_summary(self) -> None:
+        """Median, p90 (numpy-style interpolation), range and IQR of a known sample."""
+        s = summarize([1.0, 2.0, 3.0, 4.0, 10.0])
+        assert (s.n, s.median, s.min, s.max) == (5, 3.0, 1.0, 10.0)
+        assert s.p90 == pytest.approx(7.6)
+        assert s.iqr == pytest.approx(2.0)
+
+    def test_percentile_edges(self) -> None:
+        """p0 and p100 are the extremes; one value is every percentile."""
+        assert percentile([5.0, 1.0], 0) == 1.0
+        assert percentile([5.0, 1.0], 100) == 5.0
+        assert percentile([3.0], 90) == 3.0
+
+
+def _sse(*events: object) -> bytes:
+    return b"".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n".encode() for e in events)
+
+
+def _run_stream(handler: httpx.MockTransport) -> object:
+    async def go() -> object:
+        async with httpx.AsyncClient(transport=handler) as c:
+            return await stream_chat(c, "http://x", "m", [{"role": "user", "content": "hi"}], max_tokens=3)
+
+    return asyncio.run(go())
+
+
+class TestClient:
+    def test_role_chunk_is_not_first_token(self) -> None:
+        """The empty role chunk does not stop the TTFT clock; usage gives the token count."""
+        body = _sse(
+            {"choices": [{"delta": {"role": "assistant", "content": ""}}]},
+            {"choices": [{"delta": {"content": "a"}}]},
+            {"choices": [{"delta": {"content": "b"}}]},
+            {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}},
+            "[DONE]",
+        )
+        t = _run_stream(httpx.MockTransport(lambda r: httpx.Response(200, content=body)))
+        assert t.text == "ab"  # type: ignore[attr-defined]
+        assert t.completion_tokens == 2  # type: ignore[attr-defined]
+        assert t.prompt_tokens == 7  # type: ignore[attr-defined]
+        assert 0 < t.ttft_s <= t.total_s  # type: ignore[attr-defined]
+
+    def test_request_sends_streaming_vllm_body(self) -> None:
+        """Streaming, usage, ignore_eos and the model name are sent."""
+        seen: dict[str, object] = {}
+
+        def handler(r: httpx.Request) -> httpx.Response:
+            seen.update(json.loads(r.content))
+            return httpx.Response(200, content=_sse({"choices": [{"delta": {"content": "x"}}]}, "[DONE]"))
+
+        _run_stream(httpx.MockTransport(handler))
+        assert seen["stream"] is True and seen["ignore_eos"] is True and seen["model"] == "m"
+
+    @pytest.mark.parametrize(
+        ("response", "match"),
+        [
+            (httpx.Response(500, content=b"boom"), "HTTP 500"),
+            (httpx.Response(200, content=_sse({"choices": [{"delta": {"content": ""}}]}, "[DONE]")),
+             "without any content"),
+            (httpx.Response(200, content=b"data: {nope\n\n"), "malformed"),
+            (httpx.Response(200, content=_sse({"error": {"message": "x"}})), "server error"),
+        ],
+    )
+    def test_errors_become_measure_error(self, response: httpx.Response, match: str) -> None:
+        """Every way a stream can go wrong is a MeasureError (reason request_error)."""
+        with pytest.raises(MeasureError, match=match) as exc:
+            _run_stream(httpx.MockTransport(lambda r: response))
+        assert exc.value.reason == "request_error"
+
+    def test_transport_error(self) -> None:
+        """A refused connection is converted where it enters."""
+
+        def handler(r: httpx.Request) -> httpx.Response:
+            raise httpx.ConnectError("refused")
+
+        with pytest.raises(MeasureError, match="request failed"):
+            _run_stream(httpx.MockTransport(handler))
+
+
+VLLM_METRICS = """\
+# TYPE vllm:prefix_cache_queries counter
+vllm:prefix_cache_queries_total{engine="0",model_name="m"} 3497.0
+vllm:prefix_cache_queries_created{engine="0",model_name="m"} 1.7e+09
+# TYPE vllm:prefix_cache_hits counter
+vllm:prefix_cache_hits_total{engine="0",model_name="m"} 3456.0
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 2.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 2.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 0.5
+# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{block_size="128",enable_prefix_caching="True",kv_cache_memory_bytes="1073741824"} 1.0
+"""
+
+
+def test_parse_real_vllm_metrics() -> None:
+    """Counters (not their _created twins), the TTFT histogram and the cache config are read."""
+    m = parse_metrics(VLLM_METRICS)
+    assert (m.prefix_queries, m.prefix_hits) == (3497.0, 3456.0)
+    assert (m.ttft_sum_s, m.ttft_count) == (0.5, 2.0)
+    assert m.kv_cache_bytes == 1073741824.0
+    assert m.cache_config["enable_prefix_caching"] == "True"
+
+
+def test_workload_is_deterministic_and_salted() -> None:
+    """Same texts in every trial; the salt opens the system prompt so turn 1 is a true MISS."""
+    w = AgentWorkload(WorkloadSpec(system_prompt_words=50, tools=3))
+    a, b = w.system_prompt("s1"), w.system_prompt("s2")
+    assert a.startswith("Session s1.") and b.startswith("Session s2.")
+    assert a.removeprefix("Session s1.") == b.removeprefix("Session s2.")
+    assert '"name":"search_file_0"' in a
+    assert w.user_message(0, 1) == w.user_message(5, 1) != w.user_message(0, 2)
+
+
+class TestAgainstFakeServer:
+    def test_prefix_caching_on_gives_hits_and_speedup(self) -> None:
+        """With prefix caching, later turns hit the cache and are faster than the salted first."""
+        with FakeVLLMServer(["--enable-prefix-caching"]) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), FAST_WORKLOAD.model_copy(update={"system_prompt_words": 600}))
+        assert m.miss.n == 3 and m.hit.n == 6  # warm-up excluded
+        assert len(m.samples) == 12
+        assert m.hit_rate_hit is not None and m.hit_rate_hit > 0.5
+        assert m.hit_rate_miss == 0.0
+        assert m.speedup > 1.5
+        assert m.metric("vram_mib") == pytest.approx(900.0)  # KV cache of the fake at 0.9
+
+    def test_prefix_caching_off_has_zero_hit_rate(self) -> None:
+        """Without prefix caching the hit rate is 0, so no speed-up can be credited to the cache."""
+        with FakeVLLMServer(["--no-enable-prefix-caching"]) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), FAST_WORKLOAD)
+        assert m.hit_rate_hit == 0.0
+        assert m.speedup < 1.2
+
+    def test_raw_samples_and_server_ttft_are_kept(self) -> None:
+        """Every request is stored with its /metrics delta and the server's own TTFT."""
+        with FakeVLLMServer(["--enable-prefix-caching"]) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), FAST_WORKLOAD)
+        doc = m.to_json()
+        assert len(doc["samples"]) == 12
+        hit = [s for s in doc["samples"] if s["kind"] == "hit"]
+        assert all(s["prefix_queries"] > 0 and s["server_ttft_ms"] is not None for s in hit)
+        assert all(s["server_ttft_ms"] <= s["ttft_ms"] for s in hit)
+
+    def test_http_500_is_a_measure_error(self) -> None:
+        """A server that answers errors fails the measurement."""
+        with FakeVLLMServer([], fail_chat=True) as srv, pytest.raises(MeasureError, match="HTTP 500"):
+            measure(Endpoint(srv.base_url, "fake-model"), FAST_WORKLOAD)
