@@ -1,0 +1,202 @@
+"""The study loop against the fake deployer: seeds, dedup, constraints, failures, resume."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner.config import ObjectiveFile, Profile, ServerArgs
+from tuner.config.seeds import Seed
+from tuner.config.space import SearchSpace
+from tuner.errors import StudyError
+from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
+from tuner.testing import FakeDeployer
+
+from tests.conftest import fake_profile
+
+
+def make_runner(
+    tmp_path: Path, space: SearchSpace, seeds: Sequence[Seed], objective: ObjectiveFile,
+    profile: Profile | None = None, trials: int = 5, **kw: Any,
+) -> StudyRunner:
+    return StudyRunner(
+        paths=StudyPaths.create("s", tmp_path), space=space, seeds=tuple(seeds),
+        objective=objective, profile=profile or fake_profile(),
+        settings=RunSettings(n_trials=trials, sampler_seed=1), **kw,
+    )
+
+
+def by_seed(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    return {t.user_attrs["seed_name"]: t for t in study.trials if "seed_name" in t.user_attrs}
+
+
+def seed(space: SearchSpace, name: str, **params: Any) -> Seed:
+    base = {"gpu_memory_utilization": 0.95, "enable_prefix_caching": False,
+            "enable_chunked_prefill": True, "max_num_seqs": None, "max_num_batched_tokens": None}
+    base.update(params)
+    space.check(base)
+    return Seed(name, base)
+
+
+class TestSeedsAndDedup:
+    def test_twelve_seeds_first_one_reused(
+        self, tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+    ) -> None:
+        """The 12 seeds run first, by name; the two identical ones share one deployment."""
+        result = make_runner(tmp_path, space, seeds, objective, trials=11).run()
+        study = load_study(StudyPaths.create("s", tmp_path))
+        names = [t.user_attrs.get("seed_name") for t in study.trials]
+        assert names == [s.name for s in seeds]
+        assert result.deployed == 11
+        assert FakeDeployer.starts == 11
+        twin = by_seed(study)["chunked_only_high_tokens"]
+        assert twin.state == TrialState.COMPLETE
+        assert twin.user_attrs["duplicate_of"] == by_seed(study)["chunked_only_default"].number
+        assert twin.values == by_seed(study)["chunked_only_default"].values
+
+    def test_forty_distinct_deployments(
+        self, tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+    ) -> None:
+        """A 40-trial study over 192 points deploys 40 distinct configurations."""
+        result = make_runner(tmp_path, space, seeds, objective, trials=40).run()
+        study = load_study(StudyPaths.create("s", tmp_path))
+        deployed = [t for t in study.trials if t.user_attrs.get("deployed")]
+        assert result.deployed == 40 == len(deployed) == FakeDeployer.starts
+        assert len({space.key(t.params) for t in deployed}) == 40
+        dups = [t for t in study.trials if t.user_attrs.get("reason") == "duplicate"]
+        assert all(t.state == TrialState.FAIL for t in dups)
+
+    def test_resume_does_not_enqueue_seeds_twice(
+        self, tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+    ) -> None:
+        """Re-running resumes up to --trials; finished seeds are never enqueued again."""
+        make_runner(tmp_path, space, seeds[:3], objective, trials=2).run()
+        again = make_runner(tmp_path, space, seeds[:3], objective, trials=4).run()
+        study = load_study(StudyPaths.create("s", tmp_path))
+        names = [t.user_attrs.get("seed_name") for t in study.trials if t.user_attrs.get("seed_name")]
+        assert names == [s.name for s in seeds[:3]]
+        assert again.deployed == 4 and FakeDeployer.starts == 4
+        assert make_runner(tmp_path, space, seeds[:3], objective, trials=4).run().new_trials == 0
+
+    def test_exhausted_space_stops(self, tmp_path: Path, objective: ObjectiveFile) -> None:
+        """When every valid point is evaluated the study stops short of --trials."""
+        from tuner.config.space import Dimension
+
+        small = SearchSpace("two", (Dimension("enable_prefix_caching", (False, True),
+                                              "--enable-prefix-caching", "--no-enable-prefix-caching"),))
+        result = make_runner(tmp_path, small, (), objective, trials=10).run()
+        assert result.exhausted and result.deployed == 2
+
+
+class TestConstraints:
+    def test_criteria_against_baseline(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
+        """Baseline fails HIT <= 0.7x baseline; prefix caching meets all three criteria."""
+        s = [seed(space, "baseline_reference", enable_chunked_prefill=False),
+             seed(space, "prefix", enable_prefix_caching=True, enable_chunked_prefill=False)]
+        objective = objective.model_copy(update={"workload": objective.workload.model_copy(
+            update={"system_prompt_words": 600})})
+        make_runner(tmp_path, space, s, objective, trials=2).run()
+        study = load_study(StudyPaths.create("s", tmp_path))
+        t = by_seed(study)
+        assert t["baseline_reference"].constraints["hit_vs_baseline"] == pytest.approx(0.3)
+        assert t["baseline_reference"].constraints["miss_vs_baseline"] == pytest.approx(-0.2)
+        assert all(v <= 0 for v in t["prefix"].constraints.values())
+        assert [b.number for b in study.best_trials] == [t["prefix"].number]
+
+
+class TestFailures:
+    def test_invalid_is_not_deployed(self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile) -> None:
+        """Chunked off with a budget below max_model_len fails as invalid without a server."""
+        prof = Profile(name="f", server=ServerArgs(model="fake-model", max_model_len=131072),
+                       deployer=fake_profile().deployer)
+        s = [seed(space, "bad", enable_chunked_prefill=False, max_num_batched_tokens=8192)]
+        make_runner(tmp_path, space, s, objective, profile=prof, trials=1).run()
+        t = by_seed(load_study(StudyPaths.create("s", tmp_path)))["bad"]
+        assert t.state == TrialState.FAIL and t.user_attrs["reason"] == "invalid"
+        assert "max_model_len (131072)" in t.user_attrs["error"]
+        assert (t.datetime_complete - t.datetime_start).total_seconds() < 1.0
+        assert not t.user_attrs.get("deployed")
+
+    @pytest.mark.parametrize(
+        ("deployer", "reason"),
+        [
+            ({"crash_when": [{"--max-num-seqs": "32"}]}, "crash"),
+            ({"oom_when": [{"--max-num-seqs": "32"}]}, "oom"),
+            ({"hang_when": [{"--max-num-seqs": "32"}], "health_timeout_s": 0.2}, "timeout"),
+            ({"error_when": [{"--max-num-seqs": "32"}]}, "request_error"),
+        ],
+    )
+    def test_failure_reasons(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile,
+        deployer: dict[str, Any], reason: str,
+    ) -> None:
+        """Each failure is a FAIL trial with its reason and log tail; the study goes on."""
+        s = [seed(space, "bad", max_num_seqs=32), seed(space, "good")]
+        result = make_runner(tmp_path, space, s, objective, profile=fake_profile(**deployer), trials=2).run()
+        t = by_seed(load_study(StudyPaths.create("s", tmp_path)))
+        assert t["bad"].state == TrialState.FAIL and t["bad"].user_attrs["reason"] == reason
+        assert t["good"].state == TrialState.COMPLETE
+        assert result.deployed == 2
+        if reason in ("crash", "oom"):
+            assert t["bad"].user_attrs["log_tail"]
+            assert (Path(t["bad"].user_attrs["trial_dir"]) / "failure.json").exists()
+        if reason == "crash":
+            assert t["bad"].user_attrs["crash_retries"] == 1  # one redeploy before failing
+            assert FakeDeployer.starts == 3
+
+    def test_crash_once_then_success(self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile) -> None:
+        """A transient crash is redeployed once and the trial completes."""
+        make_runner(tmp_path, space, [seed(space, "a")], objective,
+                    profile=fake_profile(flaky_crashes=1), trials=1).run()
+        t = by_seed(load_study(StudyPaths.create("s", tmp_path)))["a"]
+        assert t.state == TrialState.COMPLETE and t.user_attrs["crash_retries"] == 1
+        assert (Path(t.user_attrs["trial_dir"]) / "server.attempt1.log").exists()
+
+
+class _Interrupting(FakeDeployer):
+    def wait_ready(self) -> float:
+        raise KeyboardInterrupt
+
+
+class TestInterruptAndResume:
+    def test_ctrl_c_marks_interrupted_and_resume_retries(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
+        """Ctrl-C: server stopped, trial FAIL interrupted, DB intact; the same run resumes it."""
+        s = [seed(space, "a"), seed(space, "b", max_num_seqs=64)]
+        make_runner(tmp_path, space, s[:1], objective, trials=1).run()
+        runner = make_runner(tmp_path, space, s, objective, trials=2, deployer_factory=_Interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run()
+        study = load_study(StudyPaths.create("s", tmp_path))
+        states = [(t.user_attrs.get("seed_name"), t.state, t.user_attrs.get("reason")) for t in study.trials]
+        assert ("a", TrialState.COMPLETE, None) in states
+        assert ("b", TrialState.FAIL, "interrupted") in states
+        result = make_runner(tmp_path, space, s, objective, trials=2).run()
+        assert result.deployed == 2
+        assert by_seed(load_study(StudyPaths.create("s", tmp_path)))["b"].state == TrialState.COMPLETE
+
+    def test_stale_running_trial_is_recovered(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
+        """A RUNNING trial left by a killed run is marked interrupted at the next start."""
+        runner = make_runner(tmp_path, space, [], objective, trials=1)
+        study = runner.open_study()
+        study.ask()  # RUNNING, then the process "dies"
+        runner.run()
+        stale = load_study(StudyPaths.create("s", tmp_path)).trials[0]
+        assert stale.state == TrialState.FAIL and stale.user_attrs["reason"] == "interrupted"
+
+    def test_other_space_is_refused(self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile) -> None:
+        """Resuming a study with another space is a clear error, not a corrupted study."""
+        make_runner(tmp_path, space, [], objective, trials=1).run()
+        other = SearchSpace("other", space.dimensions)
+        with pytest.raises(StudyError, match="created with space 'seed_192'"):
+            make_runner(tmp_path, other, [], objective, trials=1).run()
