@@ -36,8 +36,14 @@ def seeds(space: SearchSpace) -> tuple[Seed, ...]:
 
 
 FAST_WORKLOAD = WorkloadSpec(
-    system_prompt_words=120, tools=2, turns=3, conversations=3, warmup_conversations=1,
-    user_words=8, max_tokens=3, request_timeout_s=10,
+    system_prompt_words=120,
+    tools=2,
+    turns=3,
+    conversations=3,
+    warmup_conversations=1,
+    user_words=8,
+    max_tokens=3,
+    request_timeout_s=10,
 )
 
 

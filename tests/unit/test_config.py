@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
 from tuner.config import load_objective, load_profile, load_seeds, load_space
 from tuner.config.space import SearchSpace
 from tuner.errors import ConfigError
-
-from tests.conftest import ROOT
 
 
 class TestShippedFiles:
@@ -23,13 +22,20 @@ class TestShippedFiles:
     def test_booleans_map_to_explicit_flags_both_ways(self, space: SearchSpace) -> None:
         """vLLM V1 enables prefix caching and chunked prefill by default: off must be explicit."""
         p = {
-            "gpu_memory_utilization": 0.9, "enable_prefix_caching": False,
-            "enable_chunked_prefill": True, "max_num_seqs": None, "max_num_batched_tokens": 4096,
+            "gpu_memory_utilization": 0.9,
+            "enable_prefix_caching": False,
+            "enable_chunked_prefill": True,
+            "max_num_seqs": None,
+            "max_num_batched_tokens": 4096,
         }
         flags = space.to_flags(p)
         assert flags == [
-            "--gpu-memory-utilization", "0.9", "--no-enable-prefix-caching",
-            "--enable-chunked-prefill", "--max-num-batched-tokens", "4096",
+            "--gpu-memory-utilization",
+            "0.9",
+            "--no-enable-prefix-caching",
+            "--enable-chunked-prefill",
+            "--max-num-batched-tokens",
+            "4096",
         ]
 
     def test_twelve_seeds_eleven_points(self, space: SearchSpace) -> None:
@@ -39,8 +45,13 @@ class TestShippedFiles:
         assert len(seeds) == 12
         assert len({space.key(s.params) for s in seeds}) == 11
         corrected = {s.name: s.params["max_num_batched_tokens"] for s in seeds}
-        for name in ("chunked_only_high_tokens", "combined_optimized_high_tokens",
-                     "combined_conservative", "chunked_low_memory", "combined_balanced"):
+        for name in (
+            "chunked_only_high_tokens",
+            "combined_optimized_high_tokens",
+            "combined_conservative",
+            "chunked_low_memory",
+            "combined_balanced",
+        ):
             assert corrected[name] is None
 
     @pytest.mark.parametrize("name", ["tiny_cpu", "qwen3_32b_awq_tp2", "fake"])
@@ -54,8 +65,11 @@ class TestShippedFiles:
         obj = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
         assert [o.name for o in obj.objectives] == ["ttft_hit_ms", "ttft_miss_ms", "vram_mib"]
         assert obj.criteria is not None
-        assert (obj.criteria.miss_max_ratio, obj.criteria.hit_max_ratio, obj.criteria.min_speedup) == (
-            1.2, 0.7, 1.5)
+        assert (
+            obj.criteria.miss_max_ratio,
+            obj.criteria.hit_max_ratio,
+            obj.criteria.min_speedup,
+        ) == (1.2, 0.7, 1.5)
 
 
 class TestErrors:
@@ -90,16 +104,22 @@ class TestErrors:
 
     def test_boolean_dimension_needs_negative_flag(self, tmp_path: Path) -> None:
         """A boolean without its --no- flag could not turn a V1 default off."""
-        p = self._write(tmp_path, "name: s\ndimensions:\n  pc:\n    values: [false, true]\n"
-                                  "    flag: --enable-prefix-caching\n")
+        p = self._write(
+            tmp_path,
+            "name: s\ndimensions:\n  pc:\n    values: [false, true]\n"
+            "    flag: --enable-prefix-caching\n",
+        )
         with pytest.raises(ConfigError, match="negative_flag"):
             load_space(p)
 
     def test_seed_value_outside_space(self, tmp_path: Path, space: SearchSpace) -> None:
         """A seed value the space does not hold names the seed's line and key."""
-        p = self._write(tmp_path, "seeds:\n  - name: a\n    params: {gpu_memory_utilization: 0.5, "
-                                  "enable_prefix_caching: true, enable_chunked_prefill: true, "
-                                  "max_num_seqs: null, max_num_batched_tokens: null}\n")
+        p = self._write(
+            tmp_path,
+            "seeds:\n  - name: a\n    params: {gpu_memory_utilization: 0.5, "
+            "enable_prefix_caching: true, enable_chunked_prefill: true, "
+            "max_num_seqs: null, max_num_batched_tokens: null}\n",
+        )
         with pytest.raises(ConfigError) as exc:
             load_seeds(p, space)
         assert exc.value.line == 3
@@ -107,8 +127,10 @@ class TestErrors:
 
     def test_duplicate_seed_name(self, tmp_path: Path, space: SearchSpace) -> None:
         """Seed names identify trials; they must be unique."""
-        row = ("    params: {gpu_memory_utilization: 0.9, enable_prefix_caching: true, "
-               "enable_chunked_prefill: true, max_num_seqs: null, max_num_batched_tokens: null}\n")
+        row = (
+            "    params: {gpu_memory_utilization: 0.9, enable_prefix_caching: true, "
+            "enable_chunked_prefill: true, max_num_seqs: null, max_num_batched_tokens: null}\n"
+        )
         p = self._write(tmp_path, f"seeds:\n  - name: a\n{row}  - name: a\n{row}")
         with pytest.raises(ConfigError, match="duplicate seed name"):
             load_seeds(p, space)

@@ -11,12 +11,11 @@ import httpx
 import psutil
 import pytest
 
+from tests.conftest import fake_profile
 from tuner.config import ExternalConfig, LocalConfig, Profile, ServerArgs
 from tuner.deploy import DEPLOYER_KINDS, Deployer, classify_exit, make_deployer
 from tuner.errors import ServerExited, StartupTimeout
 from tuner.testing import FakeVLLMServer
-
-from tests.conftest import fake_profile
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -25,8 +24,11 @@ def local_profile(**kw: object) -> Profile:
     # The local deployer runs `python -m tuner.testing`: a real child process that speaks
     # the vLLM OpenAI API, so process handling is tested without vLLM.
     cfg = {"module": "tuner.testing", "health_timeout_s": 20.0, "stop_timeout_s": 5.0, **kw}
-    return Profile(name="local-fake", server=ServerArgs(model="fake-model", max_model_len=4096),
-                   deployer=LocalConfig(**cfg))  # type: ignore[arg-type]
+    return Profile(
+        name="local-fake",
+        server=ServerArgs(model="fake-model", max_model_len=4096),
+        deployer=LocalConfig(**cfg),
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=DEPLOYER_KINDS)
@@ -34,8 +36,11 @@ def deployer(request: pytest.FixtureRequest) -> Iterator[Deployer]:
     kind = request.param
     if kind == "external":
         with FakeVLLMServer(name="fake-model") as srv:
-            prof = Profile(name="ext", server=ServerArgs(model="fake-model"),
-                           deployer=ExternalConfig(url=srv.base_url))
+            prof = Profile(
+                name="ext",
+                server=ServerArgs(model="fake-model"),
+                deployer=ExternalConfig(url=srv.base_url),
+            )
             yield make_deployer(prof)
         return
     yield make_deployer(local_profile() if kind == "local" else fake_profile())
@@ -60,7 +65,9 @@ class TestContract:
         else:
             with pytest.raises(httpx.HTTPError):
                 httpx.get(f"{ep.base_url}/health", timeout=2)
-            assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+            assert not [
+                p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+            ]
 
     def test_stop_is_idempotent(self, deployer: Deployer, tmp_path: Path) -> None:
         """stop() may be called any number of times, started or not."""
@@ -80,7 +87,9 @@ class TestLocal:
             dep.wait_ready()
         text = (tmp_path / "command.json").read_text()
         assert "hf_secret_value" not in text
-        assert '"HF_TOKEN"' in text and '"--max-num-seqs"' in text and sys.executable in text
+        assert '"HF_TOKEN"' in text
+        assert '"--max-num-seqs"' in text
+        assert sys.executable in text
 
     def test_crash_is_classified_with_log_tail(self, tmp_path: Path) -> None:
         """A server that exits during start-up raises ServerExited(crash) with its log."""
@@ -104,7 +113,9 @@ class TestLocal:
         (tmp_path / "stubborn.py").write_text(
             "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n"
         )
-        monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        monkeypatch.setenv(
+            "PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+        )
         dep = make_deployer(local_profile(stop_timeout_s=0.5, module="stubborn"))
         ep = dep.start([], tmp_path / "t")
         dep.stop()

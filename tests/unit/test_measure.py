@@ -8,13 +8,12 @@ import json
 import httpx
 import pytest
 
+from tests.conftest import FAST_WORKLOAD
 from tuner.config import WorkloadSpec
 from tuner.deploy import Endpoint
 from tuner.errors import MeasureError
 from tuner.measure import AgentWorkload, measure, parse_metrics, percentile, stream_chat, summarize
 from tuner.testing import FakeVLLMServer
-
-from tests.conftest import FAST_WORKLOAD
 
 
 class TestStats:
@@ -33,13 +32,17 @@ class TestStats:
 
 
 def _sse(*events: object) -> bytes:
-    return b"".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n".encode() for e in events)
+    return b"".join(
+        f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n".encode() for e in events
+    )
 
 
 def _run_stream(handler: httpx.MockTransport) -> object:
     async def go() -> object:
         async with httpx.AsyncClient(transport=handler) as c:
-            return await stream_chat(c, "http://x", "m", [{"role": "user", "content": "hi"}], max_tokens=3)
+            return await stream_chat(
+                c, "http://x", "m", [{"role": "user", "content": "hi"}], max_tokens=3
+            )
 
     return asyncio.run(go())
 
@@ -66,17 +69,25 @@ class TestClient:
 
         def handler(r: httpx.Request) -> httpx.Response:
             seen.update(json.loads(r.content))
-            return httpx.Response(200, content=_sse({"choices": [{"delta": {"content": "x"}}]}, "[DONE]"))
+            return httpx.Response(
+                200, content=_sse({"choices": [{"delta": {"content": "x"}}]}, "[DONE]")
+            )
 
         _run_stream(httpx.MockTransport(handler))
-        assert seen["stream"] is True and seen["ignore_eos"] is True and seen["model"] == "m"
+        assert seen["stream"] is True
+        assert seen["ignore_eos"] is True
+        assert seen["model"] == "m"
 
     @pytest.mark.parametrize(
         ("response", "match"),
         [
             (httpx.Response(500, content=b"boom"), "HTTP 500"),
-            (httpx.Response(200, content=_sse({"choices": [{"delta": {"content": ""}}]}, "[DONE]")),
-             "without any content"),
+            (
+                httpx.Response(
+                    200, content=_sse({"choices": [{"delta": {"content": ""}}]}, "[DONE]")
+                ),
+                "without any content",
+            ),
             (httpx.Response(200, content=b"data: {nope\n\n"), "malformed"),
             (httpx.Response(200, content=_sse({"error": {"message": "x"}})), "server error"),
         ],
@@ -125,7 +136,8 @@ def test_workload_is_deterministic_and_salted() -> None:
     """Same texts in every trial; the salt opens the system prompt so turn 1 is a true MISS."""
     w = AgentWorkload(WorkloadSpec(system_prompt_words=50, tools=3))
     a, b = w.system_prompt("s1"), w.system_prompt("s2")
-    assert a.startswith("Session s1.") and b.startswith("Session s2.")
+    assert a.startswith("Session s1.")
+    assert b.startswith("Session s2.")
     assert a.removeprefix("Session s1.") == b.removeprefix("Session s2.")
     assert '"name":"search_file_0"' in a
     assert w.user_message(0, 1) == w.user_message(5, 1) != w.user_message(0, 2)
@@ -135,10 +147,15 @@ class TestAgainstFakeServer:
     def test_prefix_caching_on_gives_hits_and_speedup(self) -> None:
         """With prefix caching, later turns hit the cache and are faster than the salted first."""
         with FakeVLLMServer(["--enable-prefix-caching"]) as srv:
-            m = measure(Endpoint(srv.base_url, "fake-model"), FAST_WORKLOAD.model_copy(update={"system_prompt_words": 600}))
-        assert m.miss.n == 3 and m.hit.n == 6  # warm-up excluded
+            m = measure(
+                Endpoint(srv.base_url, "fake-model"),
+                FAST_WORKLOAD.model_copy(update={"system_prompt_words": 600}),
+            )
+        assert m.miss.n == 3
+        assert m.hit.n == 6
         assert len(m.samples) == 12
-        assert m.hit_rate_hit is not None and m.hit_rate_hit > 0.5
+        assert m.hit_rate_hit is not None
+        assert m.hit_rate_hit > 0.5
         assert m.hit_rate_miss == 0.0
         assert m.speedup > 1.5
         assert m.metric("vram_mib") == pytest.approx(900.0)  # KV cache of the fake at 0.9
@@ -162,5 +179,8 @@ class TestAgainstFakeServer:
 
     def test_http_500_is_a_measure_error(self) -> None:
         """A server that answers errors fails the measurement."""
-        with FakeVLLMServer([], fail_chat=True) as srv, pytest.raises(MeasureError, match="HTTP 500"):
+        with (
+            FakeVLLMServer([], fail_chat=True) as srv,
+            pytest.raises(MeasureError, match="HTTP 500"),
+        ):
             measure(Endpoint(srv.base_url, "fake-model"), FAST_WORKLOAD)

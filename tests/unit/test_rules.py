@@ -16,9 +16,36 @@ def test_parse_flags() -> None:
 @pytest.mark.parametrize(
     ("args", "bad"),
     [
-        (["--max-model-len", "4096", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "2048"], True),
-        (["--max-model-len", "4096", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"], False),
-        (["--max-model-len", "4096", "--enable-chunked-prefill", "--max-num-batched-tokens", "2048"], False),
+        (
+            [
+                "--max-model-len",
+                "4096",
+                "--no-enable-chunked-prefill",
+                "--max-num-batched-tokens",
+                "2048",
+            ],
+            True,
+        ),
+        (
+            [
+                "--max-model-len",
+                "4096",
+                "--no-enable-chunked-prefill",
+                "--max-num-batched-tokens",
+                "4096",
+            ],
+            False,
+        ),
+        (
+            [
+                "--max-model-len",
+                "4096",
+                "--enable-chunked-prefill",
+                "--max-num-batched-tokens",
+                "2048",
+            ],
+            False,
+        ),
         (["--max-model-len", "4096", "--no-enable-chunked-prefill"], False),
         (["--max-num-seqs", "128", "--max-num-batched-tokens", "64"], True),
         (["--gpu-memory-utilization", "1.5"], True),

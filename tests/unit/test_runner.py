@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.conftest import fake_profile
 from tuner.config import ObjectiveFile, Profile, ServerArgs
 from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
@@ -17,17 +18,24 @@ from tuner.errors import StudyError
 from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
 from tuner.testing import FakeDeployer
 
-from tests.conftest import fake_profile
-
 
 def make_runner(
-    tmp_path: Path, space: SearchSpace, seeds: Sequence[Seed], objective: ObjectiveFile,
-    profile: Profile | None = None, trials: int = 5, **kw: Any,
+    tmp_path: Path,
+    space: SearchSpace,
+    seeds: Sequence[Seed],
+    objective: ObjectiveFile,
+    profile: Profile | None = None,
+    trials: int = 5,
+    **kw: Any,
 ) -> StudyRunner:
     return StudyRunner(
-        paths=StudyPaths.create("s", tmp_path), space=space, seeds=tuple(seeds),
-        objective=objective, profile=profile or fake_profile(),
-        settings=RunSettings(n_trials=trials, sampler_seed=1), **kw,
+        paths=StudyPaths.create("s", tmp_path),
+        space=space,
+        seeds=tuple(seeds),
+        objective=objective,
+        profile=profile or fake_profile(),
+        settings=RunSettings(n_trials=trials, sampler_seed=1),
+        **kw,
     )
 
 
@@ -36,8 +44,13 @@ def by_seed(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
 
 
 def seed(space: SearchSpace, name: str, **params: Any) -> Seed:
-    base = {"gpu_memory_utilization": 0.95, "enable_prefix_caching": False,
-            "enable_chunked_prefill": True, "max_num_seqs": None, "max_num_batched_tokens": None}
+    base = {
+        "gpu_memory_utilization": 0.95,
+        "enable_prefix_caching": False,
+        "enable_chunked_prefill": True,
+        "max_num_seqs": None,
+        "max_num_batched_tokens": None,
+    }
     base.update(params)
     space.check(base)
     return Seed(name, base)
@@ -78,19 +91,32 @@ class TestSeedsAndDedup:
         make_runner(tmp_path, space, seeds[:3], objective, trials=2).run()
         again = make_runner(tmp_path, space, seeds[:3], objective, trials=4).run()
         study = load_study(StudyPaths.create("s", tmp_path))
-        names = [t.user_attrs.get("seed_name") for t in study.trials if t.user_attrs.get("seed_name")]
+        names = [
+            t.user_attrs.get("seed_name") for t in study.trials if t.user_attrs.get("seed_name")
+        ]
         assert names == [s.name for s in seeds[:3]]
-        assert again.deployed == 4 and FakeDeployer.starts == 4
+        assert again.deployed == 4
+        assert FakeDeployer.starts == 4
         assert make_runner(tmp_path, space, seeds[:3], objective, trials=4).run().new_trials == 0
 
     def test_exhausted_space_stops(self, tmp_path: Path, objective: ObjectiveFile) -> None:
         """When every valid point is evaluated the study stops short of --trials."""
         from tuner.config.space import Dimension
 
-        small = SearchSpace("two", (Dimension("enable_prefix_caching", (False, True),
-                                              "--enable-prefix-caching", "--no-enable-prefix-caching"),))
+        small = SearchSpace(
+            "two",
+            (
+                Dimension(
+                    "enable_prefix_caching",
+                    (False, True),
+                    "--enable-prefix-caching",
+                    "--no-enable-prefix-caching",
+                ),
+            ),
+        )
         result = make_runner(tmp_path, small, (), objective, trials=10).run()
-        assert result.exhausted and result.deployed == 2
+        assert result.exhausted
+        assert result.deployed == 2
 
 
 class TestConstraints:
@@ -98,10 +124,13 @@ class TestConstraints:
         self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
     ) -> None:
         """Baseline fails HIT <= 0.7x baseline; prefix caching meets all three criteria."""
-        s = [seed(space, "baseline_reference", enable_chunked_prefill=False),
-             seed(space, "prefix", enable_prefix_caching=True, enable_chunked_prefill=False)]
-        objective = objective.model_copy(update={"workload": objective.workload.model_copy(
-            update={"system_prompt_words": 600})})
+        s = [
+            seed(space, "baseline_reference", enable_chunked_prefill=False),
+            seed(space, "prefix", enable_prefix_caching=True, enable_chunked_prefill=False),
+        ]
+        objective = objective.model_copy(
+            update={"workload": objective.workload.model_copy(update={"system_prompt_words": 600})}
+        )
         make_runner(tmp_path, space, s, objective, trials=2).run()
         study = load_study(StudyPaths.create("s", tmp_path))
         t = by_seed(study)
@@ -112,14 +141,20 @@ class TestConstraints:
 
 
 class TestFailures:
-    def test_invalid_is_not_deployed(self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile) -> None:
+    def test_invalid_is_not_deployed(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
         """Chunked off with a budget below max_model_len fails as invalid without a server."""
-        prof = Profile(name="f", server=ServerArgs(model="fake-model", max_model_len=131072),
-                       deployer=fake_profile().deployer)
+        prof = Profile(
+            name="f",
+            server=ServerArgs(model="fake-model", max_model_len=131072),
+            deployer=fake_profile().deployer,
+        )
         s = [seed(space, "bad", enable_chunked_prefill=False, max_num_batched_tokens=8192)]
         make_runner(tmp_path, space, s, objective, profile=prof, trials=1).run()
         t = by_seed(load_study(StudyPaths.create("s", tmp_path)))["bad"]
-        assert t.state == TrialState.FAIL and t.user_attrs["reason"] == "invalid"
+        assert t.state == TrialState.FAIL
+        assert t.user_attrs["reason"] == "invalid"
         assert "max_model_len (131072)" in t.user_attrs["error"]
         assert (t.datetime_complete - t.datetime_start).total_seconds() < 1.0
         assert not t.user_attrs.get("deployed")
@@ -134,14 +169,21 @@ class TestFailures:
         ],
     )
     def test_failure_reasons(
-        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile,
-        deployer: dict[str, Any], reason: str,
+        self,
+        tmp_path: Path,
+        space: SearchSpace,
+        objective: ObjectiveFile,
+        deployer: dict[str, Any],
+        reason: str,
     ) -> None:
         """Each failure is a FAIL trial with its reason and log tail; the study goes on."""
         s = [seed(space, "bad", max_num_seqs=32), seed(space, "good")]
-        result = make_runner(tmp_path, space, s, objective, profile=fake_profile(**deployer), trials=2).run()
+        result = make_runner(
+            tmp_path, space, s, objective, profile=fake_profile(**deployer), trials=2
+        ).run()
         t = by_seed(load_study(StudyPaths.create("s", tmp_path)))
-        assert t["bad"].state == TrialState.FAIL and t["bad"].user_attrs["reason"] == reason
+        assert t["bad"].state == TrialState.FAIL
+        assert t["bad"].user_attrs["reason"] == reason
         assert t["good"].state == TrialState.COMPLETE
         assert result.deployed == 2
         if reason in ("crash", "oom"):
@@ -151,12 +193,21 @@ class TestFailures:
             assert t["bad"].user_attrs["crash_retries"] == 1  # one redeploy before failing
             assert FakeDeployer.starts == 3
 
-    def test_crash_once_then_success(self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile) -> None:
+    def test_crash_once_then_success(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
         """A transient crash is redeployed once and the trial completes."""
-        make_runner(tmp_path, space, [seed(space, "a")], objective,
-                    profile=fake_profile(flaky_crashes=1), trials=1).run()
+        make_runner(
+            tmp_path,
+            space,
+            [seed(space, "a")],
+            objective,
+            profile=fake_profile(flaky_crashes=1),
+            trials=1,
+        ).run()
         t = by_seed(load_study(StudyPaths.create("s", tmp_path)))["a"]
-        assert t.state == TrialState.COMPLETE and t.user_attrs["crash_retries"] == 1
+        assert t.state == TrialState.COMPLETE
+        assert t.user_attrs["crash_retries"] == 1
         assert (Path(t.user_attrs["trial_dir"]) / "server.attempt1.log").exists()
 
 
@@ -172,16 +223,23 @@ class TestInterruptAndResume:
         """Ctrl-C: server stopped, trial FAIL interrupted, DB intact; the same run resumes it."""
         s = [seed(space, "a"), seed(space, "b", max_num_seqs=64)]
         make_runner(tmp_path, space, s[:1], objective, trials=1).run()
-        runner = make_runner(tmp_path, space, s, objective, trials=2, deployer_factory=_Interrupting)
+        runner = make_runner(
+            tmp_path, space, s, objective, trials=2, deployer_factory=_Interrupting
+        )
         with pytest.raises(KeyboardInterrupt):
             runner.run()
         study = load_study(StudyPaths.create("s", tmp_path))
-        states = [(t.user_attrs.get("seed_name"), t.state, t.user_attrs.get("reason")) for t in study.trials]
+        states = [
+            (t.user_attrs.get("seed_name"), t.state, t.user_attrs.get("reason"))
+            for t in study.trials
+        ]
         assert ("a", TrialState.COMPLETE, None) in states
         assert ("b", TrialState.FAIL, "interrupted") in states
         result = make_runner(tmp_path, space, s, objective, trials=2).run()
         assert result.deployed == 2
-        assert by_seed(load_study(StudyPaths.create("s", tmp_path)))["b"].state == TrialState.COMPLETE
+        assert (
+            by_seed(load_study(StudyPaths.create("s", tmp_path)))["b"].state == TrialState.COMPLETE
+        )
 
     def test_stale_running_trial_is_recovered(
         self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
@@ -192,9 +250,12 @@ class TestInterruptAndResume:
         study.ask()  # RUNNING, then the process "dies"
         runner.run()
         stale = load_study(StudyPaths.create("s", tmp_path)).trials[0]
-        assert stale.state == TrialState.FAIL and stale.user_attrs["reason"] == "interrupted"
+        assert stale.state == TrialState.FAIL
+        assert stale.user_attrs["reason"] == "interrupted"
 
-    def test_other_space_is_refused(self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile) -> None:
+    def test_other_space_is_refused(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
         """Resuming a study with another space is a clear error, not a corrupted study."""
         make_runner(tmp_path, space, [], objective, trials=1).run()
         other = SearchSpace("other", space.dimensions)

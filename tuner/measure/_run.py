@@ -39,9 +39,10 @@ class RequestSample:
     server_ttft_ms: float | None
 
 
-def _rate(samples: list[RequestSample]) -> float | None:
+def _rate(samples: list[RequestSample]) -> float:
+    # With prefix caching off vLLM does no lookups at all: zero queries means zero hits.
     q = sum(s.prefix_queries for s in samples)
-    return sum(s.prefix_hits for s in samples) / q if q > 0 else None
+    return sum(s.prefix_hits for s in samples) / q if q > 0 else 0.0
 
 
 def _server_ttft(samples: list[RequestSample]) -> float | None:
@@ -82,11 +83,11 @@ class TrialMeasurement:
     @property
     def hit_rate_hit(self) -> float | None:
         """Prefix-cache hit rate (tokens) of HIT turns; 0: a speed-up cannot be the cache's."""
-        return _rate(self._of("hit"))
+        return _rate(self._of("hit")) if self.metrics_available else None
 
     @property
     def hit_rate_miss(self) -> float | None:
-        return _rate(self._of("miss"))
+        return _rate(self._of("miss")) if self.metrics_available else None
 
     @property
     def throughput_tok_s(self) -> float:

