@@ -25,7 +25,7 @@ app = typer.Typer(
     help="Bayesian auto-tuner for vLLM serving configurations.",
 )
 out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
 
 SPACE = Path("search_spaces/seed_192.yaml")
 SEEDS = Path("configs/strategic_12.yaml")
@@ -241,7 +241,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        app(standalone_mode=False)
+        # Typer turns KeyboardInterrupt into a returned 130 when not in standalone mode.
+        rv = app(standalone_mode=False)
+        if rv == 130:
+            raise KeyboardInterrupt
+        sys.exit(rv if isinstance(rv, int) else 0)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

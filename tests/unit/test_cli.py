@@ -1,0 +1,135 @@
+"""The `tuner` command as a user runs it: output, one-line errors, SIGTERM clean-up."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+from optuna.trial import TrialState
+
+from tests.conftest import ROOT
+
+TUNER = [sys.executable, "-m", "tuner.cli"]
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TUNER, *args], capture_output=True, text=True, timeout=300, cwd=cwd, check=False
+    )
+
+
+def test_space_prints_192() -> None:
+    """`tuner space` shows the dimensions and the number of points."""
+    r = run("space")
+    assert r.returncode == 0
+    assert "192 points" in r.stdout
+    assert "--no-enable-prefix-caching" in r.stdout
+
+
+def test_seeds_lists_twelve() -> None:
+    """`tuner seeds` lists the 12 strategic configs (11 distinct points)."""
+    r = run("seeds")
+    assert r.returncode == 0
+    assert "12 seeds (11 distinct points)" in r.stdout
+
+
+def test_bad_yaml_is_one_line(tmp_path: Path) -> None:
+    """A config error is one line naming file, line and key, exit status 2, no traceback."""
+    bad = tmp_path / "p.yaml"
+    bad.write_text("name: x\nserver:\n  model: m\n  tensor_parallel: 2\n")
+    r = run("optimize", "--profile", str(bad), "--studies-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {bad}:4: server.tensor_parallel: unknown key"
+
+
+def test_report_of_missing_study(tmp_path: Path) -> None:
+    """Reporting a study that does not exist is a clear error."""
+    r = run("report", "nope", "--studies-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert "no study 'nope'" in r.stderr
+
+
+def test_fake_study_then_report(tmp_path: Path) -> None:
+    """A fake-deployer study end to end, then the report files with units."""
+    r = run(
+        "optimize",
+        "--trials",
+        "3",
+        "--study",
+        "f",
+        "--profile",
+        str(ROOT / "configs/profiles/fake.yaml"),
+        "--studies-dir",
+        str(tmp_path),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "3 deployments" in r.stdout
+    assert "baseline_reference" in r.stdout
+    rep = run("report", "f", "--studies-dir", str(tmp_path))
+    assert rep.returncode == 0, rep.stderr
+    doc = json.loads((tmp_path / "f" / "pareto.json").read_text())
+    assert [o["unit"] for o in doc["objectives"]] == ["ms", "ms", "MiB"]
+    assert (tmp_path / "f" / "trials.csv").read_text().count("\n") == 4
+
+
+def test_sigterm_stops_server_and_keeps_study(tmp_path: Path) -> None:
+    """SIGTERM mid-trial: exit 130 with one line, no server process left, trial `interrupted`,
+    earlier trials intact, and the same command resumes."""
+    profile = tmp_path / "p.yaml"
+    profile.write_text(
+        'name: slow\nserver: {model: fake-model, max_model_len: 4096, extra_args: [--fake-startup-s, "3"]}\n'
+        "deployer: {kind: local, module: tuner.testing, health_timeout_s: 60}\n"
+    )
+    seeds = tmp_path / "s.yaml"
+    row = (
+        "{{gpu_memory_utilization: 0.9, enable_prefix_caching: true, enable_chunked_prefill: true, "
+        "max_num_seqs: {seqs}, max_num_batched_tokens: null}}"
+    )
+    seeds.write_text(
+        f"seeds:\n  - name: a\n    params: {row.format(seqs='null')}\n"
+        f"  - name: b\n    params: {row.format(seqs=32)}\n"
+    )
+    args = [
+        "optimize",
+        "--trials",
+        "2",
+        "--study",
+        "x",
+        "--profile",
+        str(profile),
+        "--seeds",
+        str(seeds),
+        "--studies-dir",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(
+        [*TUNER, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    db = f"sqlite:///{tmp_path / 'x' / 'study.db'}"
+    deadline = time.monotonic() + 120
+    children: list[psutil.Process] = []
+    while time.monotonic() < deadline:  # wait until the second trial's server is up
+        children = psutil.Process(proc.pid).children(recursive=True)
+        if (tmp_path / "x" / "trials" / "0001" / "command.json").exists() and children:
+            break
+        time.sleep(0.2)
+    assert children, "the second trial never started"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().startswith("interrupted:")
+    assert len(err.strip().splitlines()) == 1
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    trials = optuna.load_study(study_name="x", storage=db).trials
+    assert trials[0].state == TrialState.COMPLETE
+    assert trials[1].state == TrialState.FAIL
+    assert trials[1].user_attrs["reason"] == "interrupted"
+    again = run(*args)
+    assert again.returncode == 0, again.stderr
+    assert "2 deployments" in again.stdout
