@@ -10,7 +10,6 @@ import pytest
 from tuner.config import (
     FakeConfig,
     ObjectiveFile,
-    ObjectiveSpec,
     Profile,
     ServerArgs,
     WorkloadSpec,
@@ -66,7 +65,3 @@ def _reset_fake_counter() -> Iterator[None]:
     FakeDeployer.starts = 0
     yield
     FakeDeployer.starts = 0
-
-
-def objectives_only(obj: ObjectiveFile, *names: str) -> ObjectiveFile:
-    return obj.model_copy(update={"objectives": [ObjectiveSpec(name=n) for n in names]})  # type: ignore[arg-type]

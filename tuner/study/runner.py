@@ -76,6 +76,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
+    # Trial numbers index the study's trials; deepcopy=False avoids copying the whole history.
+    return study.get_trials(deepcopy=False)[number]
+
+
 def _evaluated(t: FrozenTrial) -> bool:
     if t.state == TrialState.COMPLETE:
         return "duplicate_of" not in t.user_attrs
@@ -186,12 +191,13 @@ class StudyRunner:
             if _evaluated(t):
                 evaluated.setdefault(self.space.key(t.params), t)
                 deployed += int(bool(t.user_attrs.get("deployed")))
-        valid = [p for p in self.space.points() if not self._invalid(p)]
+        # Keyed once: the exhaustion check and the fallback run every loop.
+        valid = {self.space.key(p): p for p in self.space.points() if not self._invalid(p)}
         outcomes: list[TrialOutcome] = []
         streak = 0
         with sigterm_as_interrupt():
             while deployed < target:
-                if not self._external and all(self.space.key(p) in evaluated for p in valid):
+                if not self._external and valid.keys() <= evaluated.keys():
                     return self._result(study, deployed, outcomes, exhausted=True)
                 out = self._one(study, evaluated)
                 outcomes.append(out)
@@ -212,10 +218,10 @@ class StudyRunner:
     def _neighbour(
         self,
         study: optuna.Study,
-        valid: list[dict[str, ParamValue]],
+        valid: dict[str, dict[str, ParamValue]],
         evaluated: dict[str, FrozenTrial],
     ) -> dict[str, ParamValue]:
-        fresh = [p for p in valid if self.space.key(p) not in evaluated]
+        fresh = [p for k, p in valid.items() if k not in evaluated]
         front = [t.params for t in study.best_trials] or [
             t.params for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         ]
@@ -270,7 +276,7 @@ class StudyRunner:
             problems = self._invalid(params)
             if problems:
                 record_failure(study, trial, "invalid", "; ".join(problems))
-                evaluated[key] = study.trials[trial.number]
+                evaluated[key] = _frozen(study, trial.number)
                 return TrialOutcome(
                     trial.number,
                     params,
@@ -292,10 +298,10 @@ class StudyRunner:
                 make_deployer=self._factory,
                 crash_retries=getattr(self.profile.deployer, "crash_retries", 0),
             )
-            evaluated[key] = study.trials[trial.number]
+            evaluated[key] = _frozen(study, trial.number)
             return out
         except KeyboardInterrupt:
-            if study.trials[trial.number].state == TrialState.RUNNING:
+            if _frozen(study, trial.number).state == TrialState.RUNNING:
                 record_failure(study, trial, "interrupted", "interrupted by Ctrl-C / SIGTERM")
             raise
 
