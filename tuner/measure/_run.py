@@ -63,6 +63,10 @@ class TrialMeasurement:
         return [s for s in self.samples if s.kind == kind]
 
     @property
+    def kv_cache_tokens(self) -> float | None:
+        return MetricsSnapshot(cache_config=self.cache_config).kv_cache_tokens
+
+    @property
     def miss(self) -> Summary:
         return summarize([s.ttft_ms for s in self._of("miss")])
 

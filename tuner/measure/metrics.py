@@ -33,13 +33,26 @@ class MetricsSnapshot:
             available=self.available and before.available,
         )
 
-    @property
-    def kv_cache_bytes(self) -> float | None:
-        v = self.cache_config.get("kv_cache_memory_bytes")
+    def _config_number(self, key: str) -> float | None:
+        v = self.cache_config.get(key)
         try:
             return float(v) if v not in (None, "None") else None
         except ValueError:
             return None
+
+    @property
+    def kv_cache_bytes(self) -> float | None:
+        """Set on vLLM-CPU (its KV space); GPU vLLM 0.25 leaves it None and gives tokens."""
+        return self._config_number("kv_cache_memory_bytes")
+
+    @property
+    def kv_cache_tokens(self) -> float | None:
+        """KV-cache capacity in tokens (``kv_cache_size_tokens``, else blocks x block size)."""
+        tokens = self._config_number("kv_cache_size_tokens")
+        if tokens is not None:
+            return tokens
+        blocks, size = self._config_number("num_gpu_blocks"), self._config_number("block_size")
+        return blocks * size if blocks is not None and size is not None else None
 
 
 _COUNTERS = {

@@ -37,7 +37,8 @@ def _process_tree(pids: Iterable[int]) -> list[psutil.Process]:
     return list(procs.values())
 
 
-def _nvml_used_mib(pids: set[int]) -> float | None:
+def _nvml_used_mib(pids: set[int]) -> tuple[float, float] | None:
+    """(memory of ``pids`` on every GPU, memory used on the GPUs those pids use) in MiB."""
     try:
         import pynvml
     except ImportError:
@@ -47,13 +48,17 @@ def _nvml_used_mib(pids: set[int]) -> float | None:
     except pynvml.NVMLError:
         return None  # no driver / no GPU: the CPU path applies
     try:
-        total = 0.0
+        total = device = 0.0
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if p.pid in pids and p.usedGpuMemory is not None:
-                    total += p.usedGpuMemory / MIB
-        return total
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            mine = [p for p in procs if p.pid in pids and p.usedGpuMemory is not None]
+            total += sum(p.usedGpuMemory for p in mine) / MIB
+            if mine or not procs:
+                # No process listed at all: in a container NVML often cannot show processes
+                # (another PID namespace); the device's used memory is then the best figure.
+                device += float(pynvml.nvmlDeviceGetMemoryInfo(handle).used) / MIB
+        return total, device
     finally:
         with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
@@ -65,8 +70,12 @@ def read_memory(pids: Iterable[int], kv_cache_bytes: float | None) -> MemoryRead
     tree = {p.pid for p in procs}
     kv_mib = kv_cache_bytes / MIB if kv_cache_bytes is not None else None
     gpu = _nvml_used_mib(tree) if tree else None
-    if gpu:
-        return MemoryReading(vram_mib=gpu, source="nvml", gpu_mib=gpu, kv_cache_mib=kv_mib)
+    if gpu is not None and gpu[0] > 0:
+        return MemoryReading(vram_mib=gpu[0], source="nvml", gpu_mib=gpu[0], kv_cache_mib=kv_mib)
+    if gpu is not None and gpu[1] > 0:
+        return MemoryReading(
+            vram_mib=gpu[1], source="nvml-device", gpu_mib=gpu[1], kv_cache_mib=kv_mib
+        )
     rss = 0.0
     for p in procs:
         with contextlib.suppress(psutil.Error):

@@ -114,6 +114,11 @@ def _attrs(m: TrialMeasurement, startup_s: float) -> dict[str, Any]:
         "ttft_hit_ms": m.hit.median,
         "ttft_hit_p90_ms": m.hit.p90,
         "ttft_hit_iqr_ms": m.hit.iqr,
+        # the spread, so a report can tell a real difference from noise
+        "ttft_miss_min_ms": m.miss.min,
+        "ttft_miss_max_ms": m.miss.max,
+        "ttft_hit_min_ms": m.hit.min,
+        "ttft_hit_max_ms": m.hit.max,
         "n_miss": m.miss.n,
         "n_hit": m.hit.n,
         "speedup": m.speedup,
@@ -126,6 +131,7 @@ def _attrs(m: TrialMeasurement, startup_s: float) -> dict[str, Any]:
         "vram_mib": m.memory.vram_mib,
         "vram_source": mem["source"],
         "kv_cache_mib": mem["kv_cache_mib"],
+        "kv_cache_tokens": m.kv_cache_tokens,
         "rss_mib": mem["rss_mib"],
         "startup_s": startup_s,
     }

@@ -48,6 +48,8 @@ class RunSettings:
     sampler_seed: int | None = 0
     max_duplicate_streak: int = 3  # then enqueue an unexplored valid point next to the front
     enqueue_seeds: bool = True
+    # False deploys points the validity rules reject: to check the rules against a vLLM version.
+    precheck: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,11 @@ class StudyRunner:
                 f"and objectives {have}; use another --study name for space {self.space.name!r} "
                 f"and objectives {want}"
             )
+        # The fixed arguments (model, max_model_len, ...) the recommendation's command line needs;
+        # never the environment, which may carry secrets.
+        server_args = self.profile.server.to_args()
+        if study.user_attrs.get("server_args") != server_args:
+            study.set_user_attr("server_args", server_args)
         return study
 
     def _recover_stale(self, study: optuna.Study) -> None:
@@ -273,7 +280,7 @@ class StudyRunner:
         try:
             if key in evaluated:
                 return self._duplicate(study, trial, evaluated[key], params, t0)
-            problems = self._invalid(params)
+            problems = self._invalid(params) if self.settings.precheck else []
             if problems:
                 record_failure(study, trial, "invalid", "; ".join(problems))
                 evaluated[key] = _frozen(study, trial.number)

@@ -1,0 +1,293 @@
+"""Report files, synthesis table, recommendation rules and quality warnings on fake-server studies."""
+
+from __future__ import annotations
+
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from tests.conftest import FAST_WORKLOAD, ROOT, fake_profile
+from tuner.config import load_objective, load_seeds, load_space
+from tuner.errors import ConfigError
+from tuner.report import pareto_trials, parse_rule, recommend, write_report
+from tuner.report.compare import write_compare
+from tuner.report.synthesis import failures_by_reason, quality_warnings, synthesis_frame
+from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16-deployment study on the fake server with OOM, crash and invalid points."""
+    root = tmp_path_factory.mktemp("studies")
+    space = load_space(ROOT / "search_spaces" / "seed_192.yaml")
+    objective = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
+    objective = objective.model_copy(update={"workload": FAST_WORKLOAD})
+    profile = fake_profile(
+        oom_when=[{"--max-num-seqs": "128", "--gpu-memory-utilization": "0.95"}],
+        crash_when=[{"--max-num-seqs": "64", "--gpu-memory-utilization": "0.9"}],
+        crash_retries=0,
+    )
+    StudyRunner(
+        paths=StudyPaths.create("r", root),
+        space=space,
+        seeds=load_seeds(ROOT / "configs" / "strategic_12.yaml", space),
+        objective=objective,
+        profile=profile,
+        settings=RunSettings(n_trials=16, sampler_seed=3),
+    ).run()
+    return root
+
+
+@pytest.fixture(scope="module")
+def study(study_dir: Path) -> optuna.Study:
+    return load_study(StudyPaths.create("r", study_dir))
+
+
+@pytest.fixture(scope="module")
+def files(study: optuna.Study, study_dir: Path) -> dict[str, Path]:
+    return write_report(study, study_dir / "r")
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.scripts += tag == "script"
+
+
+class TestFiles:
+    def test_every_file_exists_and_parses(
+        self, files: dict[str, Path], study: optuna.Study
+    ) -> None:
+        """report.md/html, pareto.csv/json and trials.csv are written and readable."""
+        assert set(files) == {"report_md", "report_html", "pareto_csv", "pareto_json", "trials_csv"}
+        md = files["report_md"].read_text()
+        for section in ("## Recommendation", "## Success criteria", "## Pareto front",
+                        "## All trials", "## Measurement quality", "## Failed trials by reason"):  # fmt: skip
+            assert section in md
+        parser = _Tags()
+        parser.feed(files["report_html"].read_text())
+        assert "table" in parser.tags
+        assert parser.scripts >= 3
+        payload = json.loads(files["pareto_json"].read_text())
+        assert {o["unit"] for o in payload["objectives"]} == {"ms", "MiB"}
+        front, _ = pareto_trials(study)
+        assert [r["trial"] for r in payload["pareto"]] == [t.number for t in front]
+        trials = pd.read_csv(files["trials_csv"])
+        finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+        assert len(trials) == len(finished)
+
+    def test_html_is_self_contained(self, files: dict[str, Path]) -> None:
+        """plotly.js is inlined once: the report opens offline, without a CDN."""
+        text = files["report_html"].read_text()
+        assert text.count("<script src=") == 0  # no external script at all
+        assert text.count("plotly.js v") >= 1  # the bundle is inline
+        assert len(text) > 3_000_000
+        assert text.count("Plotly.newPlot") >= 3
+
+
+class TestSynthesis:
+    def test_table_matches_stored_trials(self, study: optuna.Study) -> None:
+        """Every row carries the stored values of its trial; duplicates are left out."""
+        df = synthesis_frame(study).set_index("trial")
+        for t in study.trials:
+            if t.user_attrs.get("reason") == "duplicate" or t.state == TrialState.RUNNING:
+                assert t.number not in df.index
+                continue
+            row = df.loc[t.number]
+            assert row["mem"] == t.params["gpu_memory_utilization"]
+            if t.state == TrialState.COMPLETE:
+                assert row["ttft_hit_ms"] == pytest.approx(t.user_attrs["ttft_hit_ms"])
+                assert row["ttft_miss_ms"] == pytest.approx(t.user_attrs["ttft_miss_ms"])
+                assert row["status"].startswith("ok")
+            else:
+                assert row["status"] == t.user_attrs["reason"]
+                assert math.isnan(row["ttft_hit_ms"])
+
+    def test_baseline_first_with_zero_delta(self, study: optuna.Study) -> None:
+        df = synthesis_frame(study)
+        assert df.iloc[0]["config"] == "baseline_reference"
+        assert df.iloc[0]["miss_vs_base_pct"] == pytest.approx(0.0)
+        assert df.iloc[0]["hit_vs_base_pct"] == pytest.approx(0.0)
+
+    def test_failures_grouped_by_reason(self, study: optuna.Study) -> None:
+        """The provoked failures come back grouped, with their reasons, duplicates excluded."""
+        groups = {g.reason: g for g in failures_by_reason(study)}
+        assert "duplicate" not in groups
+        assert {"oom", "crash"} <= set(groups)
+        for g in groups.values():
+            assert all(t.user_attrs["reason"] == g.reason for t in g.trials)
+
+
+def _candidates(study: optuna.Study) -> list[FrozenTrial]:
+    front, feasible = pareto_trials(study)
+    assert feasible, "the fake study should have feasible points"
+    return front
+
+
+def _v(t: FrozenTrial, name: str) -> float:
+    return float(t.user_attrs[name])
+
+
+class TestRecommendation:
+    def test_default_rule(self, study: optuna.Study) -> None:
+        """Lowest HIT among feasible front points within MISS criteria; 5 % ties → lowest VRAM."""
+        cands = [t for t in _candidates(study) if t.constraints["miss_vs_baseline"] <= 0]
+        best_hit = min(_v(t, "ttft_hit_ms") for t in cands)
+        ties = [t for t in cands if _v(t, "ttft_hit_ms") <= best_hit * 1.05]
+        expected = min(ties, key=lambda t: (_v(t, "vram_mib"), _v(t, "ttft_hit_ms")))
+        rec = recommend(study, parse_rule("default"))
+        assert rec is not None
+        assert rec.trial.number == expected.number
+        assert rec.feasible
+
+    @pytest.mark.parametrize(
+        ("rule", "key"),
+        [
+            ("objective:ttft_miss_ms", lambda t: _v(t, "ttft_miss_ms")),
+            ("objective:vram_mib", lambda t: _v(t, "vram_mib")),
+            ("weights:ttft_hit_ms=1", lambda t: _v(t, "ttft_hit_ms")),
+            ("weights:vram_mib=1,ttft_hit_ms=0", lambda t: _v(t, "vram_mib")),
+        ],
+    )
+    def test_rules(self, study: optuna.Study, rule: str, key: Any) -> None:
+        """Each rule picks the candidate an independent computation picks."""
+        expected = min(_candidates(study), key=lambda t: (key(t), t.number))
+        rec = recommend(study, parse_rule(rule))
+        assert rec is not None
+        assert rec.trial.number == expected.number
+
+    def test_commands_carry_the_flags(self, study: optuna.Study) -> None:
+        """The command line, compose snippet and docker run all carry the trial's flags."""
+        rec = recommend(study)
+        assert rec is not None
+        flags = rec.trial.user_attrs["flags"]
+        assert rec.vllm_command.startswith("vllm serve fake-model ")
+        assert " ".join(flags) in rec.vllm_command
+        assert all(
+            f"- {a}" in rec.compose_snippet or f'- "{a}"' in rec.compose_snippet for a in flags
+        )
+        assert rec.docker_run.startswith("docker run --gpus all")
+        assert "HF_TOKEN" in rec.docker_run
+        assert "hf_" not in rec.docker_run  # the variable name only, never a value
+        assert rec.explanation.startswith(f"trial {rec.trial.number}")
+
+    @pytest.mark.parametrize("bad", ["best", "weights:ttft_hit_ms", "weights:x=-1", "objective:"])
+    def test_bad_rules_are_config_errors(self, bad: str) -> None:
+        with pytest.raises(ConfigError, match="rule"):
+            parse_rule(bad)
+
+    def test_unknown_objective_named(self, study: optuna.Study) -> None:
+        with pytest.raises(ConfigError, match="unknown objective 'nope'"):
+            recommend(study, parse_rule("objective:nope"))
+
+
+def _manual_study(rows: list[dict[str, Any]]) -> optuna.Study:
+    st = optuna.create_study(directions=["minimize"] * 3)
+    st.set_metric_names(["ttft_hit_ms", "ttft_miss_ms", "vram_mib"])
+    dist = {"enable_prefix_caching": CategoricalDistribution([False, True])}
+    for r in rows:
+        st.add_trial(
+            create_trial(
+                values=[r["hit"], r["miss"], r["vram"]],
+                params={"enable_prefix_caching": r["prefix"]},
+                distributions=dist,
+                user_attrs={
+                    "ttft_hit_ms": r["hit"],
+                    "ttft_miss_ms": r["miss"],
+                    "vram_mib": r["vram"],
+                    "speedup": r["miss"] / r["hit"],
+                    "hit_rate_hit": r["rate"],
+                    "ttft_hit_min_ms": r["hit"] - r["spread"],
+                    "ttft_hit_max_ms": r["hit"] + r["spread"],
+                    "n_hit": 9,
+                },
+            )
+        )
+    return st
+
+
+class TestQuality:
+    @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+    def test_speedup_without_cache_hits_is_flagged(self) -> None:
+        """The mission's artefact: a 'cache speed-up' with prefix caching off is called out."""
+        st = _manual_study(
+            [
+                {
+                    "hit": 100.0,
+                    "miss": 250.0,
+                    "vram": 10.0,
+                    "prefix": False,
+                    "rate": 0.0,
+                    "spread": 5,
+                },
+                {
+                    "hit": 60.0,
+                    "miss": 200.0,
+                    "vram": 12.0,
+                    "prefix": True,
+                    "rate": 0.95,
+                    "spread": 5,
+                },
+            ]
+        )
+        warnings = quality_warnings(st, pareto_trials(st)[0])
+        flagged = [n for n, w in warnings if "no prefix-cache hit" in w]
+        assert flagged == [0]
+
+    @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+    def test_overlapping_front_points_are_flagged(self) -> None:
+        """Two front points whose HIT ranges overlap: their difference is reported as noise."""
+        st = _manual_study(
+            [
+                {
+                    "hit": 70.0,
+                    "miss": 200.0,
+                    "vram": 12.0,
+                    "prefix": True,
+                    "rate": 0.9,
+                    "spread": 15,
+                },
+                {
+                    "hit": 75.0,
+                    "miss": 190.0,
+                    "vram": 11.0,
+                    "prefix": True,
+                    "rate": 0.9,
+                    "spread": 15,
+                },
+                {
+                    "hit": 150.0,
+                    "miss": 180.0,
+                    "vram": 13.0,
+                    "prefix": False,
+                    "rate": 0.0,
+                    "spread": 2,
+                },
+            ]
+        )
+        warnings = quality_warnings(st, pareto_trials(st)[0])
+        assert any("front points 0 and 1" in w for _, w in warnings)
+        assert not any("front points 0 and 2" in w or "1 and 2" in w for _, w in warnings)
+
+
+def test_compare_writes_both_fronts(study: optuna.Study, tmp_path: Path) -> None:
+    """compare: one table per study in the markdown, one plot with a trace per study."""
+    fronts, paths = write_compare([study, study], tmp_path)
+    assert len(fronts) == 2
+    assert fronts[0] == fronts[1]
+    md = paths["compare_md"].read_text()
+    assert md.count("## r") == 2
+    assert "Plotly.newPlot" in paths["compare_html"].read_text()

@@ -1,0 +1,263 @@
+"""The production recommendation: one configuration, chosen by a rule the user can change.
+
+Rules (``--rule`` on the command line):
+
+- ``default``: among the feasible Pareto points (those meeting the success criteria), the lowest
+  TTFT HIT whose TTFT MISS stays within the criteria; points whose HIT is within ``tie_pct`` of
+  the best (default 5 %) count as ties and the lowest VRAM wins among them.
+- ``objective:NAME``: the lowest (or highest, per its direction) value of one objective.
+- ``weights:NAME=W,NAME=W``: each objective min-max normalised over the candidates, then the
+  lowest weighted sum (objectives to maximise are flipped first).
+
+Without a feasible point every rule falls back to the whole Pareto front and says so.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
+
+from tuner.errors import ConfigError
+from tuner.report.pareto import pareto_trials
+from tuner.report.synthesis import ranges_overlap
+
+__all__ = ["Recommendation", "Rule", "parse_rule", "recommend"]
+
+HIT, MISS, VRAM = "ttft_hit_ms", "ttft_miss_ms", "vram_mib"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    kind: str  # "default", "objective" or "weights"
+    objective: str | None = None
+    weights: tuple[tuple[str, float], ...] = ()
+    tie_pct: float = 5.0
+
+    def describe(self) -> str:
+        if self.kind == "objective":
+            return f"the best {self.objective} among the candidates"
+        if self.kind == "weights":
+            ws = ", ".join(f"{n} x{w:g}" for n, w in self.weights)
+            return f"the lowest weighted sum of min-max normalised objectives ({ws})"
+        return (
+            "the lowest TTFT HIT among feasible Pareto points whose TTFT MISS meets the criteria; "
+            f"HIT within {self.tie_pct:g} % of the best is a tie, broken by the lowest VRAM"
+        )
+
+
+def parse_rule(text: str) -> Rule:
+    """``default`` | ``objective:NAME`` | ``weights:NAME=W,...`` (a ConfigError otherwise)."""
+    text = text.strip()
+    if text in ("", "default"):
+        return Rule("default")
+    kind, _, rest = text.partition(":")
+    if kind == "objective" and rest:
+        return Rule("objective", objective=rest.strip())
+    if kind == "weights" and rest:
+        pairs: list[tuple[str, float]] = []
+        for part in rest.split(","):
+            name, eq, w = part.partition("=")
+            try:
+                weight = float(w)
+            except ValueError:
+                weight = -1.0
+            if not eq or weight < 0:
+                raise ConfigError(f"bad weight {part!r}: expected NAME=NUMBER (>= 0)", key="rule")
+            pairs.append((name.strip(), weight))
+        return Rule("weights", weights=tuple(pairs))
+    raise ConfigError(
+        f"unknown rule {text!r}: use default, objective:NAME or weights:NAME=W,...", key="rule"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    trial: FrozenTrial
+    name: str
+    rule: Rule
+    feasible: bool  # chosen among points meeting the success criteria
+    runners_up: tuple[FrozenTrial, ...]
+    vllm_args: tuple[str, ...]
+    explanation: str
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def vllm_command(self) -> str:
+        args = list(self.vllm_args)
+        model = args[args.index("--model") + 1] if "--model" in args else "MODEL"
+        rest = _without(args, "--model")
+        return shlex.join(["vllm", "serve", model, *rest])
+
+    @property
+    def compose_snippet(self) -> str:
+        lines = ["    command:"]
+        lines += [f"      - {_yaml_scalar(a)}" for a in self.vllm_args]
+        return "\n".join(lines)
+
+    @property
+    def docker_run(self) -> str:
+        head = [
+            "docker", "run", "--gpus", "all", "--ipc=host", "-p", "8000:8000",
+            "-v", "~/.cache/huggingface:/root/.cache/huggingface",
+            "-e", "HF_TOKEN", "vllm/vllm-openai:latest",
+        ]  # fmt: skip
+        return " ".join([*head, *(shlex.quote(a) for a in self.vllm_args)])
+
+
+def _without(args: list[str], flag: str) -> list[str]:
+    i = args.index(flag) if flag in args else -1
+    return args if i < 0 else args[:i] + args[i + 2 :]
+
+
+def _yaml_scalar(a: str) -> str:
+    # Numbers stay strings in a command list: quote them, as compose files usually do.
+    try:
+        float(a)
+    except ValueError:
+        return a
+    return f'"{a}"'
+
+
+def _names(study: optuna.Study) -> list[str]:
+    return list(study.metric_names or [f"objective_{i}" for i in range(len(study.directions))])
+
+
+def _value(study: optuna.Study, t: FrozenTrial, name: str) -> float:
+    names = _names(study)
+    if name in names:
+        return float(t.values[names.index(name)])
+    v = t.user_attrs.get(name)
+    if isinstance(v, (int, float)):
+        return float(v)
+    raise ConfigError(f"unknown objective {name!r}: the study has {', '.join(names)}", key="rule")
+
+
+def _label(t: FrozenTrial) -> str:
+    seed = t.user_attrs.get("seed_name")
+    return f"trial {t.number} ({seed})" if seed else f"trial {t.number}"
+
+
+def _miss_ok(study: optuna.Study, t: FrozenTrial) -> bool:
+    return t.constraints.get("miss_vs_baseline", 0.0) <= 0
+
+
+def _score(study: optuna.Study, rule: Rule, cands: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Candidates ordered best first under ``rule``."""
+    names = _names(study)
+    if rule.kind == "objective":
+        assert rule.objective is not None
+        name = rule.objective
+        sign = 1.0
+        if name in names and study.directions[names.index(name)] == StudyDirection.MAXIMIZE:
+            sign = -1.0
+        return sorted(cands, key=lambda t: (sign * _value(study, t, name), t.number))
+    if rule.kind == "weights":
+        cols: dict[str, tuple[float, float, float]] = {}
+        for name, _ in rule.weights:
+            vals = [_value(study, t, name) for t in cands]
+            sign = 1.0
+            if name in names and study.directions[names.index(name)] == StudyDirection.MAXIMIZE:
+                sign = -1.0
+            cols[name] = (min(vals), max(vals), sign)
+
+        def weighted(t: FrozenTrial) -> float:
+            total = 0.0
+            for name, w in rule.weights:
+                lo, hi, sign = cols[name]
+                x = (_value(study, t, name) - lo) / (hi - lo) if hi > lo else 0.0
+                total += w * (x if sign > 0 else 1.0 - x)
+            return total
+
+        return sorted(cands, key=lambda t: (weighted(t), t.number))
+    # default
+    pool = [t for t in cands if _miss_ok(study, t)] or cands
+    best_hit = min(_value(study, t, HIT) for t in pool)
+    limit = best_hit * (1 + rule.tie_pct / 100.0)
+    ties = sorted(
+        (t for t in pool if _value(study, t, HIT) <= limit),
+        key=lambda t: (_value(study, t, VRAM) if VRAM in names else 0.0, _value(study, t, HIT)),
+    )
+    rest = sorted((t for t in cands if t not in ties), key=lambda t: _value(study, t, HIT))
+    return ties + rest
+
+
+def _fmt_range(t: FrozenTrial, name: str, value: float) -> str:
+    lo = t.user_attrs.get(name.replace("_ms", "_min_ms"))
+    hi = t.user_attrs.get(name.replace("_ms", "_max_ms"))
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+        return f"{value:.1f} ms [{lo:.0f}-{hi:.0f}]"
+    return f"{value:.1f} ms"
+
+
+def _explain(study: optuna.Study, rule: Rule, best: FrozenTrial, others: list[FrozenTrial]) -> str:
+    names = _names(study)
+    parts = [f"{_label(best)} is recommended by {rule.describe()}."]
+    if HIT in names and MISS in names:
+        parts.append(
+            f"It measured TTFT HIT {_fmt_range(best, HIT, _value(study, best, HIT))} and "
+            f"TTFT MISS {_fmt_range(best, MISS, _value(study, best, MISS))}"
+            + (f", {_value(study, best, VRAM):.0f} MiB" if VRAM in names else "")
+            + "."
+        )
+    for o in others[:2]:
+        diffs = []
+        for n in names:
+            a, b = _value(study, best, n), _value(study, o, n)
+            if b:
+                diffs.append(f"{n} {a - b:+.1f} ({(a - b) / abs(b) * 100:+.1f} %)")
+        sentence = f"Against {_label(o)}: " + ", ".join(diffs) + "."
+        if HIT in names and ranges_overlap(best, o, "ttft_hit"):
+            tied = rule.kind == "default" and _value(study, o, HIT) <= _value(study, best, HIT) * (
+                1 + rule.tie_pct / 100.0
+            )
+            sentence += (
+                " Their HIT sample ranges overlap: the HIT difference is within the noise"
+                + (
+                    ", so the choice rests on VRAM."
+                    if tied
+                    else "; re-measure both before trusting this ranking."
+                )
+            )
+        parts.append(sentence)
+    return " ".join(parts)
+
+
+def recommend(
+    study: optuna.Study, rule: Rule | None = None, server_args: list[str] | None = None
+) -> Recommendation | None:
+    """The configuration to deploy, or None when no trial completed."""
+    rule = rule or Rule("default")
+    front, feasible = pareto_trials(study)
+    if not front:
+        return None
+    ordered = _score(study, rule, front)
+    best = ordered[0]
+    notes: list[str] = []
+    if not feasible:
+        notes.append(
+            "no trial meets the success criteria: chosen from the Pareto front of all trials"
+        )
+    if rule.kind == "default" and not _miss_ok(study, best):
+        notes.append("no front point keeps TTFT MISS within the criteria")
+    fixed = server_args if server_args is not None else _server_args(study)
+    flags: list[str] = list(best.user_attrs.get("flags", []))
+    return Recommendation(
+        trial=best,
+        name=str(best.user_attrs.get("seed_name") or f"trial_{best.number}"),
+        rule=rule,
+        feasible=feasible,
+        runners_up=tuple(ordered[1:4]),
+        vllm_args=tuple([*fixed, *flags]),
+        explanation=_explain(study, rule, best, ordered[1:]),
+        notes=tuple(notes),
+    )
+
+
+def _server_args(study: optuna.Study) -> list[str]:
+    args: Any = study.user_attrs.get("server_args")
+    return [str(a) for a in args] if isinstance(args, list) else []

@@ -1,0 +1,183 @@
+"""The mission's synthesis table, success criteria, failures by reason and measurement quality."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = [
+    "FailureGroup",
+    "baseline_trial",
+    "failures_by_reason",
+    "quality_warnings",
+    "ranges_overlap",
+    "synthesis_frame",
+]
+
+# Column order of the mission's synthesis table (units in the names, as in its JSON).
+COLUMNS = [
+    "config", "trial", "mem", "prefix", "chunked", "seqs", "tokens",
+    "ttft_miss_ms", "ttft_hit_ms", "speedup", "gain_pct", "miss_vs_base_pct", "hit_vs_base_pct",
+    "throughput_tok_s", "vram_mib", "startup_s", "hit_rate", "meets_criteria", "status",
+]  # fmt: skip
+PARAM_SHORT = {
+    "gpu_memory_utilization": "mem",
+    "enable_prefix_caching": "prefix",
+    "enable_chunked_prefill": "chunked",
+    "max_num_seqs": "seqs",
+    "max_num_batched_tokens": "tokens",
+}
+# A MISS/HIT ratio above this with no prefix-cache hit cannot be a cache effect.
+SPEEDUP_WITHOUT_HITS = 1.2
+NOISY_RELATIVE_RANGE = 0.5  # (max - min) / median of the HIT samples
+MIN_SAMPLES = 5
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def name_of(t: FrozenTrial) -> str:
+    return str(t.user_attrs.get("seed_name") or f"trial_{t.number}")
+
+
+def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The completed trial of the criteria's baseline seed, if measured."""
+    crit = study.user_attrs.get("criteria") or {}
+    base = crit.get("baseline")
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if base is not None and t.user_attrs.get("seed_name") == base:
+            return t
+    return None
+
+
+def _status(t: FrozenTrial) -> str:
+    if t.state == TrialState.COMPLETE:
+        dup = t.user_attrs.get("duplicate_of")
+        return "ok" if dup is None else f"ok (= trial {dup})"
+    return str(t.user_attrs.get("reason") or t.state.name.lower())
+
+
+def synthesis_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per finished trial in the mission's format, baseline first, with deltas to it."""
+    base = baseline_trial(study)
+    b_miss = _num(base.user_attrs.get("ttft_miss_ms")) if base else None
+    b_hit = _num(base.user_attrs.get("ttft_hit_ms")) if base else None
+    rows: list[dict[str, Any]] = []
+    done = (TrialState.COMPLETE, TrialState.FAIL)
+    for t in study.get_trials(deepcopy=False, states=done):
+        if t.user_attrs.get("reason") == "duplicate":
+            continue  # a pointer to another trial, not a measurement
+        a = t.user_attrs
+        row: dict[str, Any] = {"config": name_of(t), "trial": t.number}
+        for p, short in PARAM_SHORT.items():
+            row[short] = t.params.get(p)
+        miss, hit = _num(a.get("ttft_miss_ms")), _num(a.get("ttft_hit_ms"))
+        row.update(
+            ttft_miss_ms=miss,
+            ttft_hit_ms=hit,
+            speedup=_num(a.get("speedup")),
+            gain_pct=_num(a.get("gain_pct")),
+            miss_vs_base_pct=(miss / b_miss - 1) * 100 if miss and b_miss else None,
+            hit_vs_base_pct=(hit / b_hit - 1) * 100 if hit and b_hit else None,
+            throughput_tok_s=_num(a.get("throughput_tok_s")),
+            vram_mib=_num(a.get("vram_mib")),
+            startup_s=_num(a.get("startup_s")),
+            hit_rate=_num(a.get("hit_rate_hit")),
+            meets_criteria=(all(v <= 0 for v in t.constraints.values()) if t.constraints else None),
+            status=_status(t),
+        )
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    if base is not None and not df.empty:
+        order = [0 if n == base.number else 1 for n in df["trial"]]
+        df = df.assign(_o=order).sort_values(["_o", "trial"]).drop(columns="_o")
+    return df.reset_index(drop=True)
+
+
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    reason: str
+    trials: tuple[FrozenTrial, ...]
+
+    def example_tail(self, lines: int = 15) -> str:
+        for t in self.trials:
+            tail = t.user_attrs.get("log_tail")
+            if tail:
+                return "\n".join(str(tail).splitlines()[-lines:])
+        return ""
+
+
+def failures_by_reason(study: optuna.Study) -> list[FailureGroup]:
+    """Failed trials grouped by reason (duplicates left out: nothing ran), largest group first."""
+    groups: dict[str, list[FrozenTrial]] = defaultdict(list)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        reason = str(t.user_attrs.get("reason", "unknown"))
+        if reason != "duplicate":
+            groups[reason].append(t)
+    return [
+        FailureGroup(r, tuple(ts))
+        for r, ts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    ]
+
+
+def _range(t: FrozenTrial, metric: str) -> tuple[float, float] | None:
+    lo, hi = _num(t.user_attrs.get(f"{metric}_min_ms")), _num(t.user_attrs.get(f"{metric}_max_ms"))
+    return (lo, hi) if lo is not None and hi is not None else None
+
+
+def ranges_overlap(a: FrozenTrial, b: FrozenTrial, metric: str = "ttft_hit") -> bool:
+    """Whether two trials' sample ranges of ``metric`` overlap: their difference is noise."""
+    ra, rb = _range(a, metric), _range(b, metric)
+    return ra is not None and rb is not None and ra[0] <= rb[1] and rb[0] <= ra[1]
+
+
+def quality_warnings(study: optuna.Study, front: list[FrozenTrial]) -> list[tuple[int, str]]:
+    """(trial number, warning) for results that should not be trusted as they stand."""
+    out: list[tuple[int, str]] = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "duplicate_of" in t.user_attrs:
+            continue
+        a = t.user_attrs
+        speedup, rate = _num(a.get("speedup")), a.get("hit_rate_hit")
+        if speedup is not None and speedup > SPEEDUP_WITHOUT_HITS and rate == 0:
+            out.append(
+                (
+                    t.number,
+                    f"MISS/HIT x{speedup:.2f} with no prefix-cache hit: not a cache effect "
+                    "(warm-up, scheduling or noise)",
+                )
+            )
+        if rate is None:
+            out.append((t.number, "no /metrics from the server: cache hit rate unknown"))
+        r, hit = _range(t, "ttft_hit"), _num(a.get("ttft_hit_ms"))
+        if r is not None and hit and (r[1] - r[0]) / hit > NOISY_RELATIVE_RANGE:
+            out.append(
+                (
+                    t.number,
+                    f"HIT samples spread {r[0]:.1f}-{r[1]:.1f} ms (more than "
+                    f"{NOISY_RELATIVE_RANGE:.0%} of the median)",
+                )
+            )
+        n = a.get("n_hit")
+        if isinstance(n, int) and n < MIN_SAMPLES:
+            out.append((t.number, f"only {n} HIT samples"))
+    for i, x in enumerate(front):
+        for y in front[i + 1 :]:
+            if ranges_overlap(x, y):
+                dx = _num(x.user_attrs.get("ttft_hit_ms")) or math.nan
+                dy = _num(y.user_attrs.get("ttft_hit_ms")) or math.nan
+                out.append(
+                    (
+                        x.number,
+                        f"front points {x.number} and {y.number}: HIT differs by "
+                        f"{abs(dx - dy):.1f} ms, within their sample ranges",
+                    )
+                )
+    return out
