@@ -1,0 +1,92 @@
+"""Stage vLLM 0.25.0 (CUDA 13, torch 2.11) and the tuner's dependencies as wheels for the GPU machine.
+
+The lent GPU machine has Python 3.12, torch 2.11.0+cu130 and transformers, but no vLLM and no network.
+This downloads, on a machine with PyPI, every wheel the GPU side lacks, then tars and splits them into
+parts small enough for one transfer each (the device tool carries at most 64 MiB per call).
+
+Usage: python benchmarks/gpu/stage.py [DIR]   (default .stage/) -> DIR/part_aa, part_ab, ...
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+VLLM = "vllm==0.25.0"
+PLATFORMS = [
+    "manylinux_2_34_x86_64", "manylinux_2_31_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_5_x86_64",
+    "manylinux1_x86_64", "any",
+]
+# Present on the GPU machine (torch's own CUDA stack, transformers) or unneeded for a Llama on one GPU.
+EXCLUDE = re.compile(
+    r"^(torch.*|nvidia-(?!ml-py).*|flashinfer.*|tilelang|quack-kernels|humming-kernels|tokenspeed-mla|numba|"
+    r"llvmlite|opencv-python-headless|pynvvideocodec|fastsafetensors|transformers|tokenizers|safetensors|"
+    r"numpy|pillow|triton.*|cuda-.*)$"
+)
+EXTRA = [
+    "compressed-tensors==0.17.0", "xgrammar==0.2.8", "mistral_common", "apache-tvm-ffi==0.1.15.post2",
+    # the tuner itself
+    "optuna>=5.0", "httpx>=0.27", "pydantic>=2.7", "ruamel.yaml>=0.18", "pandas>=2.0", "typer>=0.12",
+    "rich>=13", "prometheus-client>=0.20", "psutil>=5.9", "nvidia-ml-py>=12", "plotly>=5",
+]
+PART_BYTES = 62_000_000
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pip(*args: str) -> None:
+    plat = [a for p in PLATFORMS for a in ("--platform", p)]
+    cmd = [sys.executable, "-m", "pip", *args, "--python-version", "3.12", "--only-binary=:all:", *plat]
+    subprocess.run(cmd, check=True)
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else ".stage")
+    wh = out / "wh"
+    wh.mkdir(parents=True, exist_ok=True)
+    pip("download", "--no-deps", "-d", str(out), VLLM)
+    wheel = next(out.glob("vllm-0.25.0-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        meta_name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = Parser().parsestr(z.read(meta_name).decode())
+    reqs = []
+    for req in meta.get_all("Requires-Dist") or []:
+        if "extra ==" in req:
+            continue
+        name = norm(re.split(r"[\s<>=!~;\[(]", req, maxsplit=1)[0])
+        if not EXCLUDE.match(name) and name != "apache-tvm-ffi":
+            reqs.append(req.split(";")[0].strip())
+    report = out / "report.json"
+    pip("install", "--dry-run", "--ignore-installed", "--report", str(report), "--target", str(out / "t"),
+        *reqs, *EXTRA)
+    pins = []
+    for item in json.loads(report.read_text())["install"]:
+        name, version = item["metadata"]["name"], item["metadata"]["version"]
+        if not EXCLUDE.match(norm(name)):
+            pins.append(f"{name}=={version}")
+    (out / "pins.txt").write_text("\n".join(sorted(pins)) + "\n")
+    pip("download", "--no-deps", "-d", str(wh), *pins)
+    tar_path = out / "all.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(wheel, arcname=wheel.name)
+        for f in sorted(wh.glob("*.whl")):
+            tar.add(f, arcname=f"wh/{f.name}")
+    data = tar_path.read_bytes()
+    for i in range(0, len(data), PART_BYTES):
+        idx = i // PART_BYTES
+        (out / f"part_{idx:02d}").write_bytes(data[i : i + PART_BYTES])
+    tar_path.unlink()
+    print(f"{len(pins)} dependency wheels + vLLM, {len(data) / 1e6:.0f} MB in {-(-len(data) // PART_BYTES)} parts")
+
+
+if __name__ == "__main__":
+    main()
