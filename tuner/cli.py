@@ -95,6 +95,13 @@ def optimize(
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
     sampler_seed: Annotated[int, typer.Option("--sampler-seed")] = 0,
     no_seeds: Annotated[bool, typer.Option("--no-seeds", help="do not enqueue the seeds")] = False,
+    keep_best: Annotated[
+        bool,
+        typer.Option(
+            "--keep-best",
+            help="compose deployer: leave the compose file set to the recommended configuration",
+        ),
+    ] = False,
     no_precheck: Annotated[
         bool,
         typer.Option(
@@ -148,7 +155,35 @@ def optimize(
         f"study {result.study_name}: {result.deployed} deployments{extra}, {result.new_trials} new "
         f"trials this run; storage {paths.storage_url}"
     )
+    if runner.reclaimed:
+        out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
+    if keep_best:
+        _keep_best(prof, sp, paths)
     out.print(f"next: tuner report {paths.name}")
+
+
+def _keep_best(prof: Any, sp: Any, paths: StudyPaths) -> None:
+    from tuner.config import ComposeConfig
+    from tuner.deploy.compose_file import write_flags
+    from tuner.report import recommend
+
+    if not isinstance(prof.deployer, ComposeConfig):
+        raise TunerError("--keep-best needs a compose profile (deployer.kind: compose)")
+    rec = recommend(load_study(paths))
+    if rec is None:
+        out.print("--keep-best: no completed trial, the compose file is unchanged")
+        return
+    flags = list(rec.trial.user_attrs.get("flags", []))
+    note = (
+        f"vllm-tuner: service {prof.deployer.service!r} set to the recommended configuration "
+        f"(study {paths.name}, trial {rec.trial.number}, {rec.name}).\n"
+        f"The original file is {prof.deployer.file.name}.vllm-tuner.bak; "
+        f"`tuner restore {prof.deployer.file}` puts it back."
+    )
+    write_flags(prof.deployer.file, prof.deployer.service, flags, sp.managed_flags, note)
+    out.print(
+        f"{prof.deployer.file}: set to trial {rec.trial.number} ({rec.name}) {' '.join(flags)}"
+    )
 
 
 @app.command("space")
@@ -295,6 +330,32 @@ def dashboard(
         load_study(StudyPaths.create(study, studies_dir, storage))  # a clear error if missing
     out.print(f"optuna-dashboard on http://{host}:{port}/  storage {url}  (Ctrl-C stops it)")
     optuna_dashboard.run_server(url, host=host, port=port)
+
+
+@app.command()
+def cleanup(
+    study: Annotated[
+        str | None, typer.Option("--study", help="only this study's containers")
+    ] = None,
+) -> None:
+    """Remove every container the tuner started (labelled io.vllm-tuner.managed), and only those."""
+    from tuner.deploy.docker import docker_client, remove_containers
+
+    removed = remove_containers(docker_client(), study)
+    out.print(
+        f"removed {len(removed)} container(s)" + (f": {', '.join(removed)}" if removed else "")
+    )
+
+
+@app.command()
+def restore(file: Annotated[Path, typer.Argument(help="the compose file a study rewrote")]) -> None:
+    """Put a compose file back byte-for-byte from the backup the compose deployer made."""
+    from tuner.deploy.compose_file import backup_path
+    from tuner.deploy.compose_file import restore as restore_file
+
+    if not restore_file(file):
+        raise TunerError(f"{file}: no backup {backup_path(file).name}: nothing to restore")
+    out.print(f"{file} restored")
 
 
 @app.command("demo-model")

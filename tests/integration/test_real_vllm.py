@@ -72,13 +72,6 @@ def _vllm_servers(marker: str) -> list[psutil.Process]:
     return out
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tuner.demo_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
 def test_real_three_trial_study(tmp_path: Path, model_dir: Path) -> None:
     """Three real deployments: prefix caching gives cache hits and a faster HIT; off gives 0 hits;
     the combination vLLM refuses is rejected before deploying; no server is left running."""

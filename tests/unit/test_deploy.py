@@ -12,8 +12,16 @@ import psutil
 import pytest
 
 from tests.conftest import fake_profile
-from tuner.config import ExternalConfig, LocalConfig, Profile, ServerArgs
+from tuner.config import (
+    ComposeConfig,
+    DockerConfig,
+    ExternalConfig,
+    LocalConfig,
+    Profile,
+    ServerArgs,
+)
 from tuner.deploy import DEPLOYER_KINDS, Deployer, classify_exit, make_deployer
+from tuner.deploy.local import free_port
 from tuner.errors import ServerExited, StartupTimeout
 from tuner.testing import FakeVLLMServer
 
@@ -31,9 +39,87 @@ def local_profile(**kw: object) -> Profile:
     )  # type: ignore[arg-type]
 
 
+IMAGE = "vllm-tuner/host-env:latest"  # empty image made by scripts/docker.sh
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _need_engine() -> None:
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+        client.images.get(IMAGE)
+    except docker.errors.DockerException as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test the docker deployers (bash scripts/docker.sh): {exc}")
+        pytest.skip(f"no Docker Engine or no {IMAGE}: {exc}")
+
+
+def _mounts() -> dict[str, str]:
+    # The fake server (`python -m tuner.testing`) runs in the empty image with this machine's
+    # Python and the project bind-mounted read-only.
+    paths = ["/usr", "/lib", "/lib64", "/bin", "/etc", sys.base_prefix, str(ROOT)]
+    return {p: f"{p}:ro" for p in paths if Path(p).exists()}
+
+
+def docker_profile(**kw: object) -> Profile:
+    cfg = {
+        "image": IMAGE,
+        "entrypoint": [sys.executable, "-m", "tuner.testing"],
+        "gpus": "none",
+        "network": "host",
+        "volumes": _mounts(),
+        "shm_size": "64m",
+        "health_timeout_s": 30.0,
+        "stop_timeout_s": 5.0,
+        **kw,
+    }
+    return Profile(
+        name="docker-fake",
+        server=ServerArgs(model="fake-model", max_model_len=4096),
+        deployer=DockerConfig(**cfg),  # type: ignore[arg-type]
+    )
+
+
+def compose_profile(tmp: Path) -> Profile:
+    port = free_port()
+    vols = "\n".join(f'      - "{h}:{c}"' for h, c in _mounts().items())
+    file = tmp / "compose" / "docker-compose.yml"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(
+        "services:\n  fake:\n"
+        f"    image: {IMAGE}\n    network_mode: host\n"
+        f'    entrypoint: ["{sys.executable}", "-m", "tuner.testing"]\n'
+        f"    volumes:\n{vols}\n"
+        f'    command: ["--model", "fake-model", "--host", "127.0.0.1", "--port", "{port}"]\n'
+    )
+    return Profile(
+        name="compose-fake",
+        server=ServerArgs(model="fake-model", max_model_len=4096),
+        deployer=ComposeConfig(
+            file=file,
+            service="fake",
+            url=f"http://127.0.0.1:{port}",
+            project="tunercontract",
+            health_timeout_s=60.0,
+            stop_timeout_s=5.0,
+        ),  # fmt: skip
+    )
+
+
 @pytest.fixture(params=DEPLOYER_KINDS)
-def deployer(request: pytest.FixtureRequest) -> Iterator[Deployer]:
+def deployer(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployer]:
     kind = request.param
+    if kind in ("docker", "compose"):
+        _need_engine()
+        prof = (
+            docker_profile() if kind == "docker" else compose_profile(tmp_path_factory.mktemp("c"))
+        )
+        yield make_deployer(prof, managed_flags={"--enable-prefix-caching"})
+        return
     if kind == "external":
         with FakeVLLMServer(name="fake-model") as srv:
             prof = Profile(
@@ -169,3 +255,43 @@ class TestClassify:
     def test_patterns(self, rc: int, log: str, reason: str) -> None:
         """Exit status and log patterns decide crash / oom / invalid."""
         assert classify_exit(rc, log) == reason
+
+
+class TestDocker:
+    def test_crash_and_labels_and_secrets(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A container exiting at start-up is `crash` with its log; it is removed; the secret's
+        value reaches the container but neither command.json nor the labels."""
+        _need_engine()
+        import docker
+
+        monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+        client = docker.from_env()
+        workdir = tmp_path / "st" / "trials" / "0007"
+        with make_deployer(docker_profile()) as dep:
+            ep = dep.start(["--fake-crash"], workdir)
+            c = client.containers.get(ep.container_id)
+            assert c.labels["io.vllm-tuner.study"] == "st"
+            assert c.labels["io.vllm-tuner.trial"] == "0007"
+            assert "HF_TOKEN=hf_secret_value" in c.attrs["Config"]["Env"]
+            with pytest.raises(ServerExited) as exc:
+                dep.wait_ready()
+        assert exc.value.reason == "crash"
+        assert "engine core died" in exc.value.log_tail
+        text = (workdir / "command.json").read_text()
+        assert "hf_secret_value" not in text
+        assert '"HF_TOKEN"' in text
+        with pytest.raises(docker.errors.NotFound):
+            client.containers.get(ep.container_id)
+
+    def test_startup_timeout_removes_the_container(self, tmp_path: Path) -> None:
+        _need_engine()
+        import docker
+
+        with make_deployer(docker_profile(health_timeout_s=1.0)) as dep:
+            ep = dep.start(["--fake-startup-s", "30"], tmp_path / "s" / "trials" / "0000")
+            with pytest.raises(StartupTimeout):
+                dep.wait_ready()
+        with pytest.raises(docker.errors.NotFound):
+            docker.from_env().containers.get(ep.container_id)

@@ -10,7 +10,9 @@ from tuner.config.objective import (
     load_objective,
 )
 from tuner.config.profile import (
+    ComposeConfig,
     DeployerConfig,
+    DockerConfig,
     ExternalConfig,
     FakeConfig,
     LocalConfig,
@@ -27,6 +29,8 @@ __all__ = [
     "DeployerConfig",
     "Dimension",
     "ExternalConfig",
+    "ComposeConfig",
+    "DockerConfig",
     "FakeConfig",
     "LocalConfig",
     "ObjectiveFile",

@@ -10,7 +10,9 @@ from pydantic import Field
 from tuner.config._yaml import StrictModel, load_model
 
 __all__ = [
+    "ComposeConfig",
     "DeployerConfig",
+    "DockerConfig",
     "ExternalConfig",
     "FakeConfig",
     "LocalConfig",
@@ -71,6 +73,45 @@ class ExternalConfig(StrictModel):
     crash_retries: int = 0
 
 
+class DockerConfig(StrictModel):
+    """vLLM in a container started with the docker SDK, one per trial, removed afterwards."""
+
+    kind: Literal["docker"] = "docker"
+    image: str = "vllm/vllm-openai:latest"
+    # None: the image's own entrypoint (vllm/vllm-openai starts the OpenAI server); the server
+    # arguments are then the container's command.
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = {}
+    pass_env: list[str] = ["HF_TOKEN"]  # copied from the environment at start, never stored
+    volumes: dict[str, str] = {}  # host path -> container path[:ro]
+    shm_size: str = "2g"  # vLLM needs >= 1 GB of /dev/shm
+    gpus: Literal["all", "none"] | list[str] = "all"  # device ids, e.g. ["0", "1"]
+    network: Literal["host", "bridge"] = "host"
+    host: str = "127.0.0.1"  # where the tuner reaches the server
+    port: int = Field(default=0, ge=0, le=65535)  # 0: a free port per trial
+    container_port: int = 8000  # bridge network: the port vLLM listens on inside
+    tmpfs: list[str] = ["/tmp"]
+    user: str | None = None
+    docker_host: str | None = None  # e.g. unix:///var/run/docker.sock; default: environment
+    health_timeout_s: float = Field(default=600.0, gt=0)
+    stop_timeout_s: float = Field(default=30.0, gt=0)
+    crash_retries: int = Field(default=1, ge=0)
+
+
+class ComposeConfig(StrictModel):
+    """The user's own docker compose file: one service's vLLM flags rewritten per trial."""
+
+    kind: Literal["compose"] = "compose"
+    file: Path
+    service: str
+    url: str = "http://127.0.0.1:8000"  # where the service answers (its published port)
+    project: str | None = None  # default: vllm-tuner-<file's folder>
+    command: list[str] | None = None  # default: `docker compose` v2, else `docker-compose` v1
+    health_timeout_s: float = Field(default=600.0, gt=0)
+    stop_timeout_s: float = Field(default=30.0, gt=0)
+    crash_retries: int = Field(default=1, ge=0)
+
+
 class FakeConfig(StrictModel):
     """The in-process fake OpenAI server of ``tuner.testing`` (tests, demos, dry runs)."""
 
@@ -88,7 +129,10 @@ class FakeConfig(StrictModel):
     crash_retries: int = Field(default=1, ge=0)
 
 
-DeployerConfig = Annotated[LocalConfig | ExternalConfig | FakeConfig, Field(discriminator="kind")]
+DeployerConfig = Annotated[
+    LocalConfig | ExternalConfig | DockerConfig | ComposeConfig | FakeConfig,
+    Field(discriminator="kind"),
+]
 
 
 class Profile(StrictModel):

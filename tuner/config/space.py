@@ -91,6 +91,13 @@ class SearchSpace:
         return tuple(d.name for d in self.dimensions)
 
     @property
+    def managed_flags(self) -> frozenset[str]:
+        """Every flag the space sets (both forms of a boolean)."""
+        out = {d.flag for d in self.dimensions}
+        out |= {d.negative_flag for d in self.dimensions if d.negative_flag}
+        return frozenset(out)
+
+    @property
     def size(self) -> int:
         n = 1
         for d in self.dimensions:

@@ -8,6 +8,7 @@ alone, in milliseconds) and duplicates (never deployed) do not count.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -28,7 +29,7 @@ from tuner.config.profile import ExternalConfig, Profile
 from tuner.config.rules import violations
 from tuner.config.seeds import Seed
 from tuner.config.space import ParamValue, SearchSpace
-from tuner.deploy import make_deployer
+from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import ConfigError, StudyError
 from tuner.study._trial import TrialOutcome, evaluate, record_failure
@@ -101,7 +102,7 @@ class StudyRunner:
         objective: ObjectiveFile,
         profile: Profile,
         settings: RunSettings,
-        deployer_factory: Callable[[Profile], Deployer] = make_deployer,
+        deployer_factory: Callable[[Profile], Deployer] | None = None,
         on_trial_start: Callable[[int, dict[str, Any], str | None], None] | None = None,
         on_trial_end: Callable[[TrialOutcome], None] | None = None,
     ) -> None:
@@ -111,7 +112,9 @@ class StudyRunner:
         self.objective = objective
         self.profile = profile
         self.settings = settings
-        self._factory = deployer_factory
+        self._factory = deployer_factory or functools.partial(
+            make_deployer, managed_flags=space.managed_flags
+        )
         self._on_start = on_trial_start
         self._on_end = on_trial_end
         self._rng = random.Random(settings.sampler_seed)
@@ -183,6 +186,8 @@ class StudyRunner:
         external_params = self._external_params() if self._external else None
         study = self.open_study()
         self._recover_stale(study)
+        # Containers (or a rewritten compose file) a hard-killed earlier run left behind.
+        self.reclaimed = cleanup_stale(self.profile, self.paths.name)
         if self.settings.enqueue_seeds:
             self._enqueue_seeds(study)
         trials = study.get_trials(deepcopy=False)

@@ -1,0 +1,163 @@
+"""``compose`` deployer: the user's compose file, one service's flags rewritten per trial.
+
+Per trial: back the file up (once), rewrite the service's ``command``, ``up -d`` the service in a
+project of its own, wait healthy; on stop: ``down``, then put the file back byte-for-byte. A hard
+kill leaves the backup next to the file: ``tuner restore FILE`` (or the next run) puts it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import docker.errors
+
+from tuner.config.profile import ComposeConfig, Profile
+from tuner.deploy.base import BaseDeployer, Endpoint, classify_exit, tail, wait_healthy
+from tuner.deploy.compose_file import restore, write_flags
+from tuner.deploy.docker import docker_client
+from tuner.errors import ConfigError, DeployError, ServerExited
+
+__all__ = ["ComposeDeployer", "compose_command", "project_name"]
+
+
+def compose_command(configured: list[str] | None = None) -> list[str]:
+    """``docker compose`` (v2 plugin) if it works, else ``docker-compose`` (v1)."""
+    if configured:
+        return configured
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise ConfigError("neither `docker compose` nor `docker-compose` is installed", key="deployer")
+
+
+def project_name(cfg: ComposeConfig) -> str:
+    base = cfg.project or f"vllm-tuner-{cfg.file.resolve().parent.name}"
+    return re.sub(r"[^a-z0-9_-]", "", base.lower()) or "vllm-tuner"
+
+
+class ComposeDeployer(BaseDeployer):
+    kind = "compose"
+
+    def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
+        if not isinstance(profile.deployer, ComposeConfig):
+            raise TypeError(f"ComposeDeployer needs a compose profile, got {profile.deployer.kind}")
+        self._profile = profile
+        self._cfg: ComposeConfig = profile.deployer
+        self._managed = frozenset(managed_flags)
+        self._file = self._cfg.file.resolve()
+        self._project = project_name(self._cfg)
+        self._started = False
+        self._log_path: Path | None = None
+
+    def _compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [*compose_command(self._cfg.command), "-f", str(self._file), "-p", self._project]
+        proc = subprocess.run([*argv, *args], capture_output=True, text=True, check=False)
+        if check and proc.returncode != 0:
+            raise DeployError(
+                f"{' '.join(argv[:2])} {args[0]} failed: {tail(proc.stderr, 3)}",
+                reason="crash",
+                log_tail=tail(proc.stderr),
+            )
+        return proc
+
+    def start(self, flags: Sequence[str], workdir: Path) -> Endpoint:
+        self.stop()
+        if not self._file.exists():
+            raise ConfigError(f"compose file {self._file} not found", key="deployer.file")
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._log_path = workdir / "server.log"
+        write_flags(self._file, self._cfg.service, flags, self._managed)
+        (workdir / "command.json").write_text(
+            json.dumps(
+                {
+                    "compose_file": str(self._file),
+                    "service": self._cfg.service,
+                    "project": self._project,
+                    "flags": list(flags),
+                },
+                indent=2,
+            )  # fmt: skip
+        )
+        (workdir / "compose.yml").write_text(self._file.read_text())
+        self._started = True
+        self._compose("up", "-d", "--force-recreate", "--no-deps", self._cfg.service)
+        return Endpoint(
+            base_url=self._cfg.url.rstrip("/"),
+            model=self._profile.server.model_name,
+            pids=self._pids(),
+            container_id=self._container_id(),
+        )
+
+    def _container_id(self) -> str | None:
+        out = self._compose("ps", "-q", self._cfg.service, check=False).stdout.split()
+        return out[0] if out else None
+
+    def _pids(self) -> tuple[int, ...]:
+        cid = self._container_id()
+        if cid is None:
+            return ()
+        with contextlib.suppress(docker.errors.DockerException):
+            pid = int(docker_client().containers.get(cid).attrs["State"].get("Pid") or 0)
+            return (pid,) if pid else ()
+        return ()
+
+    def _save_logs(self) -> str:
+        log = self._compose("logs", "--no-color", self._cfg.service, check=False).stdout
+        if self._log_path is not None and log:
+            self._log_path.write_text(log)
+        return log
+
+    def _alive(self) -> None:
+        cid = self._container_id()
+        if cid is None:
+            raise ServerExited(
+                "the service has no container", reason="crash", log_tail=tail(self._save_logs())
+            )
+        try:
+            state = docker_client().containers.get(cid).attrs["State"]
+        except docker.errors.NotFound as exc:
+            raise ServerExited("the service's container disappeared", reason="crash") from exc
+        if state.get("Status") in ("exited", "dead"):
+            log = self._save_logs()
+            rc = int(state.get("ExitCode", -1))
+            reason = "oom" if state.get("OOMKilled") else classify_exit(rc, log)
+            raise ServerExited(
+                f"service exited with status {rc} ({reason})", reason=reason, log_tail=tail(log)
+            )
+
+    def wait_ready(self) -> float:
+        took = wait_healthy(
+            self._cfg.url.rstrip("/"), timeout_s=self._cfg.health_timeout_s, alive=self._alive
+        )
+        self._save_logs()  # the start-up log now; the full log again at stop
+        return took
+
+    def log_tail(self, lines: int = 40) -> str:
+        return tail(self._save_logs(), lines)
+
+    def check_alive(self) -> None:
+        self._alive()
+
+    def reclaim(self) -> None:
+        """Bring down the project an earlier, killed run left up; restore the file."""
+        self._started = True
+        self.stop()
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        try:
+            self._save_logs()
+            self._compose("down", "-t", str(int(self._cfg.stop_timeout_s)), check=False)
+        finally:
+            restore(self._file)  # the user's file, byte-for-byte, whatever happened

@@ -1,0 +1,208 @@
+"""``docker`` deployer: one labelled container per trial (docker SDK), always removed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import DeviceRequest
+
+from tuner.config.profile import DockerConfig, Profile
+from tuner.deploy.base import BaseDeployer, Endpoint, classify_exit, tail, wait_healthy
+from tuner.deploy.local import free_port
+from tuner.errors import ConfigError, DeployError, ServerExited, TunerError
+
+__all__ = ["LABEL", "DockerDeployer", "docker_client", "remove_containers"]
+
+LABEL = "io.vllm-tuner.managed"  # on every container the tool starts, and only those
+STUDY_LABEL = "io.vllm-tuner.study"
+TRIAL_LABEL = "io.vllm-tuner.trial"
+
+
+def docker_client(base_url: str | None = None) -> docker.DockerClient:
+    """A client for the engine; a TunerError (one line) when it cannot be reached."""
+    try:
+        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise TunerError(f"cannot reach the Docker Engine: {exc}") from exc
+    return client
+
+
+def remove_containers(client: docker.DockerClient, study: str | None = None) -> list[str]:
+    """Force-remove the containers this tool started (of one study, or all); their names."""
+    labels = [f"{LABEL}=true"] + ([f"{STUDY_LABEL}={study}"] if study else [])
+    removed = []
+    for c in client.containers.list(all=True, filters={"label": labels}):
+        with contextlib.suppress(docker.errors.NotFound):
+            c.remove(force=True)
+            removed.append(str(c.name))
+    return removed
+
+
+def _gpu_requests(gpus: str | list[str]) -> list[DeviceRequest]:
+    if gpus == "none":
+        return []
+    if gpus == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return [DeviceRequest(device_ids=list(gpus), capabilities=[["gpu"]])]
+
+
+def _volumes(spec: dict[str, str]) -> dict[str, dict[str, str]]:
+    out = {}
+    for host, target in spec.items():
+        bind, _, mode = target.partition(":")
+        out[os.path.expanduser(host)] = {"bind": bind, "mode": mode or "rw"}
+    return out
+
+
+class DockerDeployer(BaseDeployer):
+    """Runs the image with the profile's args plus the trial's flags; logs streamed to the trial."""
+
+    kind = "docker"
+
+    def __init__(self, profile: Profile) -> None:
+        if not isinstance(profile.deployer, DockerConfig):
+            raise TypeError(f"DockerDeployer needs a docker profile, got {profile.deployer.kind}")
+        self._profile = profile
+        self._cfg: DockerConfig = profile.deployer
+        self._client: docker.DockerClient | None = None
+        self._container: Container | None = None
+        self._log_path: Path | None = None
+        self._pump: threading.Thread | None = None
+        self._base_url = ""
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = docker_client(self._cfg.docker_host)
+        return self._client
+
+    def server_args(self, flags: Sequence[str], port: int) -> list[str]:
+        args = [*self._profile.server.to_args(), *flags]
+        if self._cfg.network == "host":
+            return [*args, "--host", self._cfg.host, "--port", str(port)]
+        return [*args, "--host", "0.0.0.0", "--port", str(self._cfg.container_port)]
+
+    def start(self, flags: Sequence[str], workdir: Path) -> Endpoint:
+        self.stop()
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = self._cfg.port or free_port(self._cfg.host)
+        args = self.server_args(flags, port)
+        env = dict(self._cfg.env)
+        env.update({k: os.environ[k] for k in self._cfg.pass_env if k in os.environ})
+        labels = {
+            LABEL: "true",
+            STUDY_LABEL: workdir.parent.parent.name,
+            TRIAL_LABEL: workdir.name,
+        }
+        # Names only: values (HF_TOKEN...) never reach disk or logs.
+        record = {"image": self._cfg.image, "entrypoint": self._cfg.entrypoint, "command": args,
+                  "env": sorted(env), "labels": labels}  # fmt: skip
+        (workdir / "command.json").write_text(json.dumps(record, indent=2))
+        kwargs: dict[str, Any] = {
+            "command": args,
+            "entrypoint": self._cfg.entrypoint,
+            "environment": env,
+            "volumes": _volumes(self._cfg.volumes),
+            "shm_size": self._cfg.shm_size,
+            "device_requests": _gpu_requests(self._cfg.gpus),
+            "labels": labels,
+            "tmpfs": {p: "" for p in self._cfg.tmpfs},
+            "user": self._cfg.user,
+            "detach": True,
+        }
+        if self._cfg.network == "host":
+            kwargs["network_mode"] = "host"
+        else:
+            kwargs["ports"] = {f"{self._cfg.container_port}/tcp": (self._cfg.host, port)}
+        try:
+            self._container = self.client.containers.run(self._cfg.image, **kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise ConfigError(
+                f"docker image {self._cfg.image!r} not found: build or pull it first",
+                key="deployer.image",
+            ) from exc
+        except docker.errors.APIError as exc:
+            raise DeployError(
+                f"docker could not start the container: {exc}", reason="crash"
+            ) from exc
+        self._log_path = workdir / "server.log"
+        self._pump = threading.Thread(
+            target=self._stream_logs, args=(self._container,), daemon=True
+        )
+        self._pump.start()
+        self._base_url = f"http://{self._cfg.host}:{port}"
+        self._container.reload()
+        pid = int(self._container.attrs["State"].get("Pid") or 0)
+        return Endpoint(
+            base_url=self._base_url,
+            model=self._profile.server.model_name,
+            pids=(pid,) if pid else (),
+            container_id=self._container.id,
+        )
+
+    def _stream_logs(self, container: Container) -> None:
+        assert self._log_path is not None
+        with self._log_path.open("wb") as f, contextlib.suppress(docker.errors.DockerException):
+            for chunk in container.logs(stream=True, follow=True):
+                f.write(chunk)
+                f.flush()
+
+    def _read_log(self) -> str:
+        if self._log_path is None or not self._log_path.exists():
+            return ""
+        return self._log_path.read_bytes().decode("utf-8", errors="replace")
+
+    def _alive(self) -> None:
+        if self._container is None:
+            raise ServerExited("server was not started", reason="crash")
+        try:
+            self._container.reload()
+        except docker.errors.NotFound as exc:
+            raise ServerExited("the container disappeared", reason="crash") from exc
+        state = self._container.attrs["State"]
+        if state.get("Status") in ("exited", "dead"):
+            if self._pump is not None:
+                self._pump.join(timeout=5)  # the rest of the log, for the classification
+            log = self._read_log()
+            rc = int(state.get("ExitCode", -1))
+            reason = "oom" if state.get("OOMKilled") else classify_exit(rc, log)
+            raise ServerExited(
+                f"container exited with status {rc} ({reason})", reason=reason, log_tail=tail(log)
+            )
+
+    def wait_ready(self) -> float:
+        try:
+            return wait_healthy(
+                self._base_url, timeout_s=self._cfg.health_timeout_s, alive=self._alive
+            )
+        except DeployError as exc:
+            if not exc.log_tail:
+                exc.log_tail = tail(self._read_log())
+            raise
+
+    def log_tail(self, lines: int = 40) -> str:
+        return tail(self._read_log(), lines)
+
+    def check_alive(self) -> None:
+        self._alive()
+
+    def stop(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            with contextlib.suppress(docker.errors.DockerException):
+                container.stop(timeout=int(self._cfg.stop_timeout_s))
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+        if self._pump is not None:
+            self._pump.join(timeout=5)
+            self._pump = None
