@@ -14,7 +14,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuner.config import load_objective, load_profile, load_seeds, load_space, violations
+from tuner.config import (
+    Profile,
+    SearchSpace,
+    load_objective,
+    load_profile,
+    load_seeds,
+    load_space,
+    violations,
+)
 from tuner.errors import TunerError
 from tuner.study import RunSettings, StudyPaths, StudyRunner, TrialOutcome, load_study
 
@@ -94,6 +102,7 @@ def optimize(
     studies_dir: StudiesOpt = STUDIES,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
     sampler_seed: Annotated[int, typer.Option("--sampler-seed")] = 0,
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe | random | nsga2 | grid")] = "tpe",
     no_seeds: Annotated[bool, typer.Option("--no-seeds", help="do not enqueue the seeds")] = False,
     keep_best: Annotated[
         bool,
@@ -112,10 +121,34 @@ def optimize(
 ) -> None:
     """Create or resume a study and run trials until it holds TRIALS deployments."""
     sp = load_space(space)
-    sd = load_seeds(seeds, sp)
-    obj = load_objective(objective)
     prof = load_profile(profile)
+    settings = RunSettings(
+        n_trials=trials,
+        sampler_seed=sampler_seed,
+        enqueue_seeds=not no_seeds,
+        precheck=not no_precheck,
+        sampler=sampler,
+    )
     paths = StudyPaths.create(study or f"{prof.name}-{sp.name}", studies_dir, storage)
+    runner = _run(paths, sp, seeds, objective, prof, settings)
+    if runner.reclaimed:
+        out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
+    if keep_best:
+        _keep_best(prof, sp, paths)
+    out.print(f"next: tuner report {paths.name}")
+
+
+def _run(
+    paths: StudyPaths,
+    sp: SearchSpace,
+    seeds: Path,
+    objective: Path,
+    prof: Profile,
+    settings: RunSettings,
+) -> StudyRunner:
+    """Run the study with a progress bar and one line per trial; the runner, for its result."""
+    sd = load_seeds(seeds, sp) if settings.enqueue_seeds else ()
+    obj = load_objective(objective)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -124,7 +157,7 @@ def optimize(
         console=out,
         transient=True,
     ) as progress:
-        task = progress.add_task(f"study {paths.name}", total=trials)
+        task = progress.add_task(f"study {paths.name}", total=settings.n_trials)
 
         def started(number: int, params: dict[str, Any], seed: str | None) -> None:
             progress.update(task, description=f"trial {number} {seed or ''}".strip())
@@ -137,15 +170,10 @@ def optimize(
         runner = StudyRunner(
             paths=paths,
             space=sp,
-            seeds=sd,
+            seeds=tuple(sd),
             objective=obj,
             profile=prof,
-            settings=RunSettings(
-                n_trials=trials,
-                sampler_seed=sampler_seed,
-                enqueue_seeds=not no_seeds,
-                precheck=not no_precheck,
-            ),
+            settings=settings,
             on_trial_start=started,
             on_trial_end=ended,
         )
@@ -155,14 +183,33 @@ def optimize(
         f"study {result.study_name}: {result.deployed} deployments{extra}, {result.new_trials} new "
         f"trials this run; storage {paths.storage_url}"
     )
-    if runner.reclaimed:
-        out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
-    if keep_best:
-        _keep_best(prof, sp, paths)
+    return runner
+
+
+@app.command()
+def sweep(
+    study: Annotated[
+        str | None, typer.Option("--study", help="study name (default: PROFILE-SPACE-sweep)")
+    ] = None,
+    space: SpaceOpt = SPACE,
+    objective: Annotated[Path, typer.Option("--objective", help="objective YAML")] = OBJECTIVE,
+    profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
+    studies_dir: StudiesOpt = STUDIES,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
+) -> None:
+    """Evaluate every valid point of the space (Optuna GridSampler); resumable. Ground truth."""
+    sp = load_space(space)
+    prof = load_profile(profile)
+    fixed = prof.server.to_args()
+    valid = [p for p in sp.points() if not violations([*fixed, *sp.to_flags(p)])]
+    out.print(f"{sp.name}: {len(valid)} valid points of {sp.size}")
+    settings = RunSettings(n_trials=len(valid), enqueue_seeds=False, sampler="grid")
+    paths = StudyPaths.create(study or f"{prof.name}-{sp.name}-sweep", studies_dir, storage)
+    _run(paths, sp, SEEDS, objective, prof, settings)
     out.print(f"next: tuner report {paths.name}")
 
 
-def _keep_best(prof: Any, sp: Any, paths: StudyPaths) -> None:
+def _keep_best(prof: Profile, sp: SearchSpace, paths: StudyPaths) -> None:
     from tuner.config import ComposeConfig
     from tuner.deploy.compose_file import write_flags
     from tuner.report import recommend
@@ -194,7 +241,11 @@ def space_cmd(file: Annotated[Path, typer.Argument(help="search space YAML")] = 
     for col in ("dimension", "values", "flags"):
         table.add_column(col)
     for d in sp.dimensions:
-        flags = d.flag if d.negative_flag is None else f"{d.flag} / {d.negative_flag}"
+        flags = (
+            f"env {d.env}"
+            if d.env
+            else (d.flag if d.negative_flag is None else f"{d.flag} / {d.negative_flag}")
+        )
         table.add_row(
             d.name, ", ".join("null" if v is None else str(v).lower() for v in d.values), flags
         )
@@ -330,6 +381,29 @@ def dashboard(
         load_study(StudyPaths.create(study, studies_dir, storage))  # a clear error if missing
     out.print(f"optuna-dashboard on http://{host}:{port}/  storage {url}  (Ctrl-C stops it)")
     optuna_dashboard.run_server(url, host=host, port=port)
+
+
+@app.command("export-surface")
+def export_surface_cmd(
+    study: Annotated[str, typer.Argument(help="study name")],
+    output: Annotated[
+        Path | None, typer.Option("--out", help="default: STUDY/surface.json")
+    ] = None,
+    description: Annotated[str, typer.Option("--description", help="how it was made")] = "",
+    studies_dir: StudiesOpt = STUDIES,
+    storage: Annotated[str | None, typer.Option("--storage")] = None,
+) -> None:
+    """Write a study's raw measurements as a surface the replay deployer can serve."""
+    import json
+
+    from tuner.report.surface import export_surface
+
+    paths = StudyPaths.create(study, studies_dir, storage)
+    surface = export_surface(load_study(paths), paths.root, description)
+    target = output or paths.root / "surface.json"
+    target.write_text(json.dumps(surface.to_json(), indent=1))
+    ok = sum(p.status == "ok" for p in surface.points)
+    out.print(f"wrote {target}: {ok} measured and {len(surface.points) - ok} failed configurations")
 
 
 @app.command()

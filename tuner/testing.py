@@ -207,7 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, state: _State, port: int = 0) -> None:
+    def __init__(self, state: Any, port: int = 0) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.state = state
         self.log_lines: list[str] = []
@@ -228,8 +228,11 @@ class FakeVLLMServer:
         name: str = "fake-model",
         fail_chat: bool = False,
         port: int = 0,
+        state: Any = None,
     ) -> None:
-        self._server = _Server(_State(flags, model or ServerModel(), name, fail_chat), port)
+        # ``state``: what answers admit()/metrics(); the replay deployer passes recorded latencies.
+        state = state or _State(flags, model or ServerModel(), name, fail_chat)
+        self._server = _Server(state, port)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         host, port = self._server.server_address[:2]
@@ -237,7 +240,7 @@ class FakeVLLMServer:
 
     @property
     def requests(self) -> int:
-        return self._server.state.requests
+        return int(self._server.state.requests)
 
     def close(self) -> None:
         self._server.shutdown()
@@ -271,7 +274,9 @@ class FakeDeployer(BaseDeployer):
         self._failure: str | None = None
         self._log_path: Path | None = None
 
-    def start(self, flags: Sequence[str], workdir: Path) -> Endpoint:
+    def start(
+        self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
+    ) -> Endpoint:
         self.stop()
         workdir.mkdir(parents=True, exist_ok=True)
         args = [*self._profile.server.to_args(), *flags]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from tuner.config import (
     ExternalConfig,
     LocalConfig,
     Profile,
+    ReplayConfig,
     ServerArgs,
 )
 from tuner.deploy import DEPLOYER_KINDS, Deployer, classify_exit, make_deployer
@@ -113,6 +115,27 @@ def deployer(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployer]:
     kind = request.param
+    if kind == "replay":
+        surface = tmp_path_factory.mktemp("r") / "surface.json"
+        point = {"params": {}, "env": {}, "status": "ok", "miss_ms": [5.0], "hit_ms": [2.0]}
+        surface.write_text(
+            json.dumps(
+                {
+                    "name": "contract",
+                    "points": [
+                        {**point, "flags": ["--enable-prefix-caching"]},
+                        {**point, "flags": []},
+                    ],
+                }
+            )
+        )
+        prof = Profile(
+            name="replay",
+            server=ServerArgs(model="fake-model"),
+            deployer=ReplayConfig(surface=surface),
+        )
+        yield make_deployer(prof)
+        return
     if kind in ("docker", "compose"):
         _need_engine()
         prof = (

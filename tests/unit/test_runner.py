@@ -261,3 +261,52 @@ class TestInterruptAndResume:
         other = SearchSpace("other", space.dimensions)
         with pytest.raises(StudyError, match="created with space 'seed_192'"):
             make_runner(tmp_path, other, [], objective, trials=1).run()
+
+
+class TestSweep:
+    SPACE = """\
+name: small
+dimensions:
+  gpu_memory_utilization: {values: [0.9, 0.95], flag: --gpu-memory-utilization}
+  enable_chunked_prefill:
+    values: [false, true]
+    flag: --enable-chunked-prefill
+    negative_flag: --no-enable-chunked-prefill
+  max_num_batched_tokens: {values: [null, 2048], flag: --max-num-batched-tokens}
+"""
+
+    def test_grid_evaluates_every_valid_point_once_and_resumes(
+        self, tmp_path: Path, objective: ObjectiveFile
+    ) -> None:
+        """tuner sweep: GridSampler visits each valid point exactly once; invalid ones are
+        rejected without deploying; a second run finds nothing left to do."""
+        from tuner.config import load_space
+
+        (tmp_path / "small.yaml").write_text(self.SPACE)
+        small = load_space(tmp_path / "small.yaml")
+
+        def run() -> Any:
+            return StudyRunner(
+                paths=StudyPaths.create("sw", tmp_path),
+                space=small,
+                seeds=(),
+                objective=objective,
+                profile=fake_profile(),
+                settings=RunSettings(n_trials=6, enqueue_seeds=False, sampler="grid"),
+            ).run()
+
+        result = run()
+        # 8 points; chunked off with a 2048 budget < max_model_len 4096 is invalid: 2 points
+        assert result.deployed == 6 == FakeDeployer.starts
+        study = load_study(StudyPaths.create("sw", tmp_path))
+        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert len({small.key(t.params) for t in done}) == 6 == len(done)
+        invalid = [t for t in study.trials if t.user_attrs.get("reason") == "invalid"]
+        assert {small.key(t.params) for t in invalid} == {
+            small.key(p)
+            for p in small.points()
+            if p["enable_chunked_prefill"] is False and p["max_num_batched_tokens"] == 2048
+        }
+        again = run()
+        assert again.new_trials == 0
+        assert FakeDeployer.starts == 6

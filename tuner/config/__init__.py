@@ -17,6 +17,7 @@ from tuner.config.profile import (
     FakeConfig,
     LocalConfig,
     Profile,
+    ReplayConfig,
     ServerArgs,
     load_profile,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "ParamValue",
     "Params",
     "Profile",
+    "ReplayConfig",
     "SearchSpace",
     "Seed",
     "ServerArgs",

@@ -17,6 +17,7 @@ __all__ = [
     "FakeConfig",
     "LocalConfig",
     "Profile",
+    "ReplayConfig",
     "ServerArgs",
     "load_profile",
 ]
@@ -112,6 +113,16 @@ class ComposeConfig(StrictModel):
     crash_retries: int = Field(default=1, ge=0)
 
 
+class ReplayConfig(StrictModel):
+    """A recorded surface served as a simulated server (``tuner export-surface`` writes one)."""
+
+    kind: Literal["replay"] = "replay"
+    surface: Path
+    seed: int = 0  # which recorded samples each request draws
+    time_scale: float = Field(default=1.0, ge=0)  # 1: recorded latencies; 0: no waiting at all
+    crash_retries: int = 0
+
+
 class FakeConfig(StrictModel):
     """The in-process fake OpenAI server of ``tuner.testing`` (tests, demos, dry runs)."""
 
@@ -130,7 +141,7 @@ class FakeConfig(StrictModel):
 
 
 DeployerConfig = Annotated[
-    LocalConfig | ExternalConfig | DockerConfig | ComposeConfig | FakeConfig,
+    LocalConfig | ExternalConfig | DockerConfig | ComposeConfig | ReplayConfig | FakeConfig,
     Field(discriminator="kind"),
 ]
 

@@ -26,8 +26,11 @@ Params = Mapping[str, ParamValue]
 
 class _DimensionModel(StrictModel):
     values: list[bool | int | float | str | None] = Field(min_length=1)
-    flag: str
+    flag: str | None = None
     negative_flag: str | None = None
+    # Some vLLM knobs are environment variables (e.g. VLLM_CPU_KVCACHE_SPACE on the CPU
+    # backend): such a dimension sets `env` instead of a flag.
+    env: str | None = None
     description: str = ""
 
     @field_validator("flag", "negative_flag")
@@ -42,7 +45,11 @@ class _DimensionModel(StrictModel):
         keys = [json.dumps(v) for v in self.values]
         if len(set(keys)) != len(keys):
             raise ValueError("values must be unique")
-        if any(isinstance(v, bool) for v in self.values) and self.negative_flag is None:
+        if (self.flag is None) == (self.env is None):
+            raise ValueError("a dimension sets exactly one of flag or env")
+        if self.env is not None and self.negative_flag is not None:
+            raise ValueError("negative_flag only applies to a flag")
+        if self.flag and any(isinstance(v, bool) for v in self.values) and not self.negative_flag:
             raise ValueError(
                 "a boolean dimension needs negative_flag (vLLM V1 enables some features by default)"
             )
@@ -61,13 +68,14 @@ class Dimension:
 
     name: str
     values: tuple[ParamValue, ...]
-    flag: str
+    flag: str | None
     negative_flag: str | None = None
     description: str = ""
+    env: str | None = None  # an environment variable instead of a flag
 
     def to_flags(self, value: ParamValue) -> list[str]:
         """Flags for ``value``: none for ``None``, the flag or its negation for booleans."""
-        if value is None:
+        if value is None or self.flag is None:
             return []
         if isinstance(value, bool):
             if value:
@@ -93,7 +101,7 @@ class SearchSpace:
     @property
     def managed_flags(self) -> frozenset[str]:
         """Every flag the space sets (both forms of a boolean)."""
-        out = {d.flag for d in self.dimensions}
+        out = {d.flag for d in self.dimensions if d.flag}
         out |= {d.negative_flag for d in self.dimensions if d.negative_flag}
         return frozenset(out)
 
@@ -121,6 +129,16 @@ class SearchSpace:
         for d in self.dimensions:
             flags += d.to_flags(params[d.name])
         return flags
+
+    def to_env(self, params: Params) -> dict[str, str]:
+        """Environment variables a point sets (dimensions declared with ``env``)."""
+        return {
+            d.env: str(params[d.name]).lower()
+            if isinstance(params[d.name], bool)
+            else str(params[d.name])
+            for d in self.dimensions
+            if d.env is not None and params.get(d.name) is not None
+        }
 
     def key(self, params: Params) -> str:
         """Canonical identity of a point, used to never deploy the same configuration twice."""
@@ -166,6 +184,7 @@ def load_space(path: Path) -> SearchSpace:
             flag=m.flag,
             negative_flag=m.negative_flag,
             description=m.description,
+            env=m.env,
         )
         for name, m in model.dimensions.items()
     )

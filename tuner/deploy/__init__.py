@@ -22,7 +22,7 @@ __all__ = [
     "wait_healthy",
 ]
 
-DEPLOYER_KINDS = ("local", "external", "docker", "compose", "fake")
+DEPLOYER_KINDS = ("local", "external", "docker", "compose", "replay", "fake")
 
 
 def make_deployer(profile: Profile, managed_flags: Collection[str] = ()) -> Deployer:
@@ -44,6 +44,10 @@ def make_deployer(profile: Profile, managed_flags: Collection[str] = ()) -> Depl
         from tuner.deploy.compose import ComposeDeployer
 
         return ComposeDeployer(profile, managed_flags)
+    if kind == "replay":
+        from tuner.deploy.replay import ReplayDeployer
+
+        return ReplayDeployer(profile)
     if kind == "fake":
         # The fake is a first-class sibling that lives with the other test helpers.
         from tuner.testing import FakeDeployer

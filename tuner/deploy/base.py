@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -62,8 +62,11 @@ class Deployer(Protocol):
 
     kind: str
 
-    def start(self, flags: Sequence[str], workdir: Path) -> Endpoint:
-        """Start the server with the profile's fixed args plus ``flags``; logs go to ``workdir``."""
+    def start(
+        self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
+    ) -> Endpoint:
+        """Start the server with the profile's fixed args plus ``flags`` and extra ``env``
+        (environment-variable dimensions of the space); logs go to ``workdir``."""
         ...
 
     def wait_ready(self) -> float:

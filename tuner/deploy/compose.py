@@ -12,7 +12,7 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import docker.errors
@@ -69,8 +69,16 @@ class ComposeDeployer(BaseDeployer):
             )
         return proc
 
-    def start(self, flags: Sequence[str], workdir: Path) -> Endpoint:
+    def start(
+        self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
+    ) -> Endpoint:
         self.stop()
+        if env:
+            raise ConfigError(
+                "the compose deployer tunes flags only: set environment variables in the "
+                f"compose file ({', '.join(env)})",
+                key="deployer",
+            )
         if not self._file.exists():
             raise ConfigError(f"compose file {self._file} not found", key="deployer.file")
         workdir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from docker.types import DeviceRequest
 
 from tuner.config.profile import DockerConfig, Profile
 from tuner.deploy.base import BaseDeployer, Endpoint, classify_exit, tail, wait_healthy
-from tuner.deploy.local import free_port
+from tuner.deploy.local import deferred_interrupts, free_port
 from tuner.errors import ConfigError, DeployError, ServerExited, TunerError
 
 __all__ = ["LABEL", "DockerDeployer", "docker_client", "remove_containers"]
@@ -92,12 +92,16 @@ class DockerDeployer(BaseDeployer):
             return [*args, "--host", self._cfg.host, "--port", str(port)]
         return [*args, "--host", "0.0.0.0", "--port", str(self._cfg.container_port)]
 
-    def start(self, flags: Sequence[str], workdir: Path) -> Endpoint:
+    def start(
+        self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
+    ) -> Endpoint:
+        extra_env = dict(env or {})
         self.stop()
         workdir.mkdir(parents=True, exist_ok=True)
         port = self._cfg.port or free_port(self._cfg.host)
         args = self.server_args(flags, port)
         env = dict(self._cfg.env)
+        env.update(extra_env)
         env.update({k: os.environ[k] for k in self._cfg.pass_env if k in os.environ})
         labels = {
             LABEL: "true",
@@ -125,7 +129,8 @@ class DockerDeployer(BaseDeployer):
         else:
             kwargs["ports"] = {f"{self._cfg.container_port}/tcp": (self._cfg.host, port)}
         try:
-            self._container = self.client.containers.run(self._cfg.image, **kwargs)
+            with deferred_interrupts():  # a Ctrl-C mid-create must not orphan the container
+                self._container = self.client.containers.run(self._cfg.image, **kwargs)
         except docker.errors.ImageNotFound as exc:
             raise ConfigError(
                 f"docker image {self._cfg.image!r} not found: build or pull it first",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tuner.config.profile import ExternalConfig, Profile
@@ -24,7 +24,9 @@ class ExternalDeployer(BaseDeployer):
         self._profile = profile
         self._cfg: ExternalConfig = profile.deployer
 
-    def start(self, flags: Sequence[str], workdir: Path) -> Endpoint:
+    def start(
+        self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
+    ) -> Endpoint:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "server.log").write_text(
             f"external server at {self._cfg.url}; its flags are whatever it was started with\n"

@@ -10,8 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -29,6 +30,25 @@ _LIVE: set[LocalDeployer] = set()
 def _stop_all() -> None:
     for dep in list(_LIVE):
         dep.stop()
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """SIGINT/SIGTERM received inside the block raise KeyboardInterrupt when it ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -81,34 +101,48 @@ class LocalDeployer(BaseDeployer):
             *flags,
         ]
 
-    def start(self, flags: Sequence[str], workdir: Path) -> Endpoint:
+    def start(
+        self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
+    ) -> Endpoint:
+        extra_env = dict(env or {})
         self.stop()
         workdir.mkdir(parents=True, exist_ok=True)
         port = self._cfg.port or free_port(self._cfg.host)
         argv = self.command(flags, port)
         env = dict(os.environ)
         env.update(self._cfg.env)
+        env.update(extra_env)
         # Only names are written: values (HF_TOKEN...) never reach disk or logs.
         (workdir / "command.json").write_text(
             json.dumps(
-                {"argv": argv, "env": sorted(self._cfg.env) + list(self._cfg.pass_env)}, indent=2
+                {
+                    "argv": argv,
+                    "env": sorted(self._cfg.env) + list(self._cfg.pass_env),
+                    "trial_env": dict(extra_env),  # the tuned values: never secrets
+                },
+                indent=2,
             )
         )
         self._log_path = workdir / "server.log"
         self._log = self._log_path.open("wb")
-        try:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # own process group: one killpg stops every worker
-            )
-        except OSError as exc:
-            self._close_log()
-            raise DeployError(f"cannot start {argv[0]}: {exc.strerror}", reason="crash") from exc
-        _LIVE.add(self)
+        # Ctrl-C / SIGTERM inside Popen (after the fork, before it returns) would orphan the
+        # server: hold the interrupt until the process is ours to stop.
+        with deferred_interrupts():
+            try:
+                self._proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # own process group: one killpg stops every worker
+                )
+            except OSError as exc:
+                self._close_log()
+                raise DeployError(
+                    f"cannot start {argv[0]}: {exc.strerror}", reason="crash"
+                ) from exc
+            _LIVE.add(self)
         host = "127.0.0.1" if self._cfg.host in ("0.0.0.0", "") else self._cfg.host
         self._base_url = f"http://{host}:{port}"
         return Endpoint(

@@ -193,7 +193,10 @@ async def measure_async(
             messages.append({"role": "assistant", "content": timing.text})
         if check_alive is not None:
             check_alive()
-    memory = read_memory(endpoint.pids, last.kv_cache_bytes)
+    if "vram_mib" in endpoint.extra:  # a replayed server reports the recorded memory
+        memory = MemoryReading(vram_mib=float(endpoint.extra["vram_mib"]), source="replay")
+    else:
+        memory = read_memory(endpoint.pids, last.kv_cache_bytes)
     return TrialMeasurement(
         samples=tuple(samples),
         memory=memory,

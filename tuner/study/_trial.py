@@ -147,8 +147,9 @@ def evaluate(
     objective: ObjectiveFile,
     make_deployer: Callable[[Profile], Deployer],
     crash_retries: int,
+    env: dict[str, str] | None = None,
 ) -> TrialOutcome:
-    """Deploy ``flags``, measure, tell Optuna. KeyboardInterrupt propagates after cleanup."""
+    """Deploy ``flags`` and ``env``, measure, tell Optuna; KeyboardInterrupt propagates."""
     t0 = time.perf_counter()
     params = dict(trial.params)
     seed = trial.user_attrs.get("seed_name")
@@ -172,7 +173,7 @@ def evaluate(
     with make_deployer(profile) as dep:
         while True:
             try:
-                endpoint = dep.start(flags, trial_dir)
+                endpoint = dep.start(flags, trial_dir, env)
                 startup_s = dep.wait_ready()
                 m = measure(endpoint, objective.workload, check_alive=dep.check_alive)
                 break

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -33,7 +33,7 @@ from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import ConfigError, StudyError
 from tuner.study._trial import TrialOutcome, evaluate, record_failure
-from tuner.study.storage import StudyPaths
+from tuner.study.storage import StudyPaths, open_storage
 
 __all__ = ["RunResult", "RunSettings", "StudyRunner", "sigterm_as_interrupt"]
 
@@ -51,6 +51,7 @@ class RunSettings:
     enqueue_seeds: bool = True
     # False deploys points the validity rules reject: to check the rules against a vLLM version.
     precheck: bool = True
+    sampler: str = "tpe"  # tpe | grid (tuner sweep) | random | nsga2
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,40 @@ class RunResult:
     new_trials: int  # trials created by this run (all states)
     exhausted: bool  # every valid point of the space has been evaluated
     outcomes: tuple[TrialOutcome, ...]
+
+
+SAMPLERS = ("tpe", "grid", "random", "nsga2")
+
+
+class _SweepSampler(optuna.samplers.GridSampler):
+    """GridSampler for the ask/tell loop: the runner stops when every valid point is done.
+
+    GridSampler.after_trial calls ``study.stop()`` once the grid is exhausted, which Optuna only
+    allows inside ``study.optimize``; the runner drives trials with ask/tell instead.
+    """
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        return None
+
+
+def make_sampler(name: str, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler called ``name``; ``grid`` enumerates every point of ``space``."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "grid":
+        grid = {d.name: list(d.values) for d in space.dimensions}
+        return _SweepSampler(grid, seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise StudyError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
 
 
 @contextlib.contextmanager
@@ -103,6 +138,7 @@ class StudyRunner:
         profile: Profile,
         settings: RunSettings,
         deployer_factory: Callable[[Profile], Deployer] | None = None,
+        evaluator: Callable[..., TrialOutcome] = evaluate,
         on_trial_start: Callable[[int, dict[str, Any], str | None], None] | None = None,
         on_trial_end: Callable[[TrialOutcome], None] | None = None,
     ) -> None:
@@ -119,15 +155,17 @@ class StudyRunner:
         self._on_end = on_trial_end
         self._rng = random.Random(settings.sampler_seed)
         self._external = isinstance(profile.deployer, ExternalConfig)
+        self._evaluate = evaluator  # benchmarks swap in a surface draw (no HTTP)
+        self.reclaimed: list[str] = []  # what cleanup of an earlier killed run removed
 
     # -- study set-up -------------------------------------------------------------------
     def open_study(self) -> optuna.Study:
         self.paths.root.mkdir(parents=True, exist_ok=True)
         directions = [o.direction for o in self.objective.objectives]
-        sampler = optuna.samplers.TPESampler(seed=self.settings.sampler_seed)
+        sampler = make_sampler(self.settings.sampler, self.space, self.settings.sampler_seed)
         study = optuna.create_study(
             study_name=self.paths.name,
-            storage=self.paths.storage_url,
+            storage=open_storage(self.paths.storage_url),
             directions=directions,
             sampler=sampler,
             load_if_exists=True,
@@ -279,6 +317,8 @@ class StudyRunner:
         flags = self.space.to_flags(params)
         seed = trial.user_attrs.get("seed_name")
         trial.set_user_attr("flags", flags)
+        if self.space.to_env(params):
+            trial.set_user_attr("env", self.space.to_env(params))
         key = self.space.key(params)
         if self._on_start is not None:
             self._on_start(trial.number, params, seed)
@@ -300,7 +340,7 @@ class StudyRunner:
                 )
             trial.set_user_attr("deployed", True)
             trial.set_user_attr("trial_dir", str(self.paths.trial_dir(trial.number)))
-            out = evaluate(
+            out = self._evaluate(
                 study,
                 trial,
                 flags=flags,
@@ -309,6 +349,7 @@ class StudyRunner:
                 objective=self.objective,
                 make_deployer=self._factory,
                 crash_retries=getattr(self.profile.deployer, "crash_retries", 0),
+                env=self.space.to_env(params),
             )
             evaluated[key] = _frozen(study, trial.number)
             return out

@@ -10,7 +10,25 @@ import optuna
 
 from tuner.errors import StudyError
 
-__all__ = ["StudyPaths", "load_study"]
+__all__ = ["MEMORY", "StudyPaths", "load_study", "open_storage"]
+
+MEMORY = "memory://"  # Optuna's in-memory storage (benchmarks, dry runs)
+JOURNAL = "journal:///"  # journal:///path/to/file.log: Optuna's append-only journal file
+
+
+def open_storage(url: str) -> str | optuna.storages.BaseStorage | None:
+    """What ``optuna.create_study(storage=...)`` takes for ``url``: RDB URLs pass through,
+    ``journal:///PATH`` opens a JournalStorage on a file, ``memory://`` is in-memory (None)."""
+    if url == MEMORY:
+        return None
+    if url.startswith(JOURNAL):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path("/" + url.removeprefix(JOURNAL))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return url
+
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -40,6 +58,9 @@ def load_study(paths: StudyPaths) -> optuna.Study:
     if paths.storage_url.startswith("sqlite:///") and not (paths.root / "study.db").exists():
         raise StudyError(f"no study {paths.name!r} in {paths.root} (run `tuner optimize` first)")
     try:
-        return optuna.load_study(study_name=paths.name, storage=paths.storage_url)
+        storage = open_storage(paths.storage_url)
+        if storage is None:
+            raise StudyError("an in-memory study cannot be reopened")
+        return optuna.load_study(study_name=paths.name, storage=storage)
     except KeyError as exc:
         raise StudyError(f"no study {paths.name!r} in {paths.storage_url}") from exc

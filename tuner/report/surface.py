@@ -1,0 +1,66 @@
+"""``tuner export-surface``: a study's measurements as a replayable surface (raw samples)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.deploy.replay import Surface, SurfacePoint
+
+__all__ = ["export_surface"]
+
+# Failures a replay reproduces; "invalid" only when vLLM itself refused (the trial deployed).
+_REPLAYED_FAILURES = ("crash", "oom", "invalid", "timeout", "request_error")
+
+
+def _samples(trial_dir: Path) -> tuple[list[float], list[float]]:
+    doc = json.loads((trial_dir / "measurements.json").read_text())
+    miss = [s["ttft_ms"] for s in doc["samples"] if s["kind"] == "miss"]
+    hit = [s["ttft_ms"] for s in doc["samples"] if s["kind"] == "hit"]
+    return miss, hit
+
+
+def _trial_dir(root: Path, t: FrozenTrial) -> Path:
+    # The recorded path may be another machine's (e.g. the GPU box): the study folder wins.
+    local = root / "trials" / f"{t.number:04d}"
+    return local if local.exists() else Path(str(t.user_attrs.get("trial_dir", local)))
+
+
+def export_surface(study: optuna.Study, root: Path, description: str = "") -> Surface:
+    """Every measured or failed deployment of ``study`` (whose folder is ``root``)."""
+    points: dict[str, SurfacePoint] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        a = t.user_attrs
+        if "duplicate_of" in a or not a.get("deployed"):
+            continue
+        params, flags, env = dict(t.params), list(a.get("flags", [])), dict(a.get("env", {}))
+        if t.state == TrialState.COMPLETE:
+            miss, hit = _samples(_trial_dir(root, t))
+            p = SurfacePoint(
+                params,
+                flags,
+                env,
+                status="ok",
+                miss_ms=miss,
+                hit_ms=hit,
+                hit_rate=float(a.get("hit_rate_hit") or 0.0),
+                vram_mib=float(a.get("vram_mib", 0.0)),
+                startup_s=float(a.get("startup_s", 0.0)),
+            )
+        elif a.get("reason") in _REPLAYED_FAILURES:
+            p = SurfacePoint(
+                params, flags, env, status=str(a["reason"]), error=str(a.get("error", ""))
+            )
+        else:
+            continue
+        points.setdefault(p.key, p)  # a re-measured point keeps its first measurement
+    return Surface(
+        name=study.study_name,
+        description=description or f"exported from study {study.study_name}",
+        space=str(study.user_attrs.get("space", "")),
+        objectives=list(study.metric_names or []),
+        points=list(points.values()),
+    )
