@@ -50,9 +50,11 @@ PY
   du -sh /root/model6b
   ;;
 study)
+  # A fresh machine resumes the committed study (its database and trial folders).
+  [ -d "$ST/h100" ] || cp -r benchmarks/results/gpu/h100 "$ST/"
   # SIGTERM before the device tool's 600 s limit: the running trial is stopped and recorded
   # `interrupted`, the server is killed, and the next call resumes the study.
-  timeout -s TERM "${BUDGET_S:-540}" python3 -m tuner.cli optimize --trials "${2:-40}" --study h100 \
+  timeout -s TERM "${BUDGET_S:-500}" python3 -m tuner.cli optimize --trials "${2:-40}" --study h100 \
     --studies-dir "$ST" --profile benchmarks/gpu/h100.yaml --objective benchmarks/gpu/agent_long.yaml
   echo "optimize rc=$?"
   collect
