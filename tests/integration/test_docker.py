@@ -151,16 +151,17 @@ def test_docker_trial_killed_mid_run(
     study = f"kill{sig.value}"
     proc = subprocess.Popen(
         _tuner(tmp_path, _docker_profile(model_dir), study),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     mine = f"io.vllm-tuner.study={study}"
     try:
         _wait_for(lambda: _labelled(engine, mine))
     finally:
         proc.send_signal(sig)
-        rc = proc.wait(timeout=120)
+        out, err = proc.communicate(timeout=120)
+        rc = proc.returncode
     if sig == signal.SIGTERM:
-        assert rc == 130
+        assert rc == 130, (out, err)
         assert _labelled(engine, mine) == []
     else:
         assert _labelled(engine, mine) != []  # nobody cleaned up after a hard kill...
