@@ -27,7 +27,7 @@ from typing import Any, Self
 
 from tuner.config.profile import FakeConfig, Profile
 from tuner.config.rules import parse_flags
-from tuner.deploy.base import BaseDeployer, Endpoint, tail, wait_healthy
+from tuner.deploy.base import Endpoint, InProcessDeployer, wait_healthy
 from tuner.errors import ServerExited, StartupTimeout
 
 __all__ = ["FakeDeployer", "FakeVLLMServer", "ServerModel", "matches"]
@@ -259,7 +259,7 @@ class FakeVLLMServer:
         self.close()
 
 
-class FakeDeployer(BaseDeployer):
+class FakeDeployer(InProcessDeployer):
     """``fake`` deployer: a FakeVLLMServer per trial, with scripted failures from the profile."""
 
     kind = "fake"
@@ -322,19 +322,6 @@ class FakeDeployer(BaseDeployer):
         return self._cfg.startup_s + wait_healthy(
             self._server.base_url, timeout_s=self._cfg.health_timeout_s, alive=lambda: None
         )
-
-    def log_tail(self, lines: int = 40) -> str:
-        if self._log_path is None or not self._log_path.exists():
-            return ""
-        return tail(self._log_path.read_text(), lines)
-
-    def check_alive(self) -> None:
-        return None
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -12,16 +12,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import httpx
 
-from tuner.errors import StartupTimeout
+from tuner.errors import DeployError, StartupTimeout
 
 __all__ = [
     "FAILURE_REASONS",
     "Deployer",
     "Endpoint",
+    "InProcessDeployer",
     "classify_exit",
     "tail",
     "wait_healthy",
@@ -161,6 +162,18 @@ class BaseDeployer:
     def stop(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _read_log(self) -> str:  # pragma: no cover - overridden where there is a log
+        return ""
+
+    def _wait_with_log(self, base_url: str, timeout_s: float, alive: Callable[[], None]) -> float:
+        """wait_healthy, with the server log's tail attached to any failure."""
+        try:
+            return wait_healthy(base_url, timeout_s=timeout_s, alive=alive)
+        except DeployError as exc:
+            if not exc.log_tail:
+                exc.log_tail = tail(self._read_log())
+            raise
+
     def __enter__(self) -> Self:
         return self
 
@@ -171,3 +184,23 @@ class BaseDeployer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class InProcessDeployer(BaseDeployer):
+    """A simulated server in this process (fake, replay): nothing outlives ``stop``."""
+
+    _server: Any = None  # an object with close()
+    _log_path: Path | None = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self._log_path is None or not self._log_path.exists():
+            return ""
+        return tail(self._log_path.read_text(), lines)
+
+    def check_alive(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()

@@ -16,7 +16,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest
 
 from tuner.config.profile import DockerConfig, Profile
-from tuner.deploy.base import BaseDeployer, Endpoint, classify_exit, tail, wait_healthy
+from tuner.deploy.base import BaseDeployer, Endpoint, classify_exit, tail
 from tuner.deploy.local import deferred_interrupts, free_port
 from tuner.errors import ConfigError, DeployError, ServerExited, TunerError
 
@@ -186,14 +186,7 @@ class DockerDeployer(BaseDeployer):
             )
 
     def wait_ready(self) -> float:
-        try:
-            return wait_healthy(
-                self._base_url, timeout_s=self._cfg.health_timeout_s, alive=self._alive
-            )
-        except DeployError as exc:
-            if not exc.log_tail:
-                exc.log_tail = tail(self._read_log())
-            raise
+        return self._wait_with_log(self._base_url, self._cfg.health_timeout_s, self._alive)
 
     def log_tail(self, lines: int = 40) -> str:
         return tail(self._read_log(), lines)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from tuner.config.profile import LocalConfig, Profile
-from tuner.deploy.base import BaseDeployer, Endpoint, classify_exit, tail, wait_healthy
+from tuner.deploy.base import BaseDeployer, Endpoint, classify_exit, tail
 from tuner.errors import DeployError, ServerExited
 
 __all__ = ["LocalDeployer", "free_port"]
@@ -163,14 +163,7 @@ class LocalDeployer(BaseDeployer):
             )
 
     def wait_ready(self) -> float:
-        try:
-            return wait_healthy(
-                self._base_url, timeout_s=self._cfg.health_timeout_s, alive=self._alive
-            )
-        except DeployError as exc:
-            if not exc.log_tail:
-                exc.log_tail = tail(self._read_log())
-            raise
+        return self._wait_with_log(self._base_url, self._cfg.health_timeout_s, self._alive)
 
     def _read_log(self) -> str:
         if self._log is not None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.config.profile import Profile, ReplayConfig
-from tuner.deploy.base import BaseDeployer, Endpoint, tail, wait_healthy
+from tuner.deploy.base import Endpoint, InProcessDeployer, wait_healthy
 from tuner.errors import ConfigError, ServerExited
 
 __all__ = ["ReplayDeployer", "Surface", "SurfacePoint", "load_surface", "point_key"]
@@ -90,7 +90,7 @@ def load_surface(path: Path) -> Surface:
         raise ConfigError(f"not a surface file: {exc}", file=path) from exc
 
 
-class ReplayDeployer(BaseDeployer):
+class ReplayDeployer(InProcessDeployer):
     """Looks the trial's configuration up in the surface and serves (or fails) like it did."""
 
     kind = "replay"
@@ -142,19 +142,6 @@ class ReplayDeployer(BaseDeployer):
             )
         wait_healthy(self._server.base_url, timeout_s=10.0, alive=lambda: None)
         return p.startup_s  # the recorded start-up, whatever the time scale
-
-    def log_tail(self, lines: int = 40) -> str:
-        if self._log_path is None or not self._log_path.exists():
-            return ""
-        return tail(self._log_path.read_text(), lines)
-
-    def check_alive(self) -> None:
-        return None
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
 
 
 class _ReplayState:
