@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +25,33 @@ from tuner.config.space import SearchSpace
 from tuner.testing import FakeDeployer
 
 ROOT = Path(__file__).resolve().parents[1]
+# Empty image made by scripts/docker.sh: containers run this machine's Python, bind-mounted.
+HOST_ENV_IMAGE = "vllm-tuner/host-env:latest"
+
+
+def docker_engine() -> Any:
+    """A Docker client with the test image present; skip (fail in CI) without one."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+        client.images.get(HOST_ENV_IMAGE)
+    except docker.errors.DockerException as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the docker tests (bash scripts/docker.sh): {exc}")
+        pytest.skip(f"no Docker Engine or no {HOST_ENV_IMAGE} (bash scripts/docker.sh): {exc}")
+    return client
+
+
+def host_env_mounts(*extra: str | Path) -> dict[str, str]:
+    """Read-only mounts a container of the test image needs: system, the Python the venv points
+    at, the project (with .venv) and ``extra`` paths (e.g. the model)."""
+    # /lib64 and /bin are symlinks on merged-/usr systems: docker mounts what they point to,
+    # which is what the dynamic loader path (/lib64/ld-linux-x86-64.so.2) needs.
+    system = [p for p in ("/usr", "/lib", "/lib64", "/bin", "/etc") if Path(p).exists()]
+    paths = [*system, sys.base_prefix, str(ROOT), *(str(p) for p in extra)]
+    return {p: f"{p}:ro" for p in paths}
 
 
 @pytest.fixture

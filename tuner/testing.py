@@ -52,10 +52,57 @@ class ServerModel:
     decode_ms: float = 0.3
 
 
-class _State:
+class EngineCounters:
+    """The engine-side counters a simulated server exposes on /metrics, as vLLM names them.
+
+    Subclasses decide each request's latency (``admit``); the fake from its flags, the replay
+    deployer from recorded samples.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queries = 0.0
+        self.hits = 0.0
+        self.ttft_sum = 0.0
+        self.ttft_count = 0
+        self.requests = 0
+        self.lock = threading.Lock()
+
+    def record_ttft(self, seconds: float) -> None:
+        with self.lock:
+            self.ttft_sum += seconds
+            self.ttft_count += 1
+
+    def cache_config_labels(self) -> str:
+        """Labels of vllm:cache_config_info ('' for none)."""
+        return ""
+
+    def metrics(self) -> str:
+        labels = f'engine="0",model_name="{self.name}"'
+        text = (
+            "# TYPE vllm:prefix_cache_queries counter\n"
+            f"vllm:prefix_cache_queries_total{{{labels}}} {self.queries}\n"
+            "# TYPE vllm:prefix_cache_hits counter\n"
+            f"vllm:prefix_cache_hits_total{{{labels}}} {self.hits}\n"
+            "# TYPE vllm:time_to_first_token_seconds histogram\n"
+            f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} {self.ttft_count}\n'
+            f"vllm:time_to_first_token_seconds_count{{{labels}}} {self.ttft_count}\n"
+            f"vllm:time_to_first_token_seconds_sum{{{labels}}} {self.ttft_sum}\n"
+        )
+        cache = self.cache_config_labels()
+        if cache:
+            text += (
+                "# TYPE vllm:cache_config_info gauge\n"
+                f"vllm:cache_config_info{{{cache},{labels}}} 1.0\n"
+            )
+        return text
+
+
+class _State(EngineCounters):
     def __init__(
         self, flags: Sequence[str], model: ServerModel, name: str, fail_chat: bool
     ) -> None:
+        super().__init__(name)
         f = parse_flags(flags)
         self.prefix = "--no-enable-prefix-caching" not in f
         self.chunked = "--no-enable-chunked-prefill" not in f
@@ -64,15 +111,8 @@ class _State:
         budget = f.get("--max-num-batched-tokens")
         self.budget = int(budget) if budget else None
         self.model = model
-        self.name = name
         self.fail_chat = fail_chat
         self.blocks: set[str] = set()
-        self.queries = 0.0
-        self.hits = 0.0
-        self.ttft_sum = 0.0
-        self.ttft_count = 0
-        self.requests = 0
-        self.lock = threading.Lock()
 
     def _hashes(self, words: list[str]) -> list[str]:
         out, h = [], hashlib.sha256()
@@ -107,26 +147,11 @@ class _State:
             )
         return ms / 1000.0, len(words)
 
-    def record_ttft(self, seconds: float) -> None:
-        with self.lock:
-            self.ttft_sum += seconds
-            self.ttft_count += 1
-
-    def metrics(self) -> str:
-        labels = f'engine="0",model_name="{self.name}"'
+    def cache_config_labels(self) -> str:
         prefix = "True" if self.prefix else "False"
         return (
-            "# TYPE vllm:prefix_cache_queries counter\n"
-            f"vllm:prefix_cache_queries_total{{{labels}}} {self.queries}\n"
-            "# TYPE vllm:prefix_cache_hits counter\n"
-            f"vllm:prefix_cache_hits_total{{{labels}}} {self.hits}\n"
-            "# TYPE vllm:time_to_first_token_seconds histogram\n"
-            f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} {self.ttft_count}\n'
-            f"vllm:time_to_first_token_seconds_count{{{labels}}} {self.ttft_count}\n"
-            f"vllm:time_to_first_token_seconds_sum{{{labels}}} {self.ttft_sum}\n"
-            "# TYPE vllm:cache_config_info gauge\n"
-            f'vllm:cache_config_info{{block_size="{BLOCK}",enable_prefix_caching="{prefix}",'
-            f'kv_cache_memory_bytes="{self.kv_bytes}",{labels}}} 1.0\n'
+            f'block_size="{BLOCK}",enable_prefix_caching="{prefix}",'
+            f'kv_cache_memory_bytes="{self.kv_bytes}"'
         )
 
 

@@ -6,6 +6,16 @@ from pathlib import Path
 
 import pytest
 
+# The workload of the real-vLLM studies: short, so a CPU trial takes ~40 s.
+OBJECTIVE = """\
+name: it
+objectives:
+  - {name: ttft_hit_ms, unit: ms}
+  - {name: ttft_miss_ms, unit: ms}
+  - {name: vram_mib, unit: MiB}
+workload: {system_prompt_words: 400, tools: 4, turns: 3, conversations: 3, max_tokens: 8}
+"""
+
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

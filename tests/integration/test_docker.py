@@ -8,7 +8,6 @@ network. Every test checks that nothing the tool started is left behind.
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys
@@ -19,14 +18,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.conftest import HOST_ENV_IMAGE, docker_engine, host_env_mounts
+from tests.integration.conftest import OBJECTIVE
+
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 docker = pytest.importorskip("docker")
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = "vllm-tuner/host-env:latest"
+IMAGE = HOST_ENV_IMAGE
 LABEL = "io.vllm-tuner.managed=true"
-SYSTEM = ["/usr", "/lib", "/lib64", "/bin", "/etc"]
 
 SEEDS = """\
 seeds:
@@ -37,40 +38,15 @@ seeds:
     params: {gpu_memory_utilization: 0.9, enable_prefix_caching: true, enable_chunked_prefill: false,
              max_num_seqs: null, max_num_batched_tokens: null}
 """
-OBJECTIVE = """\
-name: it
-objectives:
-  - {name: ttft_hit_ms, unit: ms}
-  - {name: ttft_miss_ms, unit: ms}
-  - {name: vram_mib, unit: MiB}
-workload: {system_prompt_words: 400, tools: 4, turns: 3, conversations: 3, max_tokens: 8}
-"""
 
 
 @pytest.fixture(scope="module")
 def engine() -> docker.DockerClient:
-    try:
-        client = docker.from_env()
-        client.ping()
-        client.images.get(IMAGE)
-    except docker.errors.DockerException as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the docker tests (bash scripts/docker.sh): {exc}")
-        pytest.skip(f"no Docker Engine or no {IMAGE} (bash scripts/docker.sh): {exc}")
-    return client
-
-
-def _mounts(model: Path) -> dict[str, str]:
-    """Host paths the container needs: system, the Python the venv points at, project, model."""
-    # /lib64 and /bin are symlinks on merged-/usr systems: docker mounts what they point to,
-    # which is what the dynamic loader path (/lib64/ld-linux-x86-64.so.2) needs.
-    paths = [p for p in SYSTEM if Path(p).exists()]
-    paths += [sys.base_prefix, str(ROOT), str(model)]
-    return {p: f"{p}:ro" for p in paths}
+    return docker_engine()
 
 
 def _docker_profile(model: Path) -> str:
-    vols = "\n".join(f"    {h}: {c}" for h, c in _mounts(model).items())
+    vols = "\n".join(f"    {h}: {c}" for h, c in host_env_mounts(model).items())
     return f"""\
 name: docker_cpu
 server:
@@ -210,7 +186,7 @@ services:
 
 
 def _compose_setup(tmp: Path, model: Path, port: int) -> tuple[Path, str]:
-    vols = "\n".join(f'      - "{h}:{c}"' for h, c in _mounts(model).items())
+    vols = "\n".join(f'      - "{h}:{c}"' for h, c in host_env_mounts(model).items())
     compose = tmp / "app" / "docker-compose.yml"
     compose.parent.mkdir()
     compose.write_text(COMPOSE.format(image=IMAGE, root=ROOT, volumes=vols, model=model, port=port))

@@ -14,6 +14,8 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
+from tests.integration.conftest import OBJECTIVE
+
 pytestmark = pytest.mark.integration
 
 if importlib.util.find_spec("vllm") is None:
@@ -51,15 +53,6 @@ deployer:
   env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
   health_timeout_s: 400
   stop_timeout_s: 20
-"""
-
-OBJECTIVE = """\
-name: it
-objectives:
-  - {name: ttft_hit_ms, unit: ms}
-  - {name: ttft_miss_ms, unit: ms}
-  - {name: vram_mib, unit: MiB}
-workload: {system_prompt_words: 400, tools: 4, turns: 3, conversations: 3, max_tokens: 8}
 """
 
 

@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import fake_profile
+from tests.conftest import HOST_ENV_IMAGE, docker_engine, fake_profile, host_env_mounts
 from tuner.config import (
     ComposeConfig,
     DockerConfig,
@@ -41,37 +41,13 @@ def local_profile(**kw: object) -> Profile:
     )  # type: ignore[arg-type]
 
 
-IMAGE = "vllm-tuner/host-env:latest"  # empty image made by scripts/docker.sh
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _need_engine() -> None:
-    import docker
-
-    try:
-        client = docker.from_env()
-        client.ping()
-        client.images.get(IMAGE)
-    except docker.errors.DockerException as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must test the docker deployers (bash scripts/docker.sh): {exc}")
-        pytest.skip(f"no Docker Engine or no {IMAGE}: {exc}")
-
-
-def _mounts() -> dict[str, str]:
-    # The fake server (`python -m tuner.testing`) runs in the empty image with this machine's
-    # Python and the project bind-mounted read-only.
-    paths = ["/usr", "/lib", "/lib64", "/bin", "/etc", sys.base_prefix, str(ROOT)]
-    return {p: f"{p}:ro" for p in paths if Path(p).exists()}
-
-
 def docker_profile(**kw: object) -> Profile:
     cfg = {
-        "image": IMAGE,
+        "image": HOST_ENV_IMAGE,
         "entrypoint": [sys.executable, "-m", "tuner.testing"],
         "gpus": "none",
         "network": "host",
-        "volumes": _mounts(),
+        "volumes": host_env_mounts(),
         "shm_size": "64m",
         "health_timeout_s": 30.0,
         "stop_timeout_s": 5.0,
@@ -86,12 +62,12 @@ def docker_profile(**kw: object) -> Profile:
 
 def compose_profile(tmp: Path) -> Profile:
     port = free_port()
-    vols = "\n".join(f'      - "{h}:{c}"' for h, c in _mounts().items())
+    vols = "\n".join(f'      - "{h}:{c}"' for h, c in host_env_mounts().items())
     file = tmp / "compose" / "docker-compose.yml"
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(
         "services:\n  fake:\n"
-        f"    image: {IMAGE}\n    network_mode: host\n"
+        f"    image: {HOST_ENV_IMAGE}\n    network_mode: host\n"
         f'    entrypoint: ["{sys.executable}", "-m", "tuner.testing"]\n'
         f"    volumes:\n{vols}\n"
         f'    command: ["--model", "fake-model", "--host", "127.0.0.1", "--port", "{port}"]\n'
@@ -137,7 +113,7 @@ def deployer(
         yield make_deployer(prof)
         return
     if kind in ("docker", "compose"):
-        _need_engine()
+        docker_engine()
         prof = (
             docker_profile() if kind == "docker" else compose_profile(tmp_path_factory.mktemp("c"))
         )
@@ -286,7 +262,7 @@ class TestDocker:
     ) -> None:
         """A container exiting at start-up is `crash` with its log; it is removed; the secret's
         value reaches the container but neither command.json nor the labels."""
-        _need_engine()
+        docker_engine()
         import docker
 
         monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
@@ -309,7 +285,7 @@ class TestDocker:
             client.containers.get(ep.container_id)
 
     def test_startup_timeout_removes_the_container(self, tmp_path: Path) -> None:
-        _need_engine()
+        docker_engine()
         import docker
 
         with make_deployer(docker_profile(health_timeout_s=1.0)) as dep:

@@ -48,7 +48,15 @@ class ServerArgs(StrictModel):
         return args + list(self.extra_args)
 
 
-class LocalConfig(StrictModel):
+class _StartedServerConfig(StrictModel):
+    """What every deployer that starts (and so must stop) a real server shares."""
+
+    health_timeout_s: float = Field(default=600.0, gt=0)
+    stop_timeout_s: float = Field(default=30.0, gt=0)
+    crash_retries: int = Field(default=1, ge=0)
+
+
+class LocalConfig(_StartedServerConfig):
     """vLLM as a child process of the tuner (its own process group)."""
 
     kind: Literal["local"] = "local"
@@ -58,9 +66,6 @@ class LocalConfig(StrictModel):
     port: int = Field(default=0, ge=0, le=65535)  # 0: a free port per trial
     env: dict[str, str] = {}
     pass_env: list[str] = []  # names copied from the environment at start; values never stored
-    health_timeout_s: float = Field(default=600.0, gt=0)
-    stop_timeout_s: float = Field(default=30.0, gt=0)
-    crash_retries: int = Field(default=1, ge=0)
 
 
 class ExternalConfig(StrictModel):
@@ -74,7 +79,7 @@ class ExternalConfig(StrictModel):
     crash_retries: int = 0
 
 
-class DockerConfig(StrictModel):
+class DockerConfig(_StartedServerConfig):
     """vLLM in a container started with the docker SDK, one per trial, removed afterwards."""
 
     kind: Literal["docker"] = "docker"
@@ -94,12 +99,9 @@ class DockerConfig(StrictModel):
     tmpfs: list[str] = ["/tmp"]
     user: str | None = None
     docker_host: str | None = None  # e.g. unix:///var/run/docker.sock; default: environment
-    health_timeout_s: float = Field(default=600.0, gt=0)
-    stop_timeout_s: float = Field(default=30.0, gt=0)
-    crash_retries: int = Field(default=1, ge=0)
 
 
-class ComposeConfig(StrictModel):
+class ComposeConfig(_StartedServerConfig):
     """The user's own docker compose file: one service's vLLM flags rewritten per trial."""
 
     kind: Literal["compose"] = "compose"
@@ -108,9 +110,6 @@ class ComposeConfig(StrictModel):
     url: str = "http://127.0.0.1:8000"  # where the service answers (its published port)
     project: str | None = None  # default: vllm-tuner-<file's folder>
     command: list[str] | None = None  # default: `docker compose` v2, else `docker-compose` v1
-    health_timeout_s: float = Field(default=600.0, gt=0)
-    stop_timeout_s: float = Field(default=30.0, gt=0)
-    crash_retries: int = Field(default=1, ge=0)
 
 
 class ReplayConfig(StrictModel):

@@ -165,6 +165,15 @@ class BaseDeployer:
     def _read_log(self) -> str:  # pragma: no cover - overridden where there is a log
         return ""
 
+    def _alive(self) -> None:
+        """Raise ServerExited if the server died; nothing to check by default."""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return tail(self._read_log(), lines)
+
+    def check_alive(self) -> None:
+        self._alive()
+
     def _wait_with_log(self, base_url: str, timeout_s: float, alive: Callable[[], None]) -> float:
         """wait_healthy, with the server log's tail attached to any failure."""
         try:
@@ -192,13 +201,10 @@ class InProcessDeployer(BaseDeployer):
     _server: Any = None  # an object with close()
     _log_path: Path | None = None
 
-    def log_tail(self, lines: int = 40) -> str:
+    def _read_log(self) -> str:
         if self._log_path is None or not self._log_path.exists():
             return ""
-        return tail(self._log_path.read_text(), lines)
-
-    def check_alive(self) -> None:
-        return None
+        return self._log_path.read_text()
 
     def stop(self) -> None:
         server, self._server = self._server, None

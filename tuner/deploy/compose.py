@@ -18,9 +18,9 @@ from pathlib import Path
 import docker.errors
 
 from tuner.config.profile import ComposeConfig, Profile
-from tuner.deploy.base import BaseDeployer, Endpoint, classify_exit, tail, wait_healthy
+from tuner.deploy.base import BaseDeployer, Endpoint, tail, wait_healthy
 from tuner.deploy.compose_file import restore, write_flags
-from tuner.deploy.docker import docker_client
+from tuner.deploy.docker import container_exited, docker_client
 from tuner.errors import ConfigError, DeployError, ServerExited
 
 __all__ = ["ComposeDeployer", "compose_command", "project_name"]
@@ -98,19 +98,19 @@ class ComposeDeployer(BaseDeployer):
         (workdir / "compose.yml").write_text(self._file.read_text())
         self._started = True
         self._compose("up", "-d", "--force-recreate", "--no-deps", self._cfg.service)
+        cid = self._container_id()
         return Endpoint(
             base_url=self._cfg.url.rstrip("/"),
             model=self._profile.server.model_name,
-            pids=self._pids(),
-            container_id=self._container_id(),
+            pids=self._pids(cid),
+            container_id=cid,
         )
 
     def _container_id(self) -> str | None:
         out = self._compose("ps", "-q", self._cfg.service, check=False).stdout.split()
         return out[0] if out else None
 
-    def _pids(self) -> tuple[int, ...]:
-        cid = self._container_id()
+    def _pids(self, cid: str | None) -> tuple[int, ...]:
         if cid is None:
             return ()
         with contextlib.suppress(docker.errors.DockerException):
@@ -135,12 +135,9 @@ class ComposeDeployer(BaseDeployer):
         except docker.errors.NotFound as exc:
             raise ServerExited("the service's container disappeared", reason="crash") from exc
         if state.get("Status") in ("exited", "dead"):
-            log = self._save_logs()
-            rc = int(state.get("ExitCode", -1))
-            reason = "oom" if state.get("OOMKilled") else classify_exit(rc, log)
-            raise ServerExited(
-                f"service exited with status {rc} ({reason})", reason=reason, log_tail=tail(log)
-            )
+            exited = container_exited(state, self._save_logs(), "service")
+            if exited is not None:
+                raise exited
 
     def wait_ready(self) -> float:
         took = wait_healthy(
@@ -149,11 +146,8 @@ class ComposeDeployer(BaseDeployer):
         self._save_logs()  # the start-up log now; the full log again at stop
         return took
 
-    def log_tail(self, lines: int = 40) -> str:
-        return tail(self._save_logs(), lines)
-
-    def check_alive(self) -> None:
-        self._alive()
+    def _read_log(self) -> str:
+        return self._save_logs()
 
     def reclaim(self) -> None:
         """Bring down the project an earlier, killed run left up; restore the file."""

@@ -48,6 +48,18 @@ def remove_containers(client: docker.DockerClient, study: str | None = None) -> 
     return removed
 
 
+def container_exited(state: dict[str, Any], log: str, what: str) -> ServerExited | None:
+    """ServerExited for a container whose State says it stopped (OOMKilled or the log decide
+    the reason), None while it runs."""
+    if state.get("Status") not in ("exited", "dead"):
+        return None
+    rc = int(state.get("ExitCode", -1))
+    reason = "oom" if state.get("OOMKilled") else classify_exit(rc, log)
+    return ServerExited(
+        f"{what} exited with status {rc} ({reason})", reason=reason, log_tail=tail(log)
+    )
+
+
 def _gpu_requests(gpus: str | list[str]) -> list[DeviceRequest]:
     if gpus == "none":
         return []
@@ -175,24 +187,14 @@ class DockerDeployer(BaseDeployer):
         except docker.errors.NotFound as exc:
             raise ServerExited("the container disappeared", reason="crash") from exc
         state = self._container.attrs["State"]
-        if state.get("Status") in ("exited", "dead"):
-            if self._pump is not None:
-                self._pump.join(timeout=5)  # the rest of the log, for the classification
-            log = self._read_log()
-            rc = int(state.get("ExitCode", -1))
-            reason = "oom" if state.get("OOMKilled") else classify_exit(rc, log)
-            raise ServerExited(
-                f"container exited with status {rc} ({reason})", reason=reason, log_tail=tail(log)
-            )
+        if state.get("Status") in ("exited", "dead") and self._pump is not None:
+            self._pump.join(timeout=5)  # the rest of the log, for the classification
+        exited = container_exited(state, self._read_log(), "container")
+        if exited is not None:
+            raise exited
 
     def wait_ready(self) -> float:
         return self._wait_with_log(self._base_url, self._cfg.health_timeout_s, self._alive)
-
-    def log_tail(self, lines: int = 40) -> str:
-        return tail(self._read_log(), lines)
-
-    def check_alive(self) -> None:
-        self._alive()
 
     def stop(self) -> None:
         container, self._container = self._container, None

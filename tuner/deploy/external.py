@@ -41,11 +41,5 @@ class ExternalDeployer(BaseDeployer):
             self._cfg.url.rstrip("/"), timeout_s=self._cfg.health_timeout_s, alive=lambda: None
         )
 
-    def log_tail(self, lines: int = 40) -> str:
-        return ""
-
-    def check_alive(self) -> None:
-        return None
-
     def stop(self) -> None:
         return None  # not ours to stop

@@ -172,13 +172,6 @@ class LocalDeployer(BaseDeployer):
             return ""
         return self._log_path.read_bytes().decode("utf-8", errors="replace")
 
-    def log_tail(self, lines: int = 40) -> str:
-        return tail(self._read_log(), lines)
-
-    def check_alive(self) -> None:
-        """Raise ServerExited if the server died (e.g. during the workload)."""
-        self._alive()
-
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 from tuner.config.profile import Profile, ReplayConfig
 from tuner.deploy.base import Endpoint, InProcessDeployer, wait_healthy
 from tuner.errors import ConfigError, ServerExited
+from tuner.testing import EngineCounters, FakeVLLMServer, ServerModel  # the HTTP side
 
 __all__ = ["ReplayDeployer", "Surface", "SurfacePoint", "load_surface", "point_key"]
 
@@ -109,8 +109,6 @@ class ReplayDeployer(InProcessDeployer):
     def start(
         self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
     ) -> Endpoint:
-        from tuner.testing import FakeVLLMServer  # the HTTP side is the fake server's
-
         self.stop()
         workdir.mkdir(parents=True, exist_ok=True)
         self._log_path = workdir / "server.log"
@@ -144,23 +142,18 @@ class ReplayDeployer(InProcessDeployer):
         return p.startup_s  # the recorded start-up, whatever the time scale
 
 
-class _ReplayState:
+class _ReplayState(EngineCounters):
     """What the fake HTTP server asks per request: recorded latencies instead of a model."""
 
     def __init__(self, point: SurfacePoint | None, name: str, cfg: ReplayConfig, n: int) -> None:
-        from tuner.testing import ServerModel
-
+        super().__init__(name)
         self.point = point
-        self.name = name
         self.model = ServerModel(decode_ms=0.0)
         self.fail_chat = False
         self.time_scale = cfg.time_scale
         # Seeded per deployment: the same study with the same seed replays the same samples.
         self.rng = random.Random(f"{cfg.seed}:{n}:{point.key if point else ''}")
         self.seen: set[str] = set()
-        self.lock = threading.Lock()
-        self.queries = self.hits = self.ttft_sum = 0.0
-        self.ttft_count = self.requests = 0
 
     def admit(self, prompt: str) -> tuple[float, int]:
         words = prompt.split()
@@ -176,21 +169,3 @@ class _ReplayState:
             if hit and p is not None:
                 self.hits += len(words) * p.hit_rate
         return ms / 1000.0 * self.time_scale, len(words)
-
-    def record_ttft(self, seconds: float) -> None:
-        with self.lock:
-            self.ttft_sum += seconds
-            self.ttft_count += 1
-
-    def metrics(self) -> str:
-        labels = f'engine="0",model_name="{self.name}"'
-        return (
-            "# TYPE vllm:prefix_cache_queries counter\n"
-            f"vllm:prefix_cache_queries_total{{{labels}}} {self.queries}\n"
-            "# TYPE vllm:prefix_cache_hits counter\n"
-            f"vllm:prefix_cache_hits_total{{{labels}}} {self.hits}\n"
-            "# TYPE vllm:time_to_first_token_seconds histogram\n"
-            f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} {self.ttft_count}\n'
-            f"vllm:time_to_first_token_seconds_count{{{labels}}} {self.ttft_count}\n"
-            f"vllm:time_to_first_token_seconds_sum{{{labels}}} {self.ttft_sum}\n"
-        )

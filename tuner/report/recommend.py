@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial
 
 from tuner.errors import ConfigError
 from tuner.report.pareto import pareto_trials
-from tuner.report.synthesis import ranges_overlap
+from tuner.report.synthesis import ranges_overlap, sample_range
 
 __all__ = ["Recommendation", "Rule", "parse_rule", "recommend"]
 
@@ -187,11 +187,8 @@ def _score(study: optuna.Study, rule: Rule, cands: list[FrozenTrial]) -> list[Fr
 
 
 def _fmt_range(t: FrozenTrial, name: str, value: float) -> str:
-    lo = t.user_attrs.get(name.replace("_ms", "_min_ms"))
-    hi = t.user_attrs.get(name.replace("_ms", "_max_ms"))
-    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-        return f"{value:.1f} ms [{lo:.0f}-{hi:.0f}]"
-    return f"{value:.1f} ms"
+    r = sample_range(t, name.removesuffix("_ms"))
+    return f"{value:.1f} ms [{r[0]:.0f}-{r[1]:.0f}]" if r else f"{value:.1f} ms"
 
 
 def _explain(study: optuna.Study, rule: Rule, best: FrozenTrial, others: list[FrozenTrial]) -> str:

@@ -17,6 +17,7 @@ __all__ = [
     "failures_by_reason",
     "quality_warnings",
     "ranges_overlap",
+    "sample_range",
     "synthesis_frame",
 ]
 
@@ -127,14 +128,15 @@ def failures_by_reason(study: optuna.Study) -> list[FailureGroup]:
     ]
 
 
-def _range(t: FrozenTrial, metric: str) -> tuple[float, float] | None:
+def sample_range(t: FrozenTrial, metric: str) -> tuple[float, float] | None:
+    """(min, max) of a trial's samples of ``metric`` (``ttft_hit`` / ``ttft_miss``), if recorded."""
     lo, hi = _num(t.user_attrs.get(f"{metric}_min_ms")), _num(t.user_attrs.get(f"{metric}_max_ms"))
     return (lo, hi) if lo is not None and hi is not None else None
 
 
 def ranges_overlap(a: FrozenTrial, b: FrozenTrial, metric: str = "ttft_hit") -> bool:
     """Whether two trials' sample ranges of ``metric`` overlap: their difference is noise."""
-    ra, rb = _range(a, metric), _range(b, metric)
+    ra, rb = sample_range(a, metric), sample_range(b, metric)
     return ra is not None and rb is not None and ra[0] <= rb[1] and rb[0] <= ra[1]
 
 
@@ -156,7 +158,7 @@ def quality_warnings(study: optuna.Study, front: list[FrozenTrial]) -> list[tupl
             )
         if rate is None:
             out.append((t.number, "no /metrics from the server: cache hit rate unknown"))
-        r, hit = _range(t, "ttft_hit"), _num(a.get("ttft_hit_ms"))
+        r, hit = sample_range(t, "ttft_hit"), _num(a.get("ttft_hit_ms"))
         if r is not None and hit and (r[1] - r[0]) / hit > NOISY_RELATIVE_RANGE:
             out.append(
                 (

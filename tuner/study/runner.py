@@ -316,9 +316,10 @@ class StudyRunner:
         }
         flags = self.space.to_flags(params)
         seed = trial.user_attrs.get("seed_name")
+        env = self.space.to_env(params)
         trial.set_user_attr("flags", flags)
-        if self.space.to_env(params):
-            trial.set_user_attr("env", self.space.to_env(params))
+        if env:
+            trial.set_user_attr("env", env)
         key = self.space.key(params)
         if self._on_start is not None:
             self._on_start(trial.number, params, seed)
@@ -349,7 +350,7 @@ class StudyRunner:
                 objective=self.objective,
                 make_deployer=self._factory,
                 crash_retries=getattr(self.profile.deployer, "crash_retries", 0),
-                env=self.space.to_env(params),
+                env=env,
             )
             evaluated[key] = _frozen(study, trial.number)
             return out
