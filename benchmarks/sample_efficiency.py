@@ -17,6 +17,7 @@ Usage: python benchmarks/sample_efficiency.py [--seeds 20] [--surfaces synthetic
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import shutil
@@ -49,12 +50,26 @@ from tuner.study.storage import MEMORY
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (12, 20, 30, 40, 60)
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#e377c2",
+           "#bcbd22", "#7f7f7f")  # fmt: skip
 # surface -> (space file, fixed server args the validity rules see, seeds file or None)
 SURFACES: dict[str, tuple[str, list[str], str | None]] = {
     "synthetic_mission": ("seed_192", ["--max-model-len", "131072"], "configs/strategic_12.yaml"),
     "cpu_48": ("cpu_48", ["--max-model-len", "4096"], None),
 }
-STRATEGIES = ("default", "tpe_no_seeds", "random", "nsga2", "seeds_then_grid")
+# strategy -> (sampler, FreshSampler on, enqueue the 12 seeds, then every point in grid order:
+# "declared" = the space file's order, "permuted" = its dimensions in a seeded random order)
+STRATEGIES: dict[str, tuple[str, bool, bool, str | None]] = {
+    "default": ("tpe", True, True, None),
+    "default_before": ("tpe-independent", False, True, None),  # the default until this change
+    "tpe_indep_fresh": ("tpe-independent", True, True, None),
+    "tpe_no_seeds": ("tpe", True, False, None),
+    "random": ("random", False, False, None),
+    "nsga2": ("nsga2", False, False, None),
+    "seeds_then_grid": ("tpe", False, True, "declared"),
+    "seeds_then_grid_permuted": ("tpe", False, True, "permuted"),
+    "seeds_then_shuffled_grid": ("grid", False, True, None),  # GridSampler: random point order
+}
 
 
 def _true_values(surface: Surface) -> dict[str, np.ndarray]:
@@ -108,12 +123,17 @@ def run_one(job: tuple[str, str, int, int]) -> dict[str, Any]:
     surface = load_surface(ROOT / "benchmarks" / "data" / f"{name}.json")
     space = load_space(ROOT / "search_spaces" / f"{space_name}.yaml")
     scorer = Scorer(_true_values(surface))
+    sampler, fresh, with_seeds, grid_order = STRATEGIES[strategy]
     seeds: tuple[Seed, ...] = ()
-    if strategy in ("default", "seeds_then_grid") and seeds_file:
+    if with_seeds and seeds_file:
         seeds = load_seeds(ROOT / seeds_file, space)
-    if strategy == "seeds_then_grid":
-        seeds += tuple(Seed(f"grid_{i}", p) for i, p in enumerate(space.points()))
-    sampler = {"random": "random", "nsga2": "nsga2"}.get(strategy, "tpe")
+    if grid_order:
+        dims = list(space.dimensions)
+        if grid_order == "permuted":
+            random.Random(seed).shuffle(dims)
+        grid = itertools.product(*(d.values for d in dims))
+        points = (dict(zip((d.name for d in dims), combo, strict=True)) for combo in grid)
+        seeds += tuple(Seed(f"grid_{i}", p) for i, p in enumerate(points))
     objective = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
     found: list[str] = []
     ratios: list[float] = []
@@ -138,14 +158,15 @@ def run_one(job: tuple[str, str, int, int]) -> dict[str, Any]:
                 server=ServerArgs(model="m", max_model_len=int(server_args[1])),
                 deployer=ReplayConfig(surface=ROOT / "benchmarks" / "data" / f"{name}.json"),
             ),
-            settings=RunSettings(n_trials=budget, sampler_seed=seed, sampler=sampler),
+            settings=RunSettings(n_trials=budget, sampler_seed=seed, sampler=sampler, fresh=fresh),
             evaluator=_evaluator(surface, random.Random(seed)),
             on_trial_end=ended,
         )
         t0 = time.perf_counter()
-        runner.run()
+        result = runner.run()
     return {"surface": name, "strategy": strategy, "seed": seed, "ratios": ratios,
-            "failed": failed, "seconds": time.perf_counter() - t0}  # fmt: skip
+            "failed": failed, "seconds": time.perf_counter() - t0,
+            "trials": result.new_trials}  # fmt: skip
 
 
 def _q(xs: list[float], q: float) -> float:
@@ -169,18 +190,20 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["reached95"] = f"{len(reached)}/{len(rs)}"
             row["failed@40"] = statistics.median(sum(r["failed"][:40]) for r in rs)
             row["s_per_study"] = statistics.median(r["seconds"] for r in rs)
+            row["trials@60"] = statistics.median(r.get("trials", 0) for r in rs)
             rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = ["surface", "strategy", *(f"HV@{b}" for b in BUDGETS), "to 95 %", "failed@40"]
+    head = ["surface", "strategy", *(f"HV@{b}" for b in BUDGETS), "to 95 %", "failed@40", "trials"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         cells = [r["surface"], r["strategy"]]
         cells += [f"{r[f'hv@{b}'][0]:.3f} [{r[f'hv@{b}'][1]:.2f}-{r[f'hv@{b}'][2]:.2f}]" for b in BUDGETS]
-        cells += [f"{r['to95_median'] or '>60'} ({r['reached95']})", f"{r['failed@40']:g}"]
+        cells += [f"{r['to95_median'] or '>60'} ({r['reached95']})", f"{r['failed@40']:g}",
+                  f"{r['trials@60']:g}"]  # fmt: skip
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
@@ -191,15 +214,18 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
     names = list(dict.fromkeys(r["surface"] for r in results))
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
     for col, name in enumerate(names, start=1):
-        for strategy in STRATEGIES:
+        for k, strategy in enumerate(STRATEGIES):
             rs = [r["ratios"] for r in results if r["surface"] == name and r["strategy"] == strategy]
             if not rs:
                 continue
             n = max(len(x) for x in rs)
             med = [statistics.median(x[min(i, len(x) - 1)] for x in rs) for i in range(n)]
+            # One colour per strategy in every panel (plotly would continue its cycle instead).
+            line = {"color": PALETTE[k % len(PALETTE)], "width": 3 if strategy == "default" else 1.5}
             fig.add_trace(go.Scatter(x=list(range(1, n + 1)), y=med, name=strategy, legendgroup=strategy,
-                                     showlegend=col == 1), row=1, col=col)  # fmt: skip
+                                     showlegend=col == 1, line=line), row=1, col=col)  # fmt: skip
         fig.update_xaxes(title_text="deployments", row=1, col=col)
+    fig.update_yaxes(range=[0.8, 1.005])  # the differences that matter are near the top
     fig.update_yaxes(title_text="hypervolume / true front's (median of seeds)", row=1, col=1)
     fig.update_layout(height=450, width=1200)
     out.with_suffix(".html").write_text(fig.to_html(include_plotlyjs=True))

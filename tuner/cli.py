@@ -102,7 +102,9 @@ def optimize(
     studies_dir: StudiesOpt = STUDIES,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
     sampler_seed: Annotated[int, typer.Option("--sampler-seed")] = 0,
-    sampler: Annotated[str, typer.Option("--sampler", help="tpe | random | nsga2 | grid")] = "tpe",
+    sampler: Annotated[
+        str, typer.Option("--sampler", help="tpe | tpe-independent | random | nsga2 | grid")
+    ] = "tpe",
     no_seeds: Annotated[bool, typer.Option("--no-seeds", help="do not enqueue the seeds")] = False,
     keep_best: Annotated[
         bool,

@@ -81,8 +81,33 @@ class TestSeedsAndDedup:
         deployed = [t for t in study.trials if t.user_attrs.get("deployed")]
         assert result.deployed == 40 == len(deployed) == FakeDeployer.starts
         assert len({space.key(t.params) for t in deployed}) == 40
+        # The default sampler never proposes a measured or known-invalid point: the only extra
+        # trial is the seed that repeats another seed.
+        assert len(study.trials) == 41
+        assert not [t for t in study.trials if t.user_attrs.get("reason") == "duplicate"]
+        assert not [
+            t
+            for t in study.trials
+            if "seed_name" not in t.user_attrs and not t.user_attrs.get("deployed")
+        ]
+
+    def test_plain_tpe_duplicates_are_not_redeployed(
+        self, tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+    ) -> None:
+        """Without FreshSampler, Optuna's TPE re-proposes measured points: those become failed
+        'duplicate' trials (never deployed) and the fallback enqueues fresh neighbours."""
+        runner = make_runner(tmp_path, space, seeds, objective, trials=30)
+        runner.settings = RunSettings(
+            n_trials=30, sampler_seed=1, sampler="tpe-independent", fresh=False
+        )
+        result = runner.run()
+        study = load_study(StudyPaths.create("s", tmp_path))
+        deployed = [t for t in study.trials if t.user_attrs.get("deployed")]
+        assert result.deployed == 30 == len({space.key(t.params) for t in deployed})
         dups = [t for t in study.trials if t.user_attrs.get("reason") == "duplicate"]
-        assert all(t.state == TrialState.FAIL for t in dups)
+        assert dups
+        assert all(t.state == TrialState.FAIL and not t.user_attrs.get("deployed") for t in dups)
+        assert any(t.user_attrs.get("fallback") for t in deployed)
 
     def test_resume_does_not_enqueue_seeds_twice(
         self, tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
@@ -123,13 +148,16 @@ class TestConstraints:
     def test_criteria_against_baseline(
         self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
     ) -> None:
-        """Baseline fails HIT <= 0.7x baseline; prefix caching meets all three criteria."""
+        """Baseline fails HIT <= 0.7x baseline; prefix caching meets all three criteria.
+
+        A long prompt (~160 ms of modelled prefill) keeps the 20 % MISS margin above the
+        scheduling noise of a loaded 2-core machine (600 words failed once under load)."""
         s = [
             seed(space, "baseline_reference", enable_chunked_prefill=False),
             seed(space, "prefix", enable_prefix_caching=True, enable_chunked_prefill=False),
         ]
         objective = objective.model_copy(
-            update={"workload": objective.workload.model_copy(update={"system_prompt_words": 600})}
+            update={"workload": objective.workload.model_copy(update={"system_prompt_words": 6000})}
         )
         make_runner(tmp_path, space, s, objective, trials=2).run()
         study = load_study(StudyPaths.create("s", tmp_path))

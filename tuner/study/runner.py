@@ -16,11 +16,12 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -33,9 +34,14 @@ from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import ConfigError, StudyError
 from tuner.study._trial import TrialOutcome, evaluate, record_failure
+from tuner.study.sampling import FreshSampler, front_params, make_sampler
 from tuner.study.storage import StudyPaths, open_storage
 
 __all__ = ["RunResult", "RunSettings", "StudyRunner", "sigterm_as_interrupt"]
+
+# Samplers that re-propose measured points; grid never does, random and NSGA-II are kept as
+# Optuna ships them (the benchmark's baselines).
+_WRAPPED = ("tpe", "tpe-independent")
 
 log = logging.getLogger("tuner.study")
 
@@ -51,7 +57,9 @@ class RunSettings:
     enqueue_seeds: bool = True
     # False deploys points the validity rules reject: to check the rules against a vLLM version.
     precheck: bool = True
-    sampler: str = "tpe"  # tpe | grid (tuner sweep) | random | nsga2
+    sampler: str = "tpe"  # tpe | tpe-independent | grid (tuner sweep) | random | nsga2
+    # Never let the sampler propose a point the study already holds (or a known-invalid one).
+    fresh: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,40 +69,6 @@ class RunResult:
     new_trials: int  # trials created by this run (all states)
     exhausted: bool  # every valid point of the space has been evaluated
     outcomes: tuple[TrialOutcome, ...]
-
-
-SAMPLERS = ("tpe", "grid", "random", "nsga2")
-
-
-class _SweepSampler(optuna.samplers.GridSampler):
-    """GridSampler for the ask/tell loop: the runner stops when every valid point is done.
-
-    GridSampler.after_trial calls ``study.stop()`` once the grid is exhausted, which Optuna only
-    allows inside ``study.optimize``; the runner drives trials with ask/tell instead.
-    """
-
-    def after_trial(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        return None
-
-
-def make_sampler(name: str, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler called ``name``; ``grid`` enumerates every point of ``space``."""
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "grid":
-        grid = {d.name: list(d.values) for d in space.dimensions}
-        return _SweepSampler(grid, seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    raise StudyError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
 
 
 @contextlib.contextmanager
@@ -157,12 +131,19 @@ class StudyRunner:
         self._external = isinstance(profile.deployer, ExternalConfig)
         self._evaluate = evaluator  # benchmarks swap in a surface draw (no HTTP)
         self.reclaimed: list[str] = []  # what cleanup of an earlier killed run removed
+        # Point key -> its trial, for every point measured or rejected; and the valid points.
+        self._evaluated: dict[str, FrozenTrial] = {}
+        self._valid: dict[str, dict[str, ParamValue]] = {}
+        self._study: optuna.Study | None = None
+        self._valid_codes: np.ndarray[Any, Any] | None = None
 
     # -- study set-up -------------------------------------------------------------------
     def open_study(self) -> optuna.Study:
         self.paths.root.mkdir(parents=True, exist_ok=True)
         directions = [o.direction for o in self.objective.objectives]
         sampler = make_sampler(self.settings.sampler, self.space, self.settings.sampler_seed)
+        if self.settings.fresh and self.settings.sampler in _WRAPPED:
+            sampler = FreshSampler(sampler, self.space, self._is_fresh, self._fresh_fallback)
         study = optuna.create_study(
             study_name=self.paths.name,
             storage=open_storage(self.paths.storage_url),
@@ -235,7 +216,8 @@ class StudyRunner:
             study.enqueue_trial(external_params, user_attrs={"external": True})
         target = 1 if self._external else self.settings.n_trials
 
-        evaluated: dict[str, FrozenTrial] = {}
+        evaluated = self._evaluated
+        evaluated.clear()
         deployed = 0
         for t in study.get_trials(deepcopy=False):
             if _evaluated(t):
@@ -243,6 +225,7 @@ class StudyRunner:
                 deployed += int(bool(t.user_attrs.get("deployed")))
         # Keyed once: the exhaustion check and the fallback run every loop.
         valid = {self.space.key(p): p for p in self.space.points() if not self._invalid(p)}
+        self._valid, self._study = valid, study
         outcomes: list[TrialOutcome] = []
         streak = 0
         with sigterm_as_interrupt():
@@ -271,19 +254,38 @@ class StudyRunner:
         valid: dict[str, dict[str, ParamValue]],
         evaluated: dict[str, FrozenTrial],
     ) -> dict[str, ParamValue]:
-        fresh = [p for k, p in valid.items() if k not in evaluated]
-        front = [t.params for t in study.best_trials] or [
-            t.params for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        ]
+        """An unexplored valid point at the smallest Hamming distance from the current front."""
+        if self._valid_codes is None or len(self._valid_codes) != len(valid):
+            # Every valid point's dimension values as indices, computed once per run.
+            self._valid_codes = np.array([self._code(p) for p in valid.values()]).reshape(
+                len(valid), len(self.space.dimensions)
+            )
+        keys = list(valid)
+        mask = np.fromiter((k not in evaluated for k in keys), dtype=bool, count=len(keys))
+        front = front_params(study)
         if not front:
-            return self._rng.choice(fresh)
+            return valid[self._rng.choice([k for k, m in zip(keys, mask, strict=True) if m])]
+        targets = np.array([self._code(f) for f in front])
+        dist = (self._valid_codes[:, None, :] != targets[None, :, :]).sum(axis=2).min(axis=1)
+        dist[~mask] = len(self.space.dimensions) + 1
+        best = dist.min()
+        return valid[self._rng.choice([k for k, d in zip(keys, dist, strict=True) if d == best])]
 
-        def distance(p: dict[str, ParamValue]) -> int:
-            # Hamming distance; json.dumps keeps True and 1 apart.
-            return min(sum(json.dumps(p[k]) != json.dumps(f.get(k)) for k in p) for f in front)
+    def _code(self, params: dict[str, Any]) -> tuple[int, ...]:
+        """Each dimension's value as its index (json.dumps keeps True and 1 apart)."""
+        return tuple(
+            [json.dumps(v) for v in d.values].index(json.dumps(params[d.name]))
+            for d in self.space.dimensions
+        )
 
-        best = min(distance(p) for p in fresh)
-        return self._rng.choice([p for p in fresh if distance(p) == best])
+    # FreshSampler's hooks: the runner knows which points are measured or invalid.
+    def _is_fresh(self, params: dict[str, ParamValue]) -> bool:
+        key = self.space.key(params)
+        return key in self._valid and key not in self._evaluated
+
+    def _fresh_fallback(self) -> dict[str, ParamValue]:
+        assert self._study is not None
+        return self._neighbour(self._study, self._valid, self._evaluated)
 
     def _result(
         self, study: optuna.Study, deployed: int, outcomes: list[TrialOutcome], *, exhausted: bool

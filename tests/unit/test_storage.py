@@ -1,0 +1,63 @@
+"""Study storages: SQLite (WAL for new databases), Optuna's journal file, in-memory."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tuner.errors import StudyError
+from tuner.study.storage import MEMORY, StudyPaths, load_study, open_storage
+
+
+def _add_trials(storage: object, name: str, n: int) -> None:
+    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True)
+    for i in range(n):
+        trial = study.ask()
+        trial.suggest_int("x", 0, 9)
+        trial.set_user_attr("i", i)
+        study.tell(trial, float(i))
+
+
+def _journal_mode(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+def test_new_sqlite_study_is_wal_and_survives_reopening(tmp_path: Path) -> None:
+    paths = StudyPaths.create("s", tmp_path)
+    paths.root.mkdir(parents=True)
+    storage = open_storage(paths.storage_url)
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    _add_trials(storage, "s", 3)
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    assert _journal_mode(paths.root / "study.db") == "wal"
+    again = load_study(paths)
+    assert [t.user_attrs["i"] for t in again.trials] == [0, 1, 2]
+
+
+def test_existing_sqlite_database_keeps_its_journal_mode(tmp_path: Path) -> None:
+    """A study database made elsewhere (e.g. one committed to git) is never rewritten to WAL."""
+    db = tmp_path / "old.db"
+    _add_trials(f"sqlite:///{db}", "old", 1)  # plain Optuna: rollback journal
+    assert _journal_mode(db) == "delete"
+    storage = open_storage(f"sqlite:///{db}")
+    _add_trials(storage, "old", 2)
+    assert _journal_mode(db) == "delete"
+    assert len(optuna.load_study(study_name="old", storage=f"sqlite:///{db}").trials) == 3
+
+
+def test_journal_file_round_trip(tmp_path: Path) -> None:
+    url = f"journal:///{tmp_path / 'j' / 'study.log'}"
+    _add_trials(open_storage(url), "j", 2)
+    study = load_study(StudyPaths.create("j", tmp_path, url))
+    assert [t.value for t in study.trials] == [0.0, 1.0]
+
+
+def test_memory_storage_cannot_be_reopened(tmp_path: Path) -> None:
+    assert open_storage(MEMORY) is None
+    with pytest.raises(StudyError, match="in-memory"):
+        load_study(StudyPaths.create("m", tmp_path, MEMORY))
