@@ -162,8 +162,12 @@ class BaseDeployer:
     def stop(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _read_log(self) -> str:  # pragma: no cover - overridden where there is a log
-        return ""
+    _log_path: Path | None = None  # the server log of the current trial, where there is one
+
+    def _read_log(self) -> str:
+        if self._log_path is None or not self._log_path.exists():
+            return ""
+        return self._log_path.read_bytes().decode("utf-8", errors="replace")
 
     def _alive(self) -> None:
         """Raise ServerExited if the server died; nothing to check by default."""
@@ -199,12 +203,6 @@ class InProcessDeployer(BaseDeployer):
     """A simulated server in this process (fake, replay): nothing outlives ``stop``."""
 
     _server: Any = None  # an object with close()
-    _log_path: Path | None = None
-
-    def _read_log(self) -> str:
-        if self._log_path is None or not self._log_path.exists():
-            return ""
-        return self._log_path.read_text()
 
     def stop(self) -> None:
         server, self._server = self._server, None

@@ -174,11 +174,6 @@ class DockerDeployer(BaseDeployer):
                 f.write(chunk)
                 f.flush()
 
-    def _read_log(self) -> str:
-        if self._log_path is None or not self._log_path.exists():
-            return ""
-        return self._log_path.read_bytes().decode("utf-8", errors="replace")
-
     def _alive(self) -> None:
         if self._container is None:
             raise ServerExited("server was not started", reason="crash")

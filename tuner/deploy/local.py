@@ -167,10 +167,8 @@ class LocalDeployer(BaseDeployer):
 
     def _read_log(self) -> str:
         if self._log is not None:
-            self._log.flush()
-        if self._log_path is None or not self._log_path.exists():
-            return ""
-        return self._log_path.read_bytes().decode("utf-8", errors="replace")
+            self._log.flush()  # our own handle on the file the server writes
+        return super()._read_log()
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -143,7 +143,7 @@ class StudyRunner:
         directions = [o.direction for o in self.objective.objectives]
         sampler = make_sampler(self.settings.sampler, self.space, self.settings.sampler_seed)
         if self.settings.fresh and self.settings.sampler in _WRAPPED:
-            sampler = FreshSampler(sampler, self.space, self._is_fresh, self._fresh_fallback)
+            sampler = FreshSampler(sampler, self.space, self._is_fresh, self._neighbour)
         study = optuna.create_study(
             study_name=self.paths.name,
             storage=open_storage(self.paths.storage_url),
@@ -226,6 +226,7 @@ class StudyRunner:
         # Keyed once: the exhaustion check and the fallback run every loop.
         valid = {self.space.key(p): p for p in self.space.points() if not self._invalid(p)}
         self._valid, self._study = valid, study
+        self._valid_codes = None  # the fallback encodes the valid points on first use
         outcomes: list[TrialOutcome] = []
         streak = 0
         with sigterm_as_interrupt():
@@ -242,21 +243,16 @@ class StudyRunner:
                 if streak >= self.settings.max_duplicate_streak:
                     # TPE keeps re-proposing known points (greedy in a small discrete space):
                     # re-sample an unexplored valid point next to the current front.
-                    study.enqueue_trial(
-                        self._neighbour(study, valid, evaluated), user_attrs={"fallback": True}
-                    )
+                    study.enqueue_trial(self._neighbour(), user_attrs={"fallback": True})
                     streak = 0
         return self._result(study, deployed, outcomes, exhausted=False)
 
-    def _neighbour(
-        self,
-        study: optuna.Study,
-        valid: dict[str, dict[str, ParamValue]],
-        evaluated: dict[str, FrozenTrial],
-    ) -> dict[str, ParamValue]:
+    def _neighbour(self) -> dict[str, ParamValue]:
         """An unexplored valid point at the smallest Hamming distance from the current front."""
-        if self._valid_codes is None or len(self._valid_codes) != len(valid):
-            # Every valid point's dimension values as indices, computed once per run.
+        study, valid, evaluated = self._study, self._valid, self._evaluated
+        assert study is not None, "run() sets the study before any trial"
+        if self._valid_codes is None:
+            # Every valid point's dimension values as indices, once per run.
             self._valid_codes = np.array([self._code(p) for p in valid.values()]).reshape(
                 len(valid), len(self.space.dimensions)
             )
@@ -282,10 +278,6 @@ class StudyRunner:
     def _is_fresh(self, params: dict[str, ParamValue]) -> bool:
         key = self.space.key(params)
         return key in self._valid and key not in self._evaluated
-
-    def _fresh_fallback(self) -> dict[str, ParamValue]:
-        assert self._study is not None
-        return self._neighbour(self._study, self._valid, self._evaluated)
 
     def _result(
         self, study: optuna.Study, deployed: int, outcomes: list[TrialOutcome], *, exhausted: bool
