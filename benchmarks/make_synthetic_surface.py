@@ -22,7 +22,7 @@ import random
 from pathlib import Path
 
 from tuner.config import load_space, violations
-from tuner.deploy.replay import Surface, SurfacePoint
+from tuner.schema import Surface, SurfacePoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_ARGS = ["--model", "Qwen/Qwen3-32B-AWQ", "--max-model-len", "131072"]

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tuner.config import (
-    FakeConfig,
-    ObjectiveFile,
-    Profile,
-    ServerArgs,
-    WorkloadSpec,
-    load_objective,
-    load_seeds,
-    load_space,
-)
+from tuner.config import ObjectiveFile, load_objective, load_seeds, load_space
 from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
-from tuner.testing import FakeDeployer
+from tuner.testing import FAST_WORKLOAD, fake_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 # Empty image made by scripts/docker.sh: containers run this machine's Python, bind-mounted.
@@ -64,34 +54,10 @@ def seeds(space: SearchSpace) -> tuple[Seed, ...]:
     return load_seeds(ROOT / "configs" / "strategic_12.yaml", space)
 
 
-FAST_WORKLOAD = WorkloadSpec(
-    system_prompt_words=120,
-    tools=2,
-    turns=3,
-    conversations=3,
-    warmup_conversations=1,
-    user_words=8,
-    max_tokens=3,
-    request_timeout_s=10,
-)
-
-
 @pytest.fixture
 def objective() -> ObjectiveFile:
     obj = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
     return obj.model_copy(update={"workload": FAST_WORKLOAD})
 
 
-def fake_profile(**deployer: object) -> Profile:
-    return Profile(
-        name="fake",
-        server=ServerArgs(model="fake-model", max_model_len=4096),
-        deployer=FakeConfig(**deployer),  # type: ignore[arg-type]
-    )
-
-
-@pytest.fixture(autouse=True)
-def _reset_fake_counter() -> Iterator[None]:
-    FakeDeployer.starts = 0
-    yield
-    FakeDeployer.starts = 0
+__all__ = ["FAST_WORKLOAD", "ROOT", "docker_engine", "fake_profile", "host_env_mounts"]

@@ -46,12 +46,8 @@ SeedsOpt = Annotated[Path, typer.Option("--seeds", help="seed configurations YAM
 StudiesOpt = Annotated[Path, typer.Option("--studies-dir", help="where study folders live")]
 
 
+# Column titles of metrics; dimensions are titled by the labels stored with the study.
 SHORT = {
-    "gpu_memory_utilization": "mem",
-    "enable_prefix_caching": "prefix",
-    "enable_chunked_prefill": "chunked",
-    "max_num_seqs": "seqs",
-    "max_num_batched_tokens": "tokens",
     "ttft_hit_ms": "HIT ms",
     "ttft_miss_ms": "MISS ms",
     "vram_mib": "VRAM MiB",
@@ -287,14 +283,18 @@ RuleOpt = Annotated[
 
 
 def _front_table(title: str, st: optuna.Study, front: list[optuna.trial.FrozenTrial]) -> Table:
+    from tuner.front import feasible
+    from tuner.report.synthesis import dimension_titles
+
     table = Table(title=title)
-    dims = list(st.user_attrs.get("dimensions", []))
+    titles = dimension_titles(st)
+    dims = list(titles)
     metrics = list(st.metric_names or [])
     cols = ["trial", "name", *dims, *metrics, "speedup", "hit_rate_hit", "feasible"]
     for c in cols:
-        table.add_column(SHORT.get(c, c))
+        table.add_column(titles.get(c) or SHORT.get(c, c))
     for t in front:
-        cons = t.constraints
+        ok = feasible(t)
         row = [str(t.number), t.user_attrs.get("seed_name") or f"trial_{t.number}"]
         row += [
             f"{t.params[d]:g}" if isinstance(t.params.get(d), float) else _fmt(t.params.get(d))
@@ -305,7 +305,7 @@ def _front_table(title: str, st: optuna.Study, front: list[optuna.trial.FrozenTr
             _fmt(t.user_attrs.get("speedup"), digits=2),
             _fmt(t.user_attrs.get("hit_rate_hit"), digits=2),
         ]
-        row.append("–" if not cons else ("yes" if all(v <= 0 for v in cons.values()) else "no"))
+        row.append("–" if ok is None else ("yes" if ok else "no"))
         table.add_row(*row)
     return table
 

@@ -5,12 +5,13 @@ Usage: python benchmarks/gpu/summarize.py benchmarks/results/gpu/h100
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
 
 import optuna
+
+from tuner.schema import TrialFolder
 
 
 def main() -> None:
@@ -28,8 +29,8 @@ def main() -> None:
         a = t.user_attrs
         if "duplicate_of" in a:
             continue
-        mj = Path(root / "trials" / f"{t.number:04d}" / "measurements.json")
-        kv = json.loads(mj.read_text())["cache_config"].get("kv_cache_size_tokens", "–")
+        doc = TrialFolder.of(root, t.number).read_measurements()
+        kv = doc.cache_config.get("kv_cache_size_tokens", "–")
         p = t.params
         onoff = {True: "on", False: "off", None: "–"}
         print(

@@ -84,7 +84,7 @@ def test_sigterm_stops_server_and_keeps_study(tmp_path: Path) -> None:
     profile = tmp_path / "p.yaml"
     profile.write_text(
         'name: slow\nserver: {model: fake-model, max_model_len: 4096, extra_args: [--fake-startup-s, "3"]}\n'
-        "deployer: {kind: local, module: tuner.testing, health_timeout_s: 60}\n"
+        "deployer: {kind: local, module: tuner.simulate, health_timeout_s: 60}\n"
     )
     seeds = tmp_path / "s.yaml"
     row = (

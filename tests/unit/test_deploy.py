@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import HOST_ENV_IMAGE, docker_engine, fake_profile, host_env_mounts
+from tests.conftest import HOST_ENV_IMAGE, docker_engine, host_env_mounts
 from tuner.config import (
     ComposeConfig,
     DockerConfig,
@@ -25,15 +25,15 @@ from tuner.config import (
 from tuner.deploy import DEPLOYER_KINDS, Deployer, classify_exit, make_deployer
 from tuner.deploy.local import free_port
 from tuner.errors import ServerExited, StartupTimeout
-from tuner.testing import FakeVLLMServer
+from tuner.testing import fake_profile, fake_server
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def local_profile(**kw: object) -> Profile:
-    # The local deployer runs `python -m tuner.testing`: a real child process that speaks
+    # The local deployer runs `python -m tuner.simulate`: a real child process that speaks
     # the vLLM OpenAI API, so process handling is tested without vLLM.
-    cfg = {"module": "tuner.testing", "health_timeout_s": 20.0, "stop_timeout_s": 5.0, **kw}
+    cfg = {"module": "tuner.simulate", "health_timeout_s": 20.0, "stop_timeout_s": 5.0, **kw}
     return Profile(
         name="local-fake",
         server=ServerArgs(model="fake-model", max_model_len=4096),
@@ -44,7 +44,7 @@ def local_profile(**kw: object) -> Profile:
 def docker_profile(**kw: object) -> Profile:
     cfg = {
         "image": HOST_ENV_IMAGE,
-        "entrypoint": [sys.executable, "-m", "tuner.testing"],
+        "entrypoint": [sys.executable, "-m", "tuner.simulate"],
         "gpus": "none",
         "network": "host",
         "volumes": host_env_mounts(),
@@ -68,7 +68,7 @@ def compose_profile(tmp: Path) -> Profile:
     file.write_text(
         "services:\n  fake:\n"
         f"    image: {HOST_ENV_IMAGE}\n    network_mode: host\n"
-        f'    entrypoint: ["{sys.executable}", "-m", "tuner.testing"]\n'
+        f'    entrypoint: ["{sys.executable}", "-m", "tuner.simulate"]\n'
         f"    volumes:\n{vols}\n"
         f'    command: ["--model", "fake-model", "--host", "127.0.0.1", "--port", "{port}"]\n'
     )
@@ -120,7 +120,7 @@ def deployer(
         yield make_deployer(prof, managed_flags={"--enable-prefix-caching"})
         return
     if kind == "external":
-        with FakeVLLMServer(name="fake-model") as srv:
+        with fake_server(name="fake-model") as srv:
             prof = Profile(
                 name="ext",
                 server=ServerArgs(model="fake-model"),
@@ -155,11 +155,38 @@ class TestContract:
             ]
 
     def test_stop_is_idempotent(self, deployer: Deployer, tmp_path: Path) -> None:
-        """stop() may be called any number of times, started or not."""
+        """stop() may be called any number of times, started or not; after it the server no
+        longer answers (but an external one, never ours), and the deployer can start again."""
+
+        def answers(url: str) -> bool:
+            try:
+                return httpx.get(f"{url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
         deployer.stop()
-        deployer.start([], tmp_path)
+        ep = deployer.start([], tmp_path / "a")
+        deployer.wait_ready()
+        assert answers(ep.base_url)
         deployer.stop()
         deployer.stop()
+        assert answers(ep.base_url) is (deployer.kind == "external")
+        again = deployer.start([], tmp_path / "b")
+        deployer.wait_ready()
+        assert answers(again.base_url)
+        deployer.stop()
+
+
+def test_registry_matches_the_profile_schema() -> None:
+    """One registry: every deployer kind has exactly one config model and one class, and the
+    class declares that model; a kind missing on either side fails here."""
+    from tuner.config.profile import DEPLOYER_CONFIGS
+    from tuner.deploy import DEPLOYERS
+
+    assert set(DEPLOYERS) == set(DEPLOYER_CONFIGS) == set(DEPLOYER_KINDS)
+    for kind, cls in DEPLOYERS.items():
+        assert cls.kind == kind
+        assert cls.config_type is DEPLOYER_CONFIGS[kind]
 
 
 class TestLocal:

@@ -14,13 +14,14 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from tests.conftest import FAST_WORKLOAD, ROOT, fake_profile
+from tests.conftest import ROOT
 from tuner.config import load_objective, load_seeds, load_space
 from tuner.errors import ConfigError
 from tuner.report import pareto_trials, parse_rule, recommend, write_report
 from tuner.report.compare import write_compare
 from tuner.report.synthesis import failures_by_reason, quality_warnings, synthesis_frame
 from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
+from tuner.testing import FAST_WORKLOAD, fake_profile
 
 
 @pytest.fixture(scope="module")
@@ -283,11 +284,18 @@ class TestQuality:
         assert not any("front points 0 and 2" in w or "1 and 2" in w for _, w in warnings)
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_compare_writes_both_fronts(study: optuna.Study, tmp_path: Path) -> None:
-    """compare: one table per study in the markdown, one plot with a trace per study."""
-    fronts, paths = write_compare([study, study], tmp_path)
-    assert len(fronts) == 2
-    assert fronts[0] == fronts[1]
+    """compare: each study's own front, one table per study in the markdown, one plot with a
+    trace per study."""
+    row = {"miss": 200.0, "vram": 10.0, "prefix": True, "rate": 0.9, "spread": 5}
+    other = _manual_study([{**row, "hit": 90.0}, {**row, "hit": 80.0, "vram": 12.0}])
+    fronts, paths = write_compare([study, other], tmp_path)
+    assert [t.number for t in fronts[0]] == [t.number for t in pareto_trials(study)[0]]
+    assert sorted(t.values[0] for t in fronts[1]) == [80.0, 90.0]
     md = paths["compare_md"].read_text()
-    assert md.count("## r") == 2
-    assert "Plotly.newPlot" in paths["compare_html"].read_text()
+    assert md.count(f"## {study.study_name}") == 1
+    assert md.count(f"## {other.study_name}") == 1
+    html = paths["compare_html"].read_text()
+    assert html.count('"name":"' + other.study_name + '"') >= 1
+    assert "Plotly.newPlot" in html

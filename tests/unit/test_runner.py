@@ -10,13 +10,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import fake_profile
 from tuner.config import ObjectiveFile, Profile, ServerArgs
 from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
+from tuner.deploy.fake import FakeDeployer
 from tuner.errors import StudyError
 from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
-from tuner.testing import FakeDeployer
+from tuner.testing import fake_profile, study_starts
 
 
 def make_runner(
@@ -66,7 +66,7 @@ class TestSeedsAndDedup:
         names = [t.user_attrs.get("seed_name") for t in study.trials]
         assert names == [s.name for s in seeds]
         assert result.deployed == 11
-        assert FakeDeployer.starts == 11
+        assert study_starts(tmp_path / "s") == 11
         twin = by_seed(study)["chunked_only_high_tokens"]
         assert twin.state == TrialState.COMPLETE
         assert twin.user_attrs["duplicate_of"] == by_seed(study)["chunked_only_default"].number
@@ -79,7 +79,7 @@ class TestSeedsAndDedup:
         result = make_runner(tmp_path, space, seeds, objective, trials=40).run()
         study = load_study(StudyPaths.create("s", tmp_path))
         deployed = [t for t in study.trials if t.user_attrs.get("deployed")]
-        assert result.deployed == 40 == len(deployed) == FakeDeployer.starts
+        assert result.deployed == 40 == len(deployed) == study_starts(tmp_path / "s")
         assert len({space.key(t.params) for t in deployed}) == 40
         # The default sampler never proposes a measured or known-invalid point: the only extra
         # trial is the seed that repeats another seed.
@@ -121,7 +121,7 @@ class TestSeedsAndDedup:
         ]
         assert names == [s.name for s in seeds[:3]]
         assert again.deployed == 4
-        assert FakeDeployer.starts == 4
+        assert study_starts(tmp_path / "s") == 4
         assert make_runner(tmp_path, space, seeds[:3], objective, trials=4).run().new_trials == 0
 
     def test_exhausted_space_stops(self, tmp_path: Path, objective: ObjectiveFile) -> None:
@@ -184,8 +184,12 @@ class TestFailures:
         assert t.state == TrialState.FAIL
         assert t.user_attrs["reason"] == "invalid"
         assert "max_model_len (131072)" in t.user_attrs["error"]
-        assert (t.datetime_complete - t.datetime_start).total_seconds() < 1.0
         assert not t.user_attrs.get("deployed")
+        # no server was started for it: every start belongs to another, deployed trial
+        study = load_study(StudyPaths.create("s", tmp_path))
+        deployed = [x for x in study.trials if x.user_attrs.get("deployed")]
+        assert study_starts(tmp_path / "s") == len(deployed)
+        assert not (tmp_path / "s" / "trials" / f"{t.number:04d}").exists()
 
     @pytest.mark.parametrize(
         ("deployer", "reason"),
@@ -219,7 +223,7 @@ class TestFailures:
             assert (Path(t["bad"].user_attrs["trial_dir"]) / "failure.json").exists()
         if reason == "crash":
             assert t["bad"].user_attrs["crash_retries"] == 1  # one redeploy before failing
-            assert FakeDeployer.starts == 3
+            assert study_starts(tmp_path / "s") == 3
 
     def test_crash_once_then_success(
         self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
@@ -325,7 +329,7 @@ dimensions:
 
         result = run()
         # 8 points; chunked off with a 2048 budget < max_model_len 4096 is invalid: 2 points
-        assert result.deployed == 6 == FakeDeployer.starts
+        assert result.deployed == 6 == study_starts(tmp_path / "sw")
         study = load_study(StudyPaths.create("sw", tmp_path))
         done = [t for t in study.trials if t.state == TrialState.COMPLETE]
         assert len({small.key(t.params) for t in done}) == 6 == len(done)
@@ -337,4 +341,4 @@ dimensions:
         }
         again = run()
         assert again.new_trials == 0
-        assert FakeDeployer.starts == 6
+        assert study_starts(tmp_path / "sw") == 6

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tuner.config._yaml import StrictModel, load_model
+from tuner.metrics import METRICS
 
 __all__ = [
-    "METRICS",
     "Criteria",
     "ObjectiveFile",
     "ObjectiveSpec",
@@ -18,24 +18,32 @@ __all__ = [
     "load_objective",
 ]
 
-# Trial results that can be objectives (see tuner.measure.TrialMeasurement.metric).
-METRICS = (
-    "ttft_hit_ms",
-    "ttft_miss_ms",
-    "vram_mib",
-    "speedup",
-    "throughput_tok_s",
-    "startup_s",
-)
-
 
 class ObjectiveSpec(StrictModel):
-    name: Literal[
-        "ttft_hit_ms", "ttft_miss_ms", "vram_mib", "speedup", "throughput_tok_s", "startup_s"
-    ]
+    """One objective: a metric of ``tuner.metrics.METRICS``, by name.
+
+    ``direction`` and ``unit`` default to the metric table's.
+    """
+
+    name: str
     direction: Literal["minimize", "maximize"] = "minimize"
     unit: str = ""
     description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        m = METRICS.get(str(data.get("name"))) if isinstance(data, dict) else None
+        if m is not None:
+            data = {"direction": m.direction, "unit": m.unit, **data}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; known: {', '.join(METRICS)}")
+        return v
 
 
 class Criteria(StrictModel):

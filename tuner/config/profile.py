@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
 from tuner.config._yaml import StrictModel, load_model
 
 __all__ = [
+    "DEFAULT_DEPLOYMENT",
+    "DEPLOYER_CONFIGS",
     "ComposeConfig",
     "DeployerConfig",
     "DockerConfig",
@@ -19,6 +22,7 @@ __all__ = [
     "Profile",
     "ReplayConfig",
     "ServerArgs",
+    "deployment_hints",
     "load_profile",
 ]
 
@@ -123,7 +127,7 @@ class ReplayConfig(StrictModel):
 
 
 class FakeConfig(StrictModel):
-    """The in-process fake OpenAI server of ``tuner.testing`` (tests, demos, dry runs)."""
+    """A simulated server per trial (``tuner.simulate``), latency modelled from the flags."""
 
     kind: Literal["fake"] = "fake"
     base_ms: float = 4.0
@@ -139,10 +143,14 @@ class FakeConfig(StrictModel):
     crash_retries: int = Field(default=1, ge=0)
 
 
-DeployerConfig = Annotated[
-    LocalConfig | ExternalConfig | DockerConfig | ComposeConfig | ReplayConfig | FakeConfig,
-    Field(discriminator="kind"),
-]
+_DeployerUnion = (
+    LocalConfig | ExternalConfig | DockerConfig | ComposeConfig | ReplayConfig | FakeConfig
+)
+DeployerConfig = Annotated[_DeployerUnion, Field(discriminator="kind")]
+# kind -> its config model, derived from the union; tuner.deploy.DEPLOYERS must match it.
+DEPLOYER_CONFIGS: dict[str, type[StrictModel]] = {
+    c.model_fields["kind"].default: c for c in get_args(_DeployerUnion)
+}
 
 
 class Profile(StrictModel):
@@ -152,6 +160,44 @@ class Profile(StrictModel):
     description: str = ""
     server: ServerArgs
     deployer: DeployerConfig = LocalConfig()
+
+
+# How the recommendation's `docker run` line runs vLLM when the profile does not say.
+DEFAULT_IMAGE = "vllm/vllm-openai:latest"
+DEFAULT_PORT = 8000
+DEFAULT_DEPLOYMENT: dict[str, Any] = {
+    "image": DEFAULT_IMAGE,
+    "gpus": "all",
+    "port": DEFAULT_PORT,
+    "volumes": {"~/.cache/huggingface": "/root/.cache/huggingface"},
+    "pass_env": ["HF_TOKEN"],
+    "shm_size": None,
+}
+
+
+def deployment_hints(profile: Profile) -> dict[str, Any]:
+    """What the recommendation's command lines need from the profile, as plain data.
+
+    Stored with the study (the report reads no profile file): image, GPUs, port, volumes and the
+    names (never the values) of the environment variables to pass.
+    """
+    cfg = profile.deployer
+    hints = dict(DEFAULT_DEPLOYMENT)
+    if isinstance(cfg, DockerConfig):
+        hints.update(
+            image=cfg.image,
+            gpus=cfg.gpus,
+            port=cfg.container_port if cfg.network == "bridge" else (cfg.port or DEFAULT_PORT),
+            volumes=dict(cfg.volumes),
+            pass_env=list(cfg.pass_env),
+            shm_size=cfg.shm_size,
+        )
+    elif isinstance(cfg, LocalConfig):
+        hints.update(port=cfg.port or DEFAULT_PORT, pass_env=list(cfg.pass_env) or ["HF_TOKEN"])
+    elif isinstance(cfg, ComposeConfig):
+        port = urlsplit(cfg.url).port
+        hints.update(port=port or DEFAULT_PORT)
+    return hints
 
 
 def load_profile(path: Path) -> Profile:

@@ -32,6 +32,7 @@ class _DimensionModel(StrictModel):
     # backend): such a dimension sets `env` instead of a flag.
     env: str | None = None
     description: str = ""
+    label: str | None = None  # short column title in reports (default: the dimension's name)
 
     @field_validator("flag", "negative_flag")
     @classmethod
@@ -72,6 +73,12 @@ class Dimension:
     negative_flag: str | None = None
     description: str = ""
     env: str | None = None  # an environment variable instead of a flag
+    label: str = ""  # short column title in reports; "" means the name
+
+    @property
+    def title(self) -> str:
+        """What a report calls this dimension."""
+        return self.label or self.name
 
     def to_flags(self, value: ParamValue) -> list[str]:
         """Flags for ``value``: none for ``None``, the flag or its negation for booleans."""
@@ -97,6 +104,11 @@ class SearchSpace:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.dimensions)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Dimension name -> its report title (stored with the study)."""
+        return {d.name: d.title for d in self.dimensions}
 
     @property
     def managed_flags(self) -> frozenset[str]:
@@ -185,6 +197,7 @@ def load_space(path: Path) -> SearchSpace:
             negative_flag=m.negative_flag,
             description=m.description,
             env=m.env,
+            label=m.label or "",
         )
         for name, m in model.dimensions.items()
     )

@@ -8,47 +8,29 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import httpx
+from pydantic import BaseModel
 
+from tuner.config.profile import Profile
 from tuner.errors import DeployError, StartupTimeout
+from tuner.types import FAILURE_REASONS, Endpoint
 
 __all__ = [
     "FAILURE_REASONS",
+    "BaseDeployer",
     "Deployer",
+    "DeployerClass",
     "Endpoint",
     "InProcessDeployer",
     "classify_exit",
     "tail",
     "wait_healthy",
 ]
-
-# Every reason a trial can fail with; the report groups failed trials by these.
-FAILURE_REASONS = (
-    "invalid",  # vLLM refuses the flags (detected before deploying, or at start-up)
-    "crash",  # the server exited
-    "oom",  # out of memory (exit status or log pattern)
-    "timeout",  # not healthy within the deployer's timeout
-    "request_error",  # the workload failed against a healthy server
-    "interrupted",  # Ctrl-C / SIGTERM during the trial
-    "duplicate",  # the sampler proposed an already evaluated point (not deployed)
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where a started server answers, and what to attribute its memory to."""
-
-    base_url: str
-    model: str
-    pids: tuple[int, ...] = ()
-    container_id: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -61,7 +43,10 @@ class Deployer(Protocol):
         ...     startup_s = dep.wait_ready()
     """
 
-    kind: str
+    @property
+    def kind(self) -> str:
+        """The YAML ``deployer.kind`` this implementation answers to."""
+        ...
 
     def start(
         self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
@@ -120,6 +105,7 @@ def classify_exit(returncode: int | None, log: str) -> str:
 
 
 def tail(text: str, lines: int = 40) -> str:
+    """The last ``lines`` lines of ``text``."""
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -154,10 +140,50 @@ def wait_healthy(
             http.close()
 
 
-class BaseDeployer:
-    """Context-manager plumbing shared by the implementations."""
+class DeployerClass(Protocol):
+    """A deployer implementation as the registry holds it: the class itself.
 
-    kind = "base"
+    Called with the profile (and the flags the search space manages) it gives a Deployer;
+    ``cleanup_stale`` removes what a hard-killed earlier run of a study left behind.
+    """
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def config_type(self) -> type[BaseModel]: ...
+
+    def __call__(self, profile: Profile, managed_flags: Collection[str] = ()) -> Deployer: ...
+
+    def cleanup_stale(self, profile: Profile, study: str) -> list[str]: ...
+
+
+class BaseDeployer:
+    """Context-manager plumbing shared by the implementations.
+
+    Subclasses set ``kind`` (the YAML ``deployer.kind``) and ``config_type`` (its pydantic
+    model in ``tuner.config.profile``); the registry in ``tuner.deploy`` is keyed by ``kind``.
+    """
+
+    kind: ClassVar[str] = "base"
+    config_type: ClassVar[type[BaseModel]] = BaseModel
+
+    @classmethod
+    def _config_of(cls, profile: Profile) -> Any:
+        """The profile's deployer section, checked to be this class's config type."""
+        if not isinstance(profile.deployer, cls.config_type):
+            raise TypeError(
+                f"{cls.__name__} needs a {cls.kind} profile, got {profile.deployer.kind}"
+            )
+        return profile.deployer
+
+    @classmethod
+    def cleanup_stale(cls, profile: Profile, study: str) -> list[str]:
+        """Remove what a hard-killed earlier run of ``study`` left; what was removed.
+
+        Nothing by default: most kinds start nothing that outlives the tuner.
+        """
+        return []
 
     def stop(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError

@@ -18,10 +18,11 @@ from pathlib import Path
 import docker.errors
 
 from tuner.config.profile import ComposeConfig, Profile
-from tuner.deploy.base import BaseDeployer, Endpoint, tail, wait_healthy
-from tuner.deploy.compose_file import restore, write_flags
+from tuner.deploy.base import BaseDeployer, tail, wait_healthy
+from tuner.deploy.compose_file import backup_path, restore, write_flags
 from tuner.deploy.docker import container_exited, docker_client
 from tuner.errors import ConfigError, DeployError, ServerExited
+from tuner.types import Endpoint
 
 __all__ = ["ComposeDeployer", "compose_command", "project_name"]
 
@@ -46,12 +47,11 @@ def project_name(cfg: ComposeConfig) -> str:
 
 class ComposeDeployer(BaseDeployer):
     kind = "compose"
+    config_type = ComposeConfig
 
     def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
-        if not isinstance(profile.deployer, ComposeConfig):
-            raise TypeError(f"ComposeDeployer needs a compose profile, got {profile.deployer.kind}")
         self._profile = profile
-        self._cfg: ComposeConfig = profile.deployer
+        self._cfg: ComposeConfig = self._config_of(profile)
         self._managed = frozenset(managed_flags)
         self._file = self._cfg.file.resolve()
         self._project = project_name(self._cfg)
@@ -148,6 +148,15 @@ class ComposeDeployer(BaseDeployer):
 
     def _read_log(self) -> str:
         return self._save_logs()
+
+    @classmethod
+    def cleanup_stale(cls, profile: Profile, study: str) -> list[str]:
+        """The project a killed run left up brought down, the user's file restored."""
+        cfg: ComposeConfig = cls._config_of(profile)
+        if not backup_path(cfg.file).exists():
+            return []
+        cls(profile).reclaim()
+        return [f"{cfg.file} restored"]
 
     def reclaim(self) -> None:
         """Bring down the project an earlier, killed run left up; restore the file."""

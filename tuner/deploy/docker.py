@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,10 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest
 
 from tuner.config.profile import DockerConfig, Profile
-from tuner.deploy.base import BaseDeployer, Endpoint, classify_exit, tail
+from tuner.deploy.base import BaseDeployer, classify_exit, tail
 from tuner.deploy.local import deferred_interrupts, free_port
 from tuner.errors import ConfigError, DeployError, ServerExited, TunerError
+from tuner.types import Endpoint
 
 __all__ = ["LABEL", "DockerDeployer", "docker_client", "remove_containers"]
 
@@ -80,17 +81,22 @@ class DockerDeployer(BaseDeployer):
     """Runs the image with the profile's args plus the trial's flags; logs streamed to the trial."""
 
     kind = "docker"
+    config_type = DockerConfig
 
-    def __init__(self, profile: Profile) -> None:
-        if not isinstance(profile.deployer, DockerConfig):
-            raise TypeError(f"DockerDeployer needs a docker profile, got {profile.deployer.kind}")
+    def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
         self._profile = profile
-        self._cfg: DockerConfig = profile.deployer
+        self._cfg: DockerConfig = self._config_of(profile)
         self._client: docker.DockerClient | None = None
         self._container: Container | None = None
         self._log_path: Path | None = None
         self._pump: threading.Thread | None = None
         self._base_url = ""
+
+    @classmethod
+    def cleanup_stale(cls, profile: Profile, study: str) -> list[str]:
+        """The study's labelled containers a killed run left behind, removed."""
+        cfg: DockerConfig = cls._config_of(profile)
+        return remove_containers(docker_client(cfg.docker_host), study)
 
     @property
     def client(self) -> docker.DockerClient:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from tuner.config.profile import ExternalConfig, Profile
-from tuner.deploy.base import BaseDeployer, Endpoint, wait_healthy
+from tuner.deploy.base import BaseDeployer, wait_healthy
+from tuner.types import Endpoint
 
 __all__ = ["ExternalDeployer"]
 
@@ -15,14 +16,11 @@ class ExternalDeployer(BaseDeployer):
     """Points the measurement at ``deployer.url``. ``flags`` are recorded, not applied."""
 
     kind = "external"
+    config_type = ExternalConfig
 
-    def __init__(self, profile: Profile) -> None:
-        if not isinstance(profile.deployer, ExternalConfig):
-            raise TypeError(
-                f"ExternalDeployer needs an external profile, got {profile.deployer.kind}"
-            )
+    def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
         self._profile = profile
-        self._cfg: ExternalConfig = profile.deployer
+        self._cfg: ExternalConfig = self._config_of(profile)
 
     def start(
         self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None

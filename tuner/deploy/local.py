@@ -12,13 +12,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
 from tuner.config.profile import LocalConfig, Profile
-from tuner.deploy.base import BaseDeployer, Endpoint, classify_exit, tail
+from tuner.deploy.base import BaseDeployer, classify_exit, tail
 from tuner.errors import DeployError, ServerExited
+from tuner.types import Endpoint
 
 __all__ = ["LocalDeployer", "free_port"]
 
@@ -72,12 +73,11 @@ class LocalDeployer(BaseDeployer):
     """
 
     kind = "local"
+    config_type = LocalConfig
 
-    def __init__(self, profile: Profile) -> None:
-        if not isinstance(profile.deployer, LocalConfig):
-            raise TypeError(f"LocalDeployer needs a local profile, got {profile.deployer.kind}")
+    def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
         self._profile = profile
-        self._cfg: LocalConfig = profile.deployer
+        self._cfg: LocalConfig = self._config_of(profile)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._log_path: Path | None = None

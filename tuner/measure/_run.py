@@ -1,4 +1,10 @@
-"""Run the agent workload against an endpoint and turn it into honest numbers."""
+"""Run the agent workload against an endpoint and turn it into honest numbers.
+
+Knows nothing of how the server was started: it gets an :class:`~tuner.types.Endpoint`, sends
+the workload over httpx streaming, reads ``/metrics`` around every request, and returns a
+:class:`TrialMeasurement` whose :meth:`~TrialMeasurement.observations` feed the metric table
+(``tuner.metrics``).
+"""
 
 from __future__ import annotations
 
@@ -7,36 +13,24 @@ import math
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
 from tuner.config.objective import WorkloadSpec
-from tuner.deploy.base import Endpoint
 from tuner.measure.client import stream_chat
 from tuner.measure.metrics import MetricsSnapshot, fetch_metrics
 from tuner.measure.stats import Summary, summarize
 from tuner.measure.vram import MemoryReading, read_memory
 from tuner.measure.workload import AgentWorkload
+from tuner.metrics import Observations
+from tuner.schema import RequestKind, RequestRecord
+from tuner.types import Endpoint
 
 __all__ = ["RequestSample", "TrialMeasurement", "measure", "measure_async"]
 
-Kind = Literal["warmup", "miss", "hit"]
-
-
-@dataclass(frozen=True, slots=True)
-class RequestSample:
-    conversation: int
-    turn: int
-    kind: Kind
-    ttft_ms: float
-    total_ms: float
-    prompt_tokens: int
-    completion_tokens: int
-    decode_tok_s: float
-    prefix_queries: float  # /metrics delta over this request
-    prefix_hits: float
-    server_ttft_ms: float | None
+Kind = RequestKind
+RequestSample = RequestRecord  # one measured request, exactly as measurements.json stores it
 
 
 def _rate(samples: list[RequestSample]) -> float:
@@ -99,18 +93,20 @@ class TrialMeasurement:
         xs = [s.decode_tok_s for s in measured if s.decode_tok_s > 0]
         return summarize(xs).median if xs else 0.0
 
-    def metric(self, name: str) -> float:
-        """Value of a named objective (see tuner.config.objective.METRICS)."""
-        values = {
-            "ttft_hit_ms": self.hit.median,
-            "ttft_miss_ms": self.miss.median,
-            "vram_mib": self.memory.vram_mib,
-            "speedup": self.speedup,
-            "throughput_tok_s": self.throughput_tok_s,
-        }
-        if name not in values:
-            raise KeyError(name)
-        return values[name]
+    def observations(self, startup_s: float | None = None) -> Observations:
+        """Raw series and single values, by the names ``tuner.metrics.METRICS`` reads."""
+        return Observations(
+            series={
+                "ttft_miss_ms": [s.ttft_ms for s in self._of("miss")],
+                "ttft_hit_ms": [s.ttft_ms for s in self._of("hit")],
+            },
+            scalars={
+                "vram_mib": self.memory.vram_mib,
+                "speedup": self.speedup,
+                "throughput_tok_s": self.throughput_tok_s,
+                "startup_s": startup_s,
+            },
+        )
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -193,8 +189,8 @@ async def measure_async(
             messages.append({"role": "assistant", "content": timing.text})
         if check_alive is not None:
             check_alive()
-    if "vram_mib" in endpoint.extra:  # a replayed server reports the recorded memory
-        memory = MemoryReading(vram_mib=float(endpoint.extra["vram_mib"]), source="replay")
+    if endpoint.reported_vram_mib is not None:  # a simulated server reports its own memory
+        memory = MemoryReading(vram_mib=endpoint.reported_vram_mib, source="reported")
     else:
         memory = read_memory(endpoint.pids, last.kv_cache_bytes)
     return TrialMeasurement(

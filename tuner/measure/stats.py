@@ -7,17 +7,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from tuner.metrics import percentile
+
 __all__ = ["Summary", "percentile", "summarize"]
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), ``q`` in [0, 100]."""
-    if not values:
-        return math.nan
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 @dataclass(frozen=True, slots=True)

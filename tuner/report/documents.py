@@ -19,6 +19,7 @@ from tuner.report.recommend import Recommendation, Rule, recommend
 from tuner.report.synthesis import (
     FailureGroup,
     baseline_trial,
+    dimension_titles,
     failures_by_reason,
     quality_warnings,
     synthesis_frame,
@@ -95,10 +96,10 @@ def _criteria_lines(rep: Report) -> list[str]:
 def _front_frame(rep: Report) -> pd.DataFrame:
     tbl = rep.table.set_index("trial")
     nums = [t.number for t in rep.front if t.number in tbl.index]
-    return tbl.loc[nums].reset_index()[
-        ["trial", "config", "mem", "prefix", "chunked", "seqs", "tokens", "ttft_hit_ms",
-         "ttft_miss_ms", "vram_mib", "speedup", "hit_rate", "meets_criteria"]
-    ]  # fmt: skip
+    dims = list(dimension_titles(rep.study).values())
+    metrics = [m for m in rep.study.metric_names or [] if m in tbl.columns]
+    extra = [c for c in ("speedup", "hit_rate", "meets_criteria") if c not in metrics]
+    return tbl.loc[nums].reset_index()[["trial", "config", *dims, *metrics, *extra]]
 
 
 def _rec_lines(rec: Recommendation | None) -> list[str]:

@@ -11,6 +11,8 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.front import feasible, pareto_front
+
 __all__ = ["pareto_frame", "pareto_trials", "trials_frame", "write_pareto"]
 
 ATTR_COLUMNS = (
@@ -25,11 +27,6 @@ ATTR_COLUMNS = (
 )
 
 
-def _feasible(t: FrozenTrial) -> bool | None:
-    cons = t.constraints
-    return all(v <= 0 for v in cons.values()) if cons else None
-
-
 def _row(study: optuna.Study, t: FrozenTrial) -> dict[str, Any]:
     names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
     row: dict[str, Any] = {
@@ -42,7 +39,7 @@ def _row(study: optuna.Study, t: FrozenTrial) -> dict[str, Any]:
         row[n] = t.values[i] if t.values else math.nan
     for k in ATTR_COLUMNS:
         row[k] = t.user_attrs.get(k)
-    row["feasible"] = _feasible(t)
+    row["feasible"] = feasible(t)
     row["reason"] = t.user_attrs.get("reason")
     row["duplicate_of"] = t.user_attrs.get("duplicate_of")
     return row
@@ -55,32 +52,17 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _dominates(a: FrozenTrial, b: FrozenTrial, signs: list[float]) -> bool:
-    av = [s * v for s, v in zip(signs, a.values, strict=True)]
-    bv = [s * v for s, v in zip(signs, b.values, strict=True)]
-    return all(x <= y for x, y in zip(av, bv, strict=True)) and av != bv
-
-
 def pareto_trials(study: optuna.Study) -> tuple[list[FrozenTrial], bool]:
     """The front (feasible trials only when constrained) and whether it is the feasible one.
 
-    When no trial meets the constraints, Optuna's ``best_trials`` is empty; the front of all
-    completed trials is returned instead, flagged ``False``, so the user still sees the trade-off.
+    When no trial meets the constraints the front of all completed trials is returned instead,
+    flagged ``False``, so the user still sees the trade-off (``tuner.front.pareto_front``).
     """
-    front = [t for t in study.best_trials if "duplicate_of" not in t.user_attrs]
-    if front:
-        return sorted(front, key=lambda t: t.values[0]), True
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "duplicate_of" not in t.user_attrs
-    ]
-    signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
-    front = [t for t in done if not any(_dominates(o, t, signs) for o in done)]
-    return sorted(front, key=lambda t: t.values[0]), False
+    return pareto_front(study)
 
 
 def pareto_frame(study: optuna.Study) -> tuple[pd.DataFrame, bool]:
+    """The front as a table (one row per trial, as in trials.csv) and whether it is feasible."""
     front, feasible = pareto_trials(study)
     return pd.DataFrame([_row(study, t) for t in front]), feasible
 

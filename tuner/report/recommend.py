@@ -22,6 +22,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
+from tuner.config.profile import DEFAULT_DEPLOYMENT
 from tuner.errors import ConfigError
 from tuner.report.pareto import pareto_trials
 from tuner.report.synthesis import ranges_overlap, sample_range
@@ -85,6 +86,8 @@ class Recommendation:
     vllm_args: tuple[str, ...]
     explanation: str
     notes: tuple[str, ...] = field(default=())
+    # image, gpus, port, volumes, pass_env, shm_size: from the profile, stored with the study
+    deployment: dict[str, Any] = field(default_factory=dict)
 
     @property
     def vllm_command(self) -> str:
@@ -101,12 +104,23 @@ class Recommendation:
 
     @property
     def docker_run(self) -> str:
-        head = [
-            "docker", "run", "--gpus", "all", "--ipc=host", "-p", "8000:8000",
-            "-v", "~/.cache/huggingface:/root/.cache/huggingface",
-            "-e", "HF_TOKEN", "vllm/vllm-openai:latest",
-        ]  # fmt: skip
-        return " ".join([*head, *(shlex.quote(a) for a in self.vllm_args)])
+        """A ``docker run`` line with the profile's image, GPUs, port, volumes and env names."""
+        d = {**DEFAULT_DEPLOYMENT, **self.deployment}
+        head = ["docker", "run"]
+        gpus = d["gpus"]
+        if gpus != "none":
+            head += ["--gpus", "all" if gpus == "all" else f'"device={",".join(gpus)}"']
+        head += ["--ipc=host"] if not d.get("shm_size") else [f"--shm-size={d['shm_size']}"]
+        head += ["-p", f"{d['port']}:{d['port']}"]
+        for host, target in d["volumes"].items():
+            head += ["-v", f"{host}:{target}"]
+        for name in d["pass_env"]:
+            head += ["-e", name]
+        head.append(d["image"])
+        args = list(self.vllm_args)
+        if d["port"] != 8000:
+            args += ["--port", str(d["port"])]
+        return " ".join([*head, *(shlex.quote(a) for a in args)])
 
 
 def _without(args: list[str], flag: str) -> list[str]:
@@ -252,6 +266,7 @@ def recommend(
         vllm_args=tuple([*fixed, *flags]),
         explanation=_explain(study, rule, best, ordered[1:]),
         notes=tuple(notes),
+        deployment=dict(study.user_attrs.get("deployment") or {}),
     )
 
 

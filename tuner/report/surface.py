@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.deploy.replay import Surface, SurfacePoint
+from tuner.schema import Surface, SurfacePoint, TrialFolder
 
 __all__ = ["export_surface"]
 
@@ -16,17 +15,10 @@ __all__ = ["export_surface"]
 _REPLAYED_FAILURES = ("crash", "oom", "invalid", "timeout", "request_error")
 
 
-def _samples(trial_dir: Path) -> tuple[list[float], list[float]]:
-    doc = json.loads((trial_dir / "measurements.json").read_text())
-    miss = [s["ttft_ms"] for s in doc["samples"] if s["kind"] == "miss"]
-    hit = [s["ttft_ms"] for s in doc["samples"] if s["kind"] == "hit"]
-    return miss, hit
-
-
-def _trial_dir(root: Path, t: FrozenTrial) -> Path:
+def _folder(root: Path, t: FrozenTrial) -> TrialFolder:
     # The recorded path may be another machine's (e.g. the GPU box): the study folder wins.
-    local = root / "trials" / f"{t.number:04d}"
-    return local if local.exists() else Path(str(t.user_attrs.get("trial_dir", local)))
+    local = TrialFolder.of(root, t.number)
+    return local if local.path.exists() else TrialFolder(Path(str(t.user_attrs["trial_dir"])))
 
 
 def export_surface(study: optuna.Study, root: Path, description: str = "") -> Surface:
@@ -38,7 +30,8 @@ def export_surface(study: optuna.Study, root: Path, description: str = "") -> Su
             continue
         params, flags, env = dict(t.params), list(a.get("flags", [])), dict(a.get("env", {}))
         if t.state == TrialState.COMPLETE:
-            miss, hit = _samples(_trial_dir(root, t))
+            doc = _folder(root, t).read_measurements()
+            miss, hit = doc.ttft("miss"), doc.ttft("hit")
             p = SurfacePoint(
                 params,
                 flags,

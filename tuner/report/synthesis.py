@@ -11,9 +11,12 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.front import feasible
+
 __all__ = [
     "FailureGroup",
     "baseline_trial",
+    "dimension_titles",
     "failures_by_reason",
     "quality_warnings",
     "ranges_overlap",
@@ -21,19 +24,11 @@ __all__ = [
     "synthesis_frame",
 ]
 
-# Column order of the mission's synthesis table (units in the names, as in its JSON).
-COLUMNS = [
-    "config", "trial", "mem", "prefix", "chunked", "seqs", "tokens",
+# Column order of the mission's synthesis table after the dimensions (units in the names).
+MEASURE_COLUMNS = [
     "ttft_miss_ms", "ttft_hit_ms", "speedup", "gain_pct", "miss_vs_base_pct", "hit_vs_base_pct",
     "throughput_tok_s", "vram_mib", "startup_s", "hit_rate", "meets_criteria", "status",
 ]  # fmt: skip
-PARAM_SHORT = {
-    "gpu_memory_utilization": "mem",
-    "enable_prefix_caching": "prefix",
-    "enable_chunked_prefill": "chunked",
-    "max_num_seqs": "seqs",
-    "max_num_batched_tokens": "tokens",
-}
 # A MISS/HIT ratio above this with no prefix-cache hit cannot be a cache effect.
 SPEEDUP_WITHOUT_HITS = 1.2
 NOISY_RELATIVE_RANGE = 0.5  # (max - min) / median of the HIT samples
@@ -42,6 +37,21 @@ MIN_SAMPLES = 5
 
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def dimension_titles(study: optuna.Study) -> dict[str, str]:
+    """The study's dimensions in space order, each with its report title.
+
+    From what the study stored when it was created (the space's ``label:`` per dimension);
+    studies from before labels existed show the names; failing that, every parameter seen.
+    """
+    labels = study.user_attrs.get("dimension_labels")
+    if isinstance(labels, dict) and labels:
+        return {str(k): str(v) for k, v in labels.items()}
+    dims = study.user_attrs.get("dimensions")
+    if not isinstance(dims, list):
+        dims = list(dict.fromkeys(p for t in study.get_trials(deepcopy=False) for p in t.params))
+    return {str(d): str(d) for d in dims}
 
 
 def name_of(t: FrozenTrial) -> str:
@@ -70,6 +80,7 @@ def synthesis_frame(study: optuna.Study) -> pd.DataFrame:
     base = baseline_trial(study)
     b_miss = _num(base.user_attrs.get("ttft_miss_ms")) if base else None
     b_hit = _num(base.user_attrs.get("ttft_hit_ms")) if base else None
+    titles = dimension_titles(study)
     rows: list[dict[str, Any]] = []
     done = (TrialState.COMPLETE, TrialState.FAIL)
     for t in study.get_trials(deepcopy=False, states=done):
@@ -77,8 +88,8 @@ def synthesis_frame(study: optuna.Study) -> pd.DataFrame:
             continue  # a pointer to another trial, not a measurement
         a = t.user_attrs
         row: dict[str, Any] = {"config": name_of(t), "trial": t.number}
-        for p, short in PARAM_SHORT.items():
-            row[short] = t.params.get(p)
+        for p, title in titles.items():
+            row[title] = t.params.get(p)
         miss, hit = _num(a.get("ttft_miss_ms")), _num(a.get("ttft_hit_ms"))
         row.update(
             ttft_miss_ms=miss,
@@ -91,11 +102,11 @@ def synthesis_frame(study: optuna.Study) -> pd.DataFrame:
             vram_mib=_num(a.get("vram_mib")),
             startup_s=_num(a.get("startup_s")),
             hit_rate=_num(a.get("hit_rate_hit")),
-            meets_criteria=(all(v <= 0 for v in t.constraints.values()) if t.constraints else None),
+            meets_criteria=feasible(t),
             status=_status(t),
         )
         rows.append(row)
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=["config", "trial", *titles.values(), *MEASURE_COLUMNS])
     if base is not None and not df.empty:
         order = [0 if n == base.number else 1 for n in df["trial"]]
         df = df.assign(_o=order).sort_values(["_o", "trial"]).drop(columns="_o")

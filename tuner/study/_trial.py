@@ -1,8 +1,14 @@
-"""One trial: deploy, wait healthy, measure, record. Deploy/measure errors become FAIL + reason."""
+"""One trial in two steps: deploy and measure (no Optuna), then record (no server).
+
+:func:`deploy_and_measure` starts the server, waits until healthy, runs the workload and always
+stops what it started; deploy and measure errors come back as a :class:`Failure` value
+(failure is data). :func:`record` turns either into Optuna's state: objective values from the
+metric table, user attributes, constraints, ``measurements.json`` or ``failure.json``.
+:func:`evaluate` is the two together, the runner's default evaluator.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -14,13 +20,24 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner.config.objective import ObjectiveFile
+from tuner.config.objective import ObjectiveFile, WorkloadSpec
 from tuner.config.profile import Profile
 from tuner.deploy.base import Deployer
 from tuner.errors import DeployError, MeasureError, ServerExited
 from tuner.measure import TrialMeasurement, measure
+from tuner.metrics import METRICS
+from tuner.schema import MeasurementsDoc, TrialFolder, write_json
 
-__all__ = ["TrialOutcome", "evaluate", "record_failure", "write_json"]
+__all__ = [
+    "Failure",
+    "Measured",
+    "TrialOutcome",
+    "deploy_and_measure",
+    "evaluate",
+    "record",
+    "record_failure",
+    "write_json",
+]
 
 log = logging.getLogger("tuner.study")
 
@@ -43,11 +60,23 @@ class TrialOutcome:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)  # never a half-written file after a kill
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a deployment or its measurement failed (a reason of ``tuner.types.FAILURE_REASONS``)."""
+
+    reason: str
+    message: str
+    log_tail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What :func:`deploy_and_measure` found: a measurement, or the failure that prevented it."""
+
+    measurement: TrialMeasurement | None
+    startup_s: float = 0.0
+    failure: Failure | None = None
+    crash_retries: int = 0  # redeployments after a crash
 
 
 def record_failure(
@@ -68,9 +97,7 @@ def record_failure(
     for k, v in (extra or {}).items():
         trial.set_user_attr(k, v)
     if trial_dir is not None:
-        write_json(
-            trial_dir / "failure.json", {"reason": reason, "error": message, "log_tail": log_tail}
-        )
+        TrialFolder(trial_dir).write_failure(reason, message, log_tail)
     study.tell(trial, state=TrialState.FAIL)
     log.info("trial=%d state=fail reason=%s error=%s", trial.number, reason, message)
 
@@ -106,35 +133,141 @@ def set_constraints(
 
 
 def _attrs(m: TrialMeasurement, startup_s: float) -> dict[str, Any]:
+    """Every metric of the table, plus the spread and diagnostics a report needs."""
+    obs = m.observations(startup_s)
+    attrs: dict[str, Any] = {name: spec.compute(obs) for name, spec in METRICS.items()}
     s = m.summary()
     mem = s["memory"]
-    return {
-        "ttft_miss_ms": m.miss.median,
-        "ttft_miss_p90_ms": m.miss.p90,
-        "ttft_hit_ms": m.hit.median,
-        "ttft_hit_p90_ms": m.hit.p90,
-        "ttft_hit_iqr_ms": m.hit.iqr,
-        # the spread, so a report can tell a real difference from noise
-        "ttft_miss_min_ms": m.miss.min,
-        "ttft_miss_max_ms": m.miss.max,
-        "ttft_hit_min_ms": m.hit.min,
-        "ttft_hit_max_ms": m.hit.max,
-        "n_miss": m.miss.n,
-        "n_hit": m.hit.n,
-        "speedup": m.speedup,
-        "gain_pct": m.gain_pct,
-        "hit_rate_hit": s["hit_rate_hit"],
-        "hit_rate_miss": s["hit_rate_miss"],
-        "server_ttft_miss_ms": s["server_ttft_miss_ms"],
-        "server_ttft_hit_ms": s["server_ttft_hit_ms"],
-        "throughput_tok_s": m.throughput_tok_s,
-        "vram_mib": m.memory.vram_mib,
-        "vram_source": mem["source"],
-        "kv_cache_mib": mem["kv_cache_mib"],
-        "kv_cache_tokens": m.kv_cache_tokens,
-        "rss_mib": mem["rss_mib"],
-        "startup_s": startup_s,
-    }
+    attrs.update(
+        {
+            "ttft_hit_iqr_ms": m.hit.iqr,
+            # the spread, so a report can tell a real difference from noise
+            "ttft_miss_min_ms": m.miss.min,
+            "ttft_miss_max_ms": m.miss.max,
+            "ttft_hit_min_ms": m.hit.min,
+            "ttft_hit_max_ms": m.hit.max,
+            "n_miss": m.miss.n,
+            "n_hit": m.hit.n,
+            "gain_pct": m.gain_pct,
+            "hit_rate_hit": s["hit_rate_hit"],
+            "hit_rate_miss": s["hit_rate_miss"],
+            "server_ttft_miss_ms": s["server_ttft_miss_ms"],
+            "server_ttft_hit_ms": s["server_ttft_hit_ms"],
+            "vram_source": mem["source"],
+            "kv_cache_mib": mem["kv_cache_mib"],
+            "kv_cache_tokens": m.kv_cache_tokens,
+            "rss_mib": mem["rss_mib"],
+        }
+    )
+    return attrs
+
+
+def deploy_and_measure(
+    make_deployer: Callable[[Profile], Deployer],
+    profile: Profile,
+    *,
+    flags: list[str],
+    env: dict[str, str] | None,
+    trial_dir: Path,
+    workload: WorkloadSpec,
+    crash_retries: int,
+) -> Measured:
+    """Start the server, wait until healthy, run the workload; the server is always stopped.
+
+    A crash gets ``crash_retries`` redeployments (the mission's procedure) before it counts; its
+    log is kept as ``server.attemptK.log``. KeyboardInterrupt propagates (after stopping).
+    """
+    attempt = 0
+    with make_deployer(profile) as dep:
+        while True:
+            try:
+                endpoint = dep.start(flags, trial_dir, env)
+                startup_s = dep.wait_ready()
+                m = measure(endpoint, workload, check_alive=dep.check_alive)
+                return Measured(m, startup_s, crash_retries=attempt)
+            except DeployError as exc:
+                tail = exc.log_tail or dep.log_tail()
+                if exc.reason == "crash" and attempt < crash_retries:
+                    attempt += 1
+                    dep.stop()
+                    log_file = TrialFolder(trial_dir).server_log
+                    if log_file.exists():
+                        log_file.replace(trial_dir / f"server.attempt{attempt}.log")
+                    continue
+                failure = Failure(exc.reason, str(exc), tail)
+                return Measured(None, failure=failure, crash_retries=attempt)
+            except MeasureError as exc:
+                reason, message = exc.reason, str(exc)
+                try:
+                    dep.check_alive()
+                except ServerExited as dead:  # the server died under load: that is the cause
+                    reason, message = dead.reason, f"{dead} during the workload ({exc})"
+                failure = Failure(reason, message, dep.log_tail())
+                return Measured(None, failure=failure, crash_retries=attempt)
+
+
+def record(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    result: Measured,
+    *,
+    objective: ObjectiveFile,
+    flags: list[str],
+    env: dict[str, str] | None,
+    trial_dir: Path,
+    started: float,
+) -> TrialOutcome:
+    """Tell Optuna what ``result`` means for ``trial``; write the trial's files."""
+    params = dict(trial.params)
+    seed = trial.user_attrs.get("seed_name")
+    if result.crash_retries:
+        trial.set_user_attr("crash_retries", result.crash_retries)
+
+    def outcome(
+        state: str, reason: str | None = None, values: tuple[float, ...] = ()
+    ) -> TrialOutcome:
+        return TrialOutcome(
+            number=trial.number,
+            params=params,
+            state=state,
+            reason=reason,
+            seed_name=seed,
+            values=values,
+            deployed=True,
+            duration_s=time.perf_counter() - started,
+            attrs=dict(trial.user_attrs),
+        )
+
+    m = result.measurement
+    if m is None:
+        f = result.failure or Failure("crash", "no measurement")
+        record_failure(study, trial, f.reason, f.message, log_tail=f.log_tail, trial_dir=trial_dir)
+        return outcome("fail", f.reason)
+    attrs = _attrs(m, result.startup_s)
+    values = [float(attrs[spec.name]) for spec in objective.objectives]
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    TrialFolder(trial_dir).write_measurements(
+        MeasurementsDoc(
+            trial=trial.number,
+            seed_name=seed,
+            params=params,
+            flags=flags,
+            env=dict(env or {}),
+            startup_s=result.startup_s,
+            summary=m.summary(),
+            cache_config=m.cache_config,
+            samples=list(m.samples),
+        )
+    )
+    if not all(math.isfinite(v) for v in values):
+        message = f"non-finite objective values {values}"
+        record_failure(study, trial, "request_error", message, trial_dir=trial_dir)
+        return outcome("fail", "request_error")
+    set_constraints(study, trial, objective, m)
+    study.tell(trial, values)
+    log.info("trial=%d state=complete values=%s", trial.number, values)
+    return outcome("complete", None, tuple(values))
 
 
 def evaluate(
@@ -150,87 +283,17 @@ def evaluate(
     env: dict[str, str] | None = None,
 ) -> TrialOutcome:
     """Deploy ``flags`` and ``env``, measure, tell Optuna; KeyboardInterrupt propagates."""
-    t0 = time.perf_counter()
-    params = dict(trial.params)
-    seed = trial.user_attrs.get("seed_name")
-
-    def outcome(
-        state: str, reason: str | None = None, values: tuple[float, ...] = ()
-    ) -> TrialOutcome:
-        return TrialOutcome(
-            number=trial.number,
-            params=params,
-            state=state,
-            reason=reason,
-            seed_name=seed,
-            values=values,
-            deployed=True,
-            duration_s=time.perf_counter() - t0,
-            attrs=dict(trial.user_attrs),
-        )
-
-    attempt = 0
-    with make_deployer(profile) as dep:
-        while True:
-            try:
-                endpoint = dep.start(flags, trial_dir, env)
-                startup_s = dep.wait_ready()
-                m = measure(endpoint, objective.workload, check_alive=dep.check_alive)
-                break
-            except DeployError as exc:
-                tail = exc.log_tail or dep.log_tail()
-                if exc.reason == "crash" and attempt < crash_retries:
-                    # The mission's procedure: a crash gets one redeploy before the config fails.
-                    attempt += 1
-                    dep.stop()
-                    log_file = trial_dir / "server.log"
-                    if log_file.exists():
-                        log_file.replace(trial_dir / f"server.attempt{attempt}.log")
-                    trial.set_user_attr("crash_retries", attempt)
-                    continue
-                record_failure(
-                    study, trial, exc.reason, str(exc), log_tail=tail, trial_dir=trial_dir
-                )
-                return outcome("fail", exc.reason)
-            except MeasureError as exc:
-                reason, message = exc.reason, str(exc)
-                try:
-                    dep.check_alive()
-                except ServerExited as dead:  # the server died under load: that is the cause
-                    reason, message = dead.reason, f"{dead} during the workload ({exc})"
-                record_failure(
-                    study, trial, reason, message, log_tail=dep.log_tail(), trial_dir=trial_dir
-                )
-                return outcome("fail", reason)
-
-    values: list[float] = []
-    for spec in objective.objectives:
-        v = startup_s if spec.name == "startup_s" else m.metric(spec.name)
-        values.append(v)
-    attrs = _attrs(m, startup_s)
-    for k, v in attrs.items():
-        trial.set_user_attr(k, v)
-    write_json(
-        trial_dir / "measurements.json",
-        {
-            "trial": trial.number,
-            "seed_name": seed,
-            "params": params,
-            "flags": flags,
-            "startup_s": startup_s,
-            **m.to_json(),
-        },
+    started = time.perf_counter()
+    result = deploy_and_measure(
+        make_deployer,
+        profile,
+        flags=flags,
+        env=env,
+        trial_dir=trial_dir,
+        workload=objective.workload,
+        crash_retries=crash_retries,
     )
-    if not all(math.isfinite(v) for v in values):
-        record_failure(
-            study,
-            trial,
-            "request_error",
-            f"non-finite objective values {values}",
-            trial_dir=trial_dir,
-        )
-        return outcome("fail", "request_error")
-    set_constraints(study, trial, objective, m)
-    study.tell(trial, values)
-    log.info("trial=%d state=complete values=%s", trial.number, values)
-    return outcome("complete", None, tuple(values))
+    return record(
+        study, trial, result, objective=objective, flags=flags, env=env, trial_dir=trial_dir,
+        started=started,
+    )  # fmt: skip

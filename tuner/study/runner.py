@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config.objective import ObjectiveFile
-from tuner.config.profile import ExternalConfig, Profile
+from tuner.config.profile import ExternalConfig, Profile, deployment_hints
 from tuner.config.rules import violations
 from tuner.config.seeds import Seed
 from tuner.config.space import ParamValue, SearchSpace
@@ -34,14 +34,10 @@ from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import ConfigError, StudyError
 from tuner.study._trial import TrialOutcome, evaluate, record_failure
-from tuner.study.sampling import FreshSampler, front_params, make_sampler
+from tuner.study.sampling import SamplerContext, SamplerFactory, default_sampler, front_params
 from tuner.study.storage import StudyPaths, open_storage
 
 __all__ = ["RunResult", "RunSettings", "StudyRunner", "sigterm_as_interrupt"]
-
-# Samplers that re-propose measured points; grid never does, random and NSGA-II are kept as
-# Optuna ships them (the benchmark's baselines).
-_WRAPPED = ("tpe", "tpe-independent")
 
 log = logging.getLogger("tuner.study")
 
@@ -113,6 +109,7 @@ class StudyRunner:
         settings: RunSettings,
         deployer_factory: Callable[[Profile], Deployer] | None = None,
         evaluator: Callable[..., TrialOutcome] = evaluate,
+        sampler_factory: SamplerFactory = default_sampler,
         on_trial_start: Callable[[int, dict[str, Any], str | None], None] | None = None,
         on_trial_end: Callable[[TrialOutcome], None] | None = None,
     ) -> None:
@@ -130,6 +127,7 @@ class StudyRunner:
         self._rng = random.Random(settings.sampler_seed)
         self._external = isinstance(profile.deployer, ExternalConfig)
         self._evaluate = evaluator  # benchmarks swap in a surface draw (no HTTP)
+        self._sampler_factory = sampler_factory  # benchmarks time or replace the sampler
         self.reclaimed: list[str] = []  # what cleanup of an earlier killed run removed
         # Point key -> its trial, for every point measured or rejected; and the valid points.
         self._evaluated: dict[str, FrozenTrial] = {}
@@ -141,9 +139,16 @@ class StudyRunner:
     def open_study(self) -> optuna.Study:
         self.paths.root.mkdir(parents=True, exist_ok=True)
         directions = [o.direction for o in self.objective.objectives]
-        sampler = make_sampler(self.settings.sampler, self.space, self.settings.sampler_seed)
-        if self.settings.fresh and self.settings.sampler in _WRAPPED:
-            sampler = FreshSampler(sampler, self.space, self._is_fresh, self._neighbour)
+        sampler = self._sampler_factory(
+            SamplerContext(
+                name=self.settings.sampler,
+                space=self.space,
+                seed=self.settings.sampler_seed,
+                fresh=self.settings.fresh,
+                is_fresh=self._is_fresh,
+                fallback=self._neighbour,
+            )
+        )
         study = optuna.create_study(
             study_name=self.paths.name,
             storage=open_storage(self.paths.storage_url),
@@ -162,6 +167,7 @@ class StudyRunner:
             study.set_user_attr("units", {o.name: o.unit for o in self.objective.objectives})
             study.set_user_attr("space", self.space.name)
             study.set_user_attr("dimensions", list(self.space.names))
+            study.set_user_attr("dimension_labels", self.space.labels)
             study.set_user_attr("profile", self.profile.name)
             study.set_user_attr("objective_file", self.objective.name)
             if self.objective.criteria is not None:
@@ -178,6 +184,9 @@ class StudyRunner:
         server_args = self.profile.server.to_args()
         if study.user_attrs.get("server_args") != server_args:
             study.set_user_attr("server_args", server_args)
+        deployment = deployment_hints(self.profile)
+        if study.user_attrs.get("deployment") != deployment:
+            study.set_user_attr("deployment", deployment)
         return study
 
     def _recover_stale(self, study: optuna.Study) -> None:

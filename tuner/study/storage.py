@@ -13,6 +13,7 @@ import optuna
 import sqlalchemy
 
 from tuner.errors import StudyError
+from tuner.schema import TrialFolder
 
 __all__ = ["MEMORY", "StudyPaths", "load_study", "open_storage"]
 
@@ -85,7 +86,8 @@ class StudyPaths:
         return cls(name=name, root=root, storage_url=url)
 
     def trial_dir(self, number: int) -> Path:
-        return self.root / "trials" / f"{number:04d}"
+        """The folder of trial ``number`` (layout in ``tuner.schema``)."""
+        return TrialFolder.of(self.root, number).path
 
 
 def load_study(paths: StudyPaths) -> optuna.Study:

@@ -1,0 +1,112 @@
+"""``fake`` deployer: a simulated server per trial, its latency modelled from the flags.
+
+For tests, demos and dry runs of the whole loop in seconds. Failures are scripted in the
+profile: ``crash_when`` / ``oom_when`` / ``hang_when`` / ``error_when`` match flags, and
+``flaky_crashes`` makes the first N starts of a study crash whatever the flags. The start count
+lives in the study's trial folder (``trials/.fake-starts``), not in the process, so it spans
+deployer instances and survives a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+
+from tuner.config.profile import FakeConfig, Profile
+from tuner.config.rules import parse_flags
+from tuner.deploy.base import InProcessDeployer, wait_healthy
+from tuner.errors import ServerExited, StartupTimeout
+from tuner.schema import TrialFolder, write_json
+from tuner.simulate import ModelEngine, ServerModel, SimulatedServer, WallClock
+from tuner.types import Endpoint
+
+__all__ = ["FakeDeployer", "fake_starts", "matches"]
+
+
+def matches(
+    flags: Mapping[str, str | None], conditions: Sequence[Mapping[str, str | None]]
+) -> bool:
+    """True when every key/value of any one condition is in ``flags``."""
+    return any(all(k in flags and flags[k] == v for k, v in cond.items()) for cond in conditions)
+
+
+_COUNTER = ".fake-starts"
+
+
+def fake_starts(trials_dir: Path) -> int:
+    """How many servers the fake deployer started for the trial folders under ``trials_dir``."""
+    counter = trials_dir / _COUNTER
+    return int(counter.read_text()) if counter.exists() else 0
+
+
+def _count_start(workdir: Path) -> int:
+    """This study's start count, incremented (kept next to the trial folders)."""
+    n = fake_starts(workdir.parent) + 1
+    (workdir.parent / _COUNTER).write_text(str(n))
+    return n
+
+
+class FakeDeployer(InProcessDeployer):
+    """A :class:`~tuner.simulate.SimulatedServer` with a :class:`~tuner.simulate.ModelEngine`."""
+
+    kind = "fake"
+    config_type = FakeConfig
+
+    def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
+        self._profile = profile
+        self._cfg: FakeConfig = self._config_of(profile)
+        self._server: SimulatedServer | None = None
+        self._failure: str | None = None
+        self._log_path: Path | None = None
+        self.clock = WallClock()  # tests may put a VirtualClock here
+
+    def start(
+        self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
+    ) -> Endpoint:
+        self.stop()
+        folder = TrialFolder(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        args = [*self._profile.server.to_args(), *flags]
+        write_json(folder.command, {"argv": ["fake-vllm", *args], "env": []})
+        f = parse_flags(args)
+        starts = _count_start(workdir)
+        self._log_path = folder.server_log
+        log = [f"fake vLLM starting with {' '.join(args)}"]
+        self._failure = None
+        if starts <= self._cfg.flaky_crashes or matches(f, self._cfg.crash_when):
+            self._failure = "crash"
+            log.append("RuntimeError: engine core died unexpectedly (fake)")
+        elif matches(f, self._cfg.oom_when):
+            self._failure = "oom"
+            log.append(
+                "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (fake)"
+            )
+        elif matches(f, self._cfg.hang_when):
+            self._failure = "hang"
+        self._log_path.write_text("\n".join(log) + "\n")
+        cfg = self._cfg
+        engine = ModelEngine(
+            args,
+            ServerModel(cfg.base_ms, cfg.per_token_ms, cfg.chunked_overhead),
+            name=self._profile.server.model_name,
+            fail_chat=matches(f, cfg.error_when),
+        )
+        self._server = SimulatedServer(engine, clock=self.clock)
+        return Endpoint(base_url=self._server.base_url, model=self._profile.server.model_name)
+
+    def wait_ready(self) -> float:
+        if self._server is None:
+            raise ServerExited("server was not started", reason="crash")
+        self.clock.sleep(self._cfg.startup_s)
+        if self._failure in ("crash", "oom"):
+            raise ServerExited(
+                f"server exited with status 1 ({self._failure})",
+                reason=self._failure,
+                log_tail=self.log_tail(),
+            )
+        if self._failure == "hang":
+            self.clock.sleep(self._cfg.health_timeout_s)
+            raise StartupTimeout(f"server not healthy after {self._cfg.health_timeout_s:.0f} s")
+        return self._cfg.startup_s + wait_healthy(
+            self._server.base_url, timeout_s=self._cfg.health_timeout_s, alive=lambda: None
+        )

@@ -1,0 +1,112 @@
+"""The metric table: every number a trial can be judged by, defined once.
+
+Each :class:`Metric` names a series of raw samples (or a scalar) that measurement produces, the
+statistic that reduces it, its unit and its direction. The objective YAML refers to metrics by
+name (as objectives or constraints), measurement provides the :class:`Observations`, and the
+study records ``metric.compute(observations)`` for every metric in :data:`METRICS`; the report
+reads the recorded values back by the same names.
+
+Example:
+    >>> obs = Observations(series={"ttft_hit_ms": [80.0, 90.0, 100.0]})
+    >>> METRICS["ttft_hit_ms"].compute(obs)
+    90.0
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["METRICS", "Direction", "Metric", "Observations", "Stat", "metric", "percentile"]
+
+Direction = Literal["minimize", "maximize"]
+Stat = Literal["median", "p90", "p99", "mean", "min", "max", "value"]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), ``q`` in [0, 100]; NaN when empty."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True, slots=True)
+class Observations:
+    """What one trial measured: raw sample series and single values, by name.
+
+    ``series`` holds samples (e.g. ``ttft_hit_ms``: one TTFT per later turn); ``scalars`` holds
+    values measured once (``vram_mib``, ``startup_s``, ...), ``None`` when unknown.
+    """
+
+    series: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    scalars: Mapping[str, float | None] = field(default_factory=dict)
+
+
+def _reduce(stat: Stat, xs: Sequence[float]) -> float:
+    if not xs:
+        return math.nan
+    if stat == "median":
+        return float(statistics.median(xs))
+    if stat == "mean":
+        return statistics.fmean(xs)
+    if stat == "min":
+        return float(min(xs))
+    if stat == "max":
+        return float(max(xs))
+    return percentile(xs, {"p90": 90.0, "p99": 99.0}.get(stat, 50.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One row of the table: how a named number is computed from a trial's observations."""
+
+    name: str
+    unit: str
+    direction: Direction
+    source: str  # a series name (stat != "value") or a scalar name (stat == "value")
+    stat: Stat
+    description: str
+
+    def compute(self, obs: Observations) -> float:
+        """The metric's value for ``obs``; NaN when its source was not measured."""
+        if self.stat == "value":
+            v = obs.scalars.get(self.source)
+            return float(v) if v is not None else math.nan
+        return _reduce(self.stat, list(obs.series.get(self.source, ())))
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("ttft_hit_ms", "ms", "minimize", "ttft_hit_ms", "median",
+               "TTFT of later turns (HIT: the conversation's prefix was sent before), median"),
+        Metric("ttft_hit_p90_ms", "ms", "minimize", "ttft_hit_ms", "p90",
+               "TTFT of later turns, 90th percentile"),
+        Metric("ttft_miss_ms", "ms", "minimize", "ttft_miss_ms", "median",
+               "TTFT of first turns (MISS), median"),
+        Metric("ttft_miss_p90_ms", "ms", "minimize", "ttft_miss_ms", "p90",
+               "TTFT of first turns, 90th percentile"),
+        Metric("vram_mib", "MiB", "minimize", "vram_mib", "value",
+               "server memory: NVML per process on a GPU, RSS + KV cache on CPU"),
+        Metric("speedup", "x", "maximize", "speedup", "value",
+               "median MISS / median HIT: > 1 when later turns are faster"),
+        Metric("throughput_tok_s", "tok/s", "maximize", "throughput_tok_s", "value",
+               "median per-request decode rate"),
+        Metric("startup_s", "s", "minimize", "startup_s", "value",
+               "seconds from start until /health answered 200"),
+    )
+}  # fmt: skip
+
+
+def metric(name: str) -> Metric:
+    """The metric called ``name``; KeyError naming the known ones otherwise."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRICS)}") from None

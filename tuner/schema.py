@@ -1,0 +1,207 @@
+"""What a study stores on disk, defined once: the trial folder, ``measurements.json``, surfaces.
+
+Every writer and reader goes through these definitions: the runner writes a trial's files,
+``tuner report`` and ``tuner export-surface`` read them back, the replay deployer serves a
+surface, ``benchmarks/gpu/summarize.py`` prints a committed study. A trial folder is::
+
+    studies/NAME/trials/NNNN/
+        command.json        how the server was started (argv, names of env variables)
+        server.log          the server's output (server.attemptK.log for crash retries)
+        measurements.json   MeasurementsDoc: summary, cache config, every request's sample
+        failure.json        reason, error and log tail of a failed trial
+
+``measurements.json`` carries ``schema_version``; files written before it existed are version 1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tuner.errors import ConfigError, StudyError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MeasurementsDoc",
+    "RequestRecord",
+    "Surface",
+    "SurfacePoint",
+    "TrialFolder",
+    "load_surface",
+    "point_key",
+    "write_json",
+]
+
+SCHEMA_VERSION = 1
+
+RequestKind = Literal["warmup", "miss", "hit"]
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically: never a half-written file after a kill."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One measured request, as measurement produces it and ``measurements.json`` stores it."""
+
+    conversation: int  # -1, -2, ... for warm-up conversations
+    turn: int
+    kind: RequestKind
+    ttft_ms: float
+    total_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    decode_tok_s: float
+    prefix_queries: float  # /metrics delta over this request
+    prefix_hits: float
+    server_ttft_ms: float | None
+
+
+class MeasurementsDoc(BaseModel):
+    """The content of ``measurements.json`` (a versioned model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    trial: int
+    seed_name: str | None = None
+    params: dict[str, Any]
+    flags: list[str]
+    env: dict[str, str] = {}
+    startup_s: float
+    summary: dict[str, Any]
+    cache_config: dict[str, str] = {}
+    samples: list[RequestRecord]
+
+    def ttft(self, kind: RequestKind) -> list[float]:
+        """Client TTFT samples (ms) of one kind of request."""
+        return [s.ttft_ms for s in self.samples if s.kind == kind]
+
+
+@dataclass(frozen=True, slots=True)
+class TrialFolder:
+    """The files of one trial; ``TrialFolder.of(study_root, number)`` names its folder."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, study_root: Path, number: int) -> TrialFolder:
+        return cls(study_root / "trials" / f"{number:04d}")
+
+    @property
+    def command(self) -> Path:
+        return self.path / "command.json"
+
+    @property
+    def server_log(self) -> Path:
+        return self.path / "server.log"
+
+    @property
+    def measurements(self) -> Path:
+        return self.path / "measurements.json"
+
+    @property
+    def failure(self) -> Path:
+        return self.path / "failure.json"
+
+    def write_measurements(self, doc: MeasurementsDoc) -> None:
+        write_json(self.measurements, doc.model_dump(mode="json"))
+
+    def read_measurements(self) -> MeasurementsDoc:
+        """The trial's MeasurementsDoc; StudyError naming the file when it is missing or bad."""
+        try:
+            raw = json.loads(self.measurements.read_text())
+        except (OSError, ValueError) as exc:
+            raise StudyError(f"{self.measurements}: cannot read: {exc}") from exc
+        version = raw.get("schema_version", 1) if isinstance(raw, dict) else None
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise StudyError(
+                f"{self.measurements}: schema_version {version!r}; this tuner reads up to "
+                f"{SCHEMA_VERSION}: upgrade vllm-tuner"
+            )
+        try:
+            return MeasurementsDoc.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise StudyError(f"{self.measurements}: {where}: {first['msg']}") from exc
+
+    def write_failure(self, reason: str, error: str, log_tail: str) -> None:
+        write_json(self.failure, {"reason": reason, "error": error, "log_tail": log_tail})
+
+
+def point_key(flags: list[str] | tuple[str, ...], env: dict[str, str] | None = None) -> str:
+    """Identity of a deployed configuration: its trial flags and environment."""
+    return json.dumps({"flags": list(flags), "env": dict(sorted((env or {}).items()))})
+
+
+@dataclass(frozen=True, slots=True)
+class SurfacePoint:
+    """One configuration of a recorded surface: its raw samples, or how it failed."""
+
+    params: dict[str, Any]
+    flags: list[str]
+    env: dict[str, str]
+    status: str  # "ok" or a failure reason (crash, oom, invalid, timeout, request_error)
+    miss_ms: list[float] = field(default_factory=list)
+    hit_ms: list[float] = field(default_factory=list)
+    hit_rate: float = 0.0
+    vram_mib: float = 0.0
+    startup_s: float = 0.0
+    error: str = ""
+
+    @property
+    def key(self) -> str:
+        return point_key(self.flags, self.env)
+
+
+@dataclass(frozen=True, slots=True)
+class Surface:
+    """A recorded sweep (``tuner export-surface``), served again by the replay deployer."""
+
+    name: str
+    description: str
+    space: str
+    objectives: list[str]
+    points: list[SurfacePoint]
+
+    def by_key(self) -> dict[str, SurfacePoint]:
+        return {p.key: p for p in self.points}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "space": self.space,
+            "objectives": self.objectives,
+            "points": [
+                {k: getattr(p, k) for k in SurfacePoint.__dataclass_fields__} for p in self.points
+            ],
+        }
+
+
+def load_surface(path: Path) -> Surface:
+    """Read a surface JSON file (ConfigError naming the file when it is not one)."""
+    try:
+        doc = json.loads(path.read_text())
+        points = [SurfacePoint(**p) for p in doc["points"]]
+        return Surface(
+            name=doc["name"],
+            description=doc.get("description", ""),
+            space=doc.get("space", ""),
+            objectives=list(doc.get("objectives", [])),
+            points=points,
+        )
+    except FileNotFoundError as exc:
+        raise ConfigError("surface file not found", file=path) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"not a surface file: {exc}", file=path) from exc

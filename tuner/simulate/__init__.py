@@ -1,0 +1,36 @@
+"""The simulated OpenAI server and engine model: a first-class sibling of a real vLLM.
+
+Used by the ``fake`` deployer (latency modelled from the flags), the ``replay`` deployer
+(latency drawn from a recorded surface), unit tests and benchmarks. It sits below ``deploy`` and
+``measure`` and imports only ``config``, ``schema`` and the standard library.
+"""
+
+from __future__ import annotations
+
+from tuner.simulate.engine import (
+    BLOCK,
+    Admission,
+    Clock,
+    Engine,
+    EngineCounters,
+    ModelEngine,
+    ServerModel,
+    VirtualClock,
+    WallClock,
+)
+from tuner.simulate.replay import ReplayEngine
+from tuner.simulate.server import SimulatedServer
+
+__all__ = [
+    "BLOCK",
+    "Admission",
+    "Clock",
+    "Engine",
+    "EngineCounters",
+    "ModelEngine",
+    "ReplayEngine",
+    "ServerModel",
+    "SimulatedServer",
+    "VirtualClock",
+    "WallClock",
+]

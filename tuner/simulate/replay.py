@@ -1,0 +1,46 @@
+"""An engine that answers from a recorded surface instead of a latency model.
+
+Each request draws its TTFT from the samples recorded for the configuration (MISS samples for a
+conversation's first turn, HIT samples for later ones), seeded per deployment so that the same
+study replays the same samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from tuner.schema import SurfacePoint
+from tuner.simulate.engine import Admission, EngineCounters
+
+__all__ = ["ReplayEngine"]
+
+
+class ReplayEngine(EngineCounters):
+    """Recorded latencies for ``point`` (None: a configuration the surface does not hold).
+
+    ``seed`` picks the draws; ``time_scale`` stretches them (0: answer at once).
+    """
+
+    def __init__(
+        self, point: SurfacePoint | None, name: str, seed: str, time_scale: float = 1.0
+    ) -> None:
+        super().__init__(name)
+        self.point = point
+        self.time_scale = time_scale
+        self.rng = random.Random(seed)
+        self.seen: set[str] = set()
+
+    def admit(self, prompt: str) -> Admission:
+        words = prompt.split()
+        first = hashlib.sha256(" ".join(words[:64]).encode()).hexdigest()
+        p = self.point
+        with self.lock:
+            hit = first in self.seen  # a conversation's first turn opens with a new prefix
+            self.seen.add(first)
+            samples = (p.hit_ms if hit else p.miss_ms) if p else []
+            ms = self.rng.choice(samples) if samples else 1.0
+            cached = int(len(words) * p.hit_rate) if hit and p is not None else 0
+            seconds = ms / 1000.0 * self.time_scale
+            self._count(len(words), cached, seconds)
+        return Admission(seconds, len(words), cached)

@@ -1,0 +1,151 @@
+"""A simulated vLLM OpenAI-compatible server: a real HTTP server on 127.0.0.1, any engine behind.
+
+Standard library only (``http.server``, one thread per connection). It serves ``/health``,
+``/v1/models``, ``/metrics`` (the engine's counters) and streaming ``/v1/chat/completions``
+with a final usage chunk, the way vLLM does. How long the first token takes is the engine's
+business; the server only waits it out on its :class:`~tuner.simulate.engine.Clock`.
+
+Example:
+    >>> with SimulatedServer(ModelEngine(["--enable-prefix-caching"])) as srv:  # doctest: +SKIP
+    ...     httpx.get(srv.base_url + "/health")
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+
+from tuner.simulate.engine import Clock, Engine, WallClock
+
+__all__ = ["SimulatedServer"]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        # Small SSE writes must leave at once (Nagle + delayed ACK would add ~40 ms per event).
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        self.server.log_lines.append(format % args)
+
+    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        engine = self.server.engine
+        if self.path == "/health":
+            self._send(200, b"")
+        elif self.path == "/metrics":
+            self._send(200, engine.metrics().encode(), "text/plain; version=0.0.4")
+        elif self.path == "/v1/models":
+            self._send(200, json.dumps({"object": "list", "data": [{"id": engine.name}]}).encode())
+        else:
+            self._send(404, b'{"error": "not found"}')
+
+    def do_POST(self) -> None:
+        engine = self.server.engine
+        length = int(self.headers.get("Content-Length", 0))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        if self.path != "/v1/chat/completions":
+            self._send(404, b'{"error": "not found"}')
+            return
+        if engine.fail_chat:
+            self._send(500, b'{"error": "internal server error (simulated)"}')
+            return
+        if body.get("model") != engine.name:
+            self._send(
+                404, json.dumps({"error": f"model {body.get('model')!r} not served"}).encode()
+            )
+            return
+        prompt = " ".join(m["content"] for m in body["messages"])
+        admission = engine.admit(prompt)
+        n_out = int(body.get("max_tokens", 16))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def event(obj: dict[str, Any] | str) -> None:
+            data = obj if isinstance(obj, str) else json.dumps(obj)
+            chunk = f"data: {data}\n\n".encode()
+            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            self.wfile.flush()
+
+        clock = self.server.clock
+        event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+        clock.sleep(admission.prefill_s)
+        for i in range(n_out):
+            if i:
+                clock.sleep(engine.decode_s)
+            event({"choices": [{"index": 0, "delta": {"content": f"w{i} "}}]})
+        usage = {
+            "prompt_tokens": admission.prompt_tokens,
+            "completion_tokens": n_out,
+            "prompt_tokens_details": {"cached_tokens": admission.cached_tokens},
+        }
+        event({"choices": [], "usage": usage})
+        event("[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, engine: Engine, clock: Clock, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.engine = engine
+        self.clock = clock
+        self.log_lines: list[str] = []
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client closing a keep-alive connection is normal; keep the note, print nothing.
+        self.log_lines.append(f"connection from {client_address} ended with an error")
+
+
+class SimulatedServer:
+    """A running simulated server for ``engine``; use as a context manager (or ``close()``).
+
+    ``clock`` defaults to a :class:`~tuner.simulate.engine.WallClock`; ``port`` 0 picks a free
+    one. ``base_url`` is where it answers.
+    """
+
+    def __init__(self, engine: Engine, *, clock: Clock | None = None, port: int = 0) -> None:
+        self.engine = engine
+        self._server = _Server(engine, clock or WallClock(), port)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        host, bound = self._server.server_address[:2]
+        self.base_url = f"http://{host!s}:{bound}"
+
+    @property
+    def requests(self) -> int:
+        """Chat requests the engine admitted so far."""
+        return self.engine.requests
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
