@@ -95,6 +95,7 @@ class TrialFolder:
 
     @classmethod
     def of(cls, study_root: Path, number: int) -> TrialFolder:
+        """The folder of trial ``number`` in the study folder ``study_root``."""
         return cls(study_root / "trials" / f"{number:04d}")
 
     @property
@@ -114,6 +115,7 @@ class TrialFolder:
         return self.path / "failure.json"
 
     def write_measurements(self, doc: MeasurementsDoc) -> None:
+        """Write ``doc`` as the trial's measurements.json (atomically)."""
         write_json(self.measurements, doc.model_dump(mode="json"))
 
     def read_measurements(self) -> MeasurementsDoc:
@@ -136,6 +138,7 @@ class TrialFolder:
             raise StudyError(f"{self.measurements}: {where}: {first['msg']}") from exc
 
     def write_failure(self, reason: str, error: str, log_tail: str) -> None:
+        """Write the trial's failure.json (atomically)."""
         write_json(self.failure, {"reason": reason, "error": error, "log_tail": log_tail})
 
 
@@ -175,9 +178,11 @@ class Surface:
     points: list[SurfacePoint]
 
     def by_key(self) -> dict[str, SurfacePoint]:
+        """Points by :func:`point_key` (what the replay deployer looks up)."""
         return {p.key: p for p in self.points}
 
     def to_json(self) -> dict[str, Any]:
+        """The surface as JSON-ready data (what :func:`load_surface` reads)."""
         return {
             "name": self.name,
             "description": self.description,

@@ -299,3 +299,48 @@ def test_compare_writes_both_fronts(study: optuna.Study, tmp_path: Path) -> None
     html = paths["compare_html"].read_text()
     assert html.count('"name":"' + other.study_name + '"') >= 1
     assert "Plotly.newPlot" in html
+
+
+SIX_DIMENSIONS = """\
+name: six
+dimensions:
+  gpu_memory_utilization: {values: [0.9], flag: --gpu-memory-utilization, label: mem}
+  enable_prefix_caching:
+    values: [false, true]
+    flag: --enable-prefix-caching
+    negative_flag: --no-enable-prefix-caching
+    label: prefix
+  enable_chunked_prefill:
+    values: [true]
+    flag: --enable-chunked-prefill
+    negative_flag: --no-enable-chunked-prefill
+  max_num_seqs: {values: [null], flag: --max-num-seqs}
+  max_num_batched_tokens: {values: [null], flag: --max-num-batched-tokens}
+  block_size: {values: [16, 32], flag: --block-size, label: block}
+"""
+
+
+def test_report_columns_follow_the_space(tmp_path: Path) -> None:
+    """A sixth dimension (block_size, labelled 'block') is a column of report.md's tables,
+    with each trial's value; dimensions without a label are titled by their name."""
+    (tmp_path / "six.yaml").write_text(SIX_DIMENSIONS)
+    space = load_space(tmp_path / "six.yaml")
+    objective = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
+    StudyRunner(
+        paths=StudyPaths.create("six", tmp_path),
+        space=space,
+        seeds=(),
+        objective=objective.model_copy(update={"workload": FAST_WORKLOAD, "criteria": None}),
+        profile=fake_profile(),
+        settings=RunSettings(n_trials=4, sampler_seed=0),
+    ).run()
+    study = load_study(StudyPaths.create("six", tmp_path))
+    md = write_report(study, tmp_path / "six")["report_md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| config | trial |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[2:8] == [
+        "mem", "prefix", "enable_chunked_prefill", "max_num_seqs", "max_num_batched_tokens",
+        "block",
+    ]  # fmt: skip
+    table = synthesis_frame(study)
+    assert sorted(table["block"]) == [16, 16, 32, 32]

@@ -72,6 +72,8 @@ class WorkloadSpec(StrictModel):
 
 
 class ObjectiveFile(StrictModel):
+    """An objective YAML file: objectives (metrics of ``tuner.metrics``), criteria, workload."""
+
     name: str
     description: str = ""
     objectives: list[ObjectiveSpec] = Field(min_length=1)

@@ -42,6 +42,7 @@ class ServerArgs(StrictModel):
         return self.served_model_name or self.model
 
     def to_args(self) -> list[str]:
+        """The fixed vLLM arguments every trial starts with."""
         args = ["--model", self.model]
         if self.served_model_name:
             args += ["--served-model-name", self.served_model_name]

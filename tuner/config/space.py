@@ -119,12 +119,14 @@ class SearchSpace:
 
     @property
     def size(self) -> int:
+        """Number of points of the grid (valid or not)."""
         n = 1
         for d in self.dimensions:
             n *= len(d.values)
         return n
 
     def dimension(self, name: str) -> Dimension:
+        """The dimension called ``name`` (KeyError otherwise)."""
         for d in self.dimensions:
             if d.name == name:
                 return d

@@ -41,11 +41,18 @@ def compose_command(configured: list[str] | None = None) -> list[str]:
 
 
 def project_name(cfg: ComposeConfig) -> str:
+    """The compose project the tuner runs the service in (the profile's, else its own)."""
     base = cfg.project or f"vllm-tuner-{cfg.file.resolve().parent.name}"
     return re.sub(r"[^a-z0-9_-]", "", base.lower()) or "vllm-tuner"
 
 
 class ComposeDeployer(BaseDeployer):
+    """The user's compose file: the tuned flags of one service rewritten per trial.
+
+    The file is restored byte-for-byte from its backup after every trial, on failure, Ctrl-C
+    and SIGTERM; after a hard kill, ``tuner restore FILE`` or the next run puts it back.
+    """
+
     kind = "compose"
     config_type = ComposeConfig
 

@@ -27,6 +27,7 @@ BACKUP_SUFFIX = ".vllm-tuner.bak"
 
 
 def backup_path(file: Path) -> Path:
+    """Where the original of ``file`` is kept while a study rewrites it."""
     return file.with_name(file.name + BACKUP_SUFFIX)
 
 

@@ -62,10 +62,12 @@ class TrialMeasurement:
 
     @property
     def miss(self) -> Summary:
+        """Statistics of the first turns' TTFT (ms)."""
         return summarize([s.ttft_ms for s in self._of("miss")])
 
     @property
     def hit(self) -> Summary:
+        """Statistics of the later turns' TTFT (ms)."""
         return summarize([s.ttft_ms for s in self._of("hit")])
 
     @property
@@ -89,6 +91,7 @@ class TrialMeasurement:
 
     @property
     def throughput_tok_s(self) -> float:
+        """Median per-request decode rate over the measured requests (tokens/s)."""
         measured = self._of("miss") + self._of("hit")
         xs = [s.decode_tok_s for s in measured if s.decode_tok_s > 0]
         return summarize(xs).median if xs else 0.0
@@ -109,6 +112,7 @@ class TrialMeasurement:
         )
 
     def summary(self) -> dict[str, Any]:
+        """The numbers ``measurements.json`` keeps under ``summary``."""
         return {
             "ttft_miss_ms": self.miss.as_dict(),
             "ttft_hit_ms": self.hit.as_dict(),
@@ -124,6 +128,7 @@ class TrialMeasurement:
         }
 
     def to_json(self) -> dict[str, Any]:
+        """Summary, cache config and every request's sample, as JSON-ready data."""
         return {
             "summary": self.summary(),
             "cache_config": self.cache_config,

@@ -14,6 +14,8 @@ __all__ = ["Summary", "percentile", "summarize"]
 
 @dataclass(frozen=True, slots=True)
 class Summary:
+    """Summary statistics of one series of samples (NaN everywhere when empty)."""
+
     n: int
     median: float
     p90: float

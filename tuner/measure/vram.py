@@ -15,6 +15,8 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class MemoryReading:
+    """The server's memory, and where the number came from (``source``)."""
+
     vram_mib: float  # the objective value
     source: str  # "nvml", "rss+kv" or "unavailable"
     gpu_mib: float | None = None

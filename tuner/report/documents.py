@@ -30,6 +30,8 @@ __all__ = ["Report", "build_report", "md_table", "write_report"]
 
 @dataclass(frozen=True, slots=True)
 class Report:
+    """Everything report.md and report.html show, computed once from the study."""
+
     study: optuna.Study
     table: pd.DataFrame
     front: list[FrozenTrial]
@@ -40,6 +42,7 @@ class Report:
 
 
 def build_report(study: optuna.Study, rule: Rule | None = None) -> Report:
+    """Read ``study`` back into a Report: synthesis table, front, pick, failures, warnings."""
     front, feasible = pareto_trials(study)
     return Report(
         study=study,
@@ -125,6 +128,7 @@ def _rec_lines(rec: Recommendation | None) -> list[str]:
 
 
 def render_markdown(rep: Report) -> str:
+    """report.md: recommendation, criteria, front, all trials, quality, failures."""
     st = rep.study
     n_done = len(rep.table)
     parts = [
@@ -179,6 +183,7 @@ def _df_html(df: pd.DataFrame) -> str:
 
 
 def render_html(rep: Report) -> str:
+    """report.html: the markdown's content plus plots, self-contained (plotly.js inlined)."""
     st = rep.study
     esc = html.escape
     body = [f"<h1>Study {esc(st.study_name)}</h1>"]

@@ -132,6 +132,9 @@ def optuna_plots(study: optuna.Study) -> list[tuple[str, go.Figure | str]]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # PED-ANOVA reminds that it ranks for low target values: all objectives are minimised.
         warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+        # With few trials the "good" quantile is every trial: the importances would all be equal,
+        # which reads as a finding; say it is not available instead.
+        warnings.filterwarnings("error", message="Target and region quantiles select the same")
         for i, n in enumerate(names[:2]):
             title = f"Parallel coordinates, coloured by {LABELS.get(n, n)}"
             try:
@@ -152,7 +155,7 @@ def optuna_plots(study: optuna.Study) -> list[tuple[str, go.Figure | str]]:
             )
             fig.update_layout(title=title)
             out.append((title, fig))
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        except (ValueError, RuntimeError, ZeroDivisionError, UserWarning) as exc:
             log.info("importances not computable: %s", exc)
             out.append((title, f"not available: {exc}"))
     return out

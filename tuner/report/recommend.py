@@ -34,12 +34,15 @@ HIT, MISS, VRAM = "ttft_hit_ms", "ttft_miss_ms", "vram_mib"
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """A recommendation rule (``--rule``): default, objective:NAME or weights:NAME=W,..."""
+
     kind: str  # "default", "objective" or "weights"
     objective: str | None = None
     weights: tuple[tuple[str, float], ...] = ()
     tie_pct: float = 5.0
 
     def describe(self) -> str:
+        """The rule in words, for the explanation."""
         if self.kind == "objective":
             return f"the best {self.objective} among the candidates"
         if self.kind == "weights":
@@ -78,6 +81,8 @@ def parse_rule(text: str) -> Rule:
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
+    """The configuration to deploy, why, and how: vLLM, compose and docker command lines."""
+
     trial: FrozenTrial
     name: str
     rule: Rule
@@ -91,6 +96,7 @@ class Recommendation:
 
     @property
     def vllm_command(self) -> str:
+        """``vllm serve MODEL ...`` with the fixed arguments and the trial's flags."""
         args = list(self.vllm_args)
         model = args[args.index("--model") + 1] if "--model" in args else "MODEL"
         rest = _without(args, "--model")
@@ -98,6 +104,7 @@ class Recommendation:
 
     @property
     def compose_snippet(self) -> str:
+        """The ``command:`` list of a compose service running the recommendation."""
         lines = ["    command:"]
         lines += [f"      - {_yaml_scalar(a)}" for a in self.vllm_args]
         return "\n".join(lines)

@@ -55,6 +55,7 @@ def dimension_titles(study: optuna.Study) -> dict[str, str]:
 
 
 def name_of(t: FrozenTrial) -> str:
+    """A trial's display name: its seed's name, else ``trial_N``."""
     return str(t.user_attrs.get("seed_name") or f"trial_{t.number}")
 
 
@@ -115,6 +116,8 @@ def synthesis_frame(study: optuna.Study) -> pd.DataFrame:
 
 @dataclass(frozen=True, slots=True)
 class FailureGroup:
+    """Failed trials sharing one reason, with an example log tail."""
+
     reason: str
     trials: tuple[FrozenTrial, ...]
 

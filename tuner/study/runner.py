@@ -47,6 +47,8 @@ _NOT_EVALUATED = ("interrupted", "duplicate")
 
 @dataclass(frozen=True, slots=True)
 class RunSettings:
+    """How one run of a study proceeds (the CLI's options, as data)."""
+
     n_trials: int = 40
     sampler_seed: int | None = 0
     max_duplicate_streak: int = 3  # then enqueue an unexplored valid point next to the front
@@ -60,6 +62,8 @@ class RunSettings:
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
+    """What a run did: deployments the study holds, trials it added, and each outcome."""
+
     study_name: str
     deployed: int  # deployments the study holds now
     new_trials: int  # trials created by this run (all states)
@@ -137,6 +141,12 @@ class StudyRunner:
 
     # -- study set-up -------------------------------------------------------------------
     def open_study(self) -> optuna.Study:
+        """Create or load the Optuna study; refuse one made with another space or objectives.
+
+        A new study stores what the report needs to read it back without the YAML files:
+        objectives and units, the space's dimensions and labels, the criteria, the fixed
+        server arguments and the deployment hints (never environment values).
+        """
         self.paths.root.mkdir(parents=True, exist_ok=True)
         directions = [o.direction for o in self.objective.objectives]
         sampler = self._sampler_factory(
@@ -211,6 +221,17 @@ class StudyRunner:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> RunResult:
+        """Seeds first, then the sampler, until the study holds ``n_trials`` deployments.
+
+        Resumes where an earlier run stopped; returns early when every valid point of the
+        space has been evaluated. KeyboardInterrupt (or SIGTERM) stops the server, marks the
+        trial ``interrupted`` and propagates.
+
+        Example:
+            >>> StudyRunner(paths=p, space=s, seeds=(), objective=o, profile=f,
+            ...             settings=RunSettings(n_trials=4)).run().deployed  # doctest: +SKIP
+            4
+        """
         external_params = self._external_params() if self._external else None
         study = self.open_study()
         self._recover_stale(study)

@@ -79,6 +79,10 @@ class StudyPaths:
 
     @classmethod
     def create(cls, name: str, studies_dir: Path, storage_url: str | None = None) -> StudyPaths:
+        """Paths of study ``name`` under ``studies_dir``; storage defaults to its SQLite file.
+
+        Raises StudyError for a name that cannot be a folder.
+        """
         if not _NAME.match(name):
             raise StudyError(f"study name {name!r}: use letters, digits, '_', '.', '-'")
         root = studies_dir / name
