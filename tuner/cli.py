@@ -214,7 +214,7 @@ def _keep_best(prof: Profile, sp: SearchSpace, paths: StudyPaths) -> None:
 
     if not isinstance(prof.deployer, ComposeConfig):
         raise TunerError("--keep-best needs a compose profile (deployer.kind: compose)")
-    rec = recommend(load_study(paths))
+    rec = recommend(load_study(paths), root=paths.root)
     if rec is None:
         out.print("--keep-best: no completed trial, the compose file is unchanged")
         return
@@ -332,7 +332,7 @@ def report(
         )
         out.print(_front_table(title, st, front))
     files = write_report(st, paths.root, chosen)
-    rec = recommend(st, chosen)
+    rec = recommend(st, chosen, root=paths.root)
     if rec is not None:
         out.print(f"[bold]recommended:[/] {rec.name} (trial {rec.trial.number})")
         out.print(rec.explanation, markup=False, highlight=False)

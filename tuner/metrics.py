@@ -20,7 +20,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["METRICS", "Direction", "Metric", "Observations", "Stat", "metric", "percentile"]
+import numpy as np
+
+__all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "METRICS",
+    "Direction",
+    "Interval",
+    "Metric",
+    "Observations",
+    "Stat",
+    "bootstrap_diff",
+    "bootstrap_interval",
+    "metric",
+    "percentile",
+]
+
+BOOTSTRAP_RESAMPLES = 2000
+Interval = tuple[float, float]
 
 Direction = Literal["minimize", "maximize"]
 Stat = Literal["median", "p90", "p99", "mean", "min", "max", "value"]
@@ -62,6 +79,75 @@ def _reduce(stat: Stat, xs: Sequence[float]) -> float:
     return percentile(xs, {"p90": 90.0, "p99": 99.0}.get(stat, 50.0))
 
 
+def _reduce_rows(stat: Stat, rows: np.ndarray) -> np.ndarray:
+    """``stat`` of every row of a (resamples x n) array."""
+    if stat == "median":
+        out = np.median(rows, axis=1)
+    elif stat == "mean":
+        out = rows.mean(axis=1)
+    elif stat == "min":
+        out = rows.min(axis=1)
+    elif stat == "max":
+        out = rows.max(axis=1)
+    else:
+        out = np.percentile(rows, {"p90": 90.0, "p99": 99.0}.get(stat, 50.0), axis=1)
+    return np.asarray(out, dtype=float)
+
+
+def _resample(xs: Sequence[float], rng: np.random.Generator, n: int) -> np.ndarray:
+    arr = np.asarray(xs, dtype=float)
+    return arr[rng.integers(0, len(arr), size=(n, len(arr)))]
+
+
+def bootstrap_interval(
+    stat: Stat,
+    xs: Sequence[float],
+    *,
+    level: float = 0.95,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> Interval:
+    """Percentile-bootstrap confidence interval of ``stat`` over ``xs`` (seeded: repeatable).
+
+    NaNs when ``xs`` is empty; a point interval for a single sample (nothing to resample).
+
+    Example:
+        >>> bootstrap_interval("median", [5.0, 5.0, 5.0])
+        (5.0, 5.0)
+    """
+    if not xs:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    values = _reduce_rows(stat, _resample(xs, rng, resamples))
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def bootstrap_diff(
+    stat: Stat,
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    level: float = 0.95,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> Interval:
+    """Percentile-bootstrap interval of ``stat(a) - stat(b)``, each sample resampled apart.
+
+    Two configurations are indistinguishable on a metric when this interval contains 0;
+    ``level`` is where callers apply a multiple-comparison correction (Bonferroni: 1 - 0.05/m).
+    """
+    if not a or not b:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    da = _reduce_rows(stat, _resample(a, rng, resamples))
+    db = _reduce_rows(stat, _resample(b, rng, resamples))
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(da - db, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
 @dataclass(frozen=True, slots=True)
 class Metric:
     """One row of the table: how a named number is computed from a trial's observations."""
@@ -79,6 +165,16 @@ class Metric:
             v = obs.scalars.get(self.source)
             return float(v) if v is not None else math.nan
         return _reduce(self.stat, list(obs.series.get(self.source, ())))
+
+    def samples(self, obs: Observations) -> list[float]:
+        """The raw samples this metric reduces ([] for a single value)."""
+        return [] if self.stat == "value" else list(obs.series.get(self.source, ()))
+
+    def interval(self, obs: Observations, *, level: float = 0.95, seed: int = 0) -> Interval | None:
+        """95 % bootstrap interval of the metric (None for a value measured once)."""
+        if self.stat == "value":
+            return None
+        return bootstrap_interval(self.stat, self.samples(obs), level=level, seed=seed)
 
 
 METRICS: dict[str, Metric] = {

@@ -33,6 +33,7 @@ __all__ = [
     "TrialFolder",
     "load_surface",
     "point_key",
+    "series_of",
     "write_json",
 ]
 
@@ -66,6 +67,14 @@ class RequestRecord:
     server_ttft_ms: float | None
 
 
+def series_of(records: list[RequestRecord] | tuple[RequestRecord, ...]) -> dict[str, list[float]]:
+    """The sample series the metric table reads (``tuner.metrics``), from request records."""
+    return {
+        "ttft_miss_ms": [r.ttft_ms for r in records if r.kind == "miss"],
+        "ttft_hit_ms": [r.ttft_ms for r in records if r.kind == "hit"],
+    }
+
+
 class MeasurementsDoc(BaseModel):
     """The content of ``measurements.json`` (a versioned model)."""
 
@@ -81,6 +90,10 @@ class MeasurementsDoc(BaseModel):
     summary: dict[str, Any]
     cache_config: dict[str, str] = {}
     samples: list[RequestRecord]
+
+    def series(self) -> dict[str, list[float]]:
+        """Raw sample series by the names of the metric table."""
+        return series_of(self.samples)
 
     def ttft(self, kind: RequestKind) -> list[float]:
         """Client TTFT samples (ms) of one kind of request."""

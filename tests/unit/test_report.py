@@ -143,16 +143,25 @@ def _v(t: FrozenTrial, name: str) -> float:
 
 
 class TestRecommendation:
-    def test_default_rule(self, study: optuna.Study) -> None:
-        """Lowest HIT among feasible front points within MISS criteria; 5 % ties → lowest VRAM."""
+    def test_default_rule(self, study: optuna.Study, study_dir: Path) -> None:
+        """The pick is in the best group on HIT of the feasible front points within the MISS
+        criteria (the fastest leads it), with the fewest changes from the baseline."""
+        from tuner.report.decide import changes_from, reference_params
+
         cands = [t for t in _candidates(study) if t.constraints["miss_vs_baseline"] <= 0]
-        best_hit = min(_v(t, "ttft_hit_ms") for t in cands)
-        ties = [t for t in cands if _v(t, "ttft_hit_ms") <= best_hit * 1.05]
-        expected = min(ties, key=lambda t: (_v(t, "vram_mib"), _v(t, "ttft_hit_ms")))
-        rec = recommend(study, parse_rule("default"))
+        rec = recommend(study, parse_rule("default"), root=study_dir / "r")
         assert rec is not None
-        assert rec.trial.number == expected.number
         assert rec.feasible
+        g = rec.group
+        assert g is not None
+        assert g.on_samples  # every front trial has its measurements.json
+        assert g.best.number == min(cands, key=lambda t: _v(t, "ttft_hit_ms")).number
+        assert set(g.numbers) <= {t.number for t in cands}
+        assert rec.trial.number in g.numbers
+        ref = reference_params(study)
+        fewest = min(changes_from(t.params, ref) for t in g.members)
+        assert changes_from(rec.trial.params, ref) == fewest
+        assert "within noise" in rec.explanation or "beyond the noise" in rec.explanation
 
     @pytest.mark.parametrize(
         ("rule", "key"),

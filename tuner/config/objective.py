@@ -29,6 +29,9 @@ class ObjectiveSpec(StrictModel):
     direction: Literal["minimize", "maximize"] = "minimize"
     unit: str = ""
     description: str = ""
+    # Adaptive measurement: keep measuring until the 95 % interval's half-width is at most
+    # this fraction of the value (0.05: +-5 %), or the workload's caps are reached.
+    precision: float | None = Field(default=None, gt=0, lt=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -69,6 +72,10 @@ class WorkloadSpec(StrictModel):
     ignore_eos: bool = True  # same number of output tokens in every configuration
     request_timeout_s: float = Field(default=300.0, gt=0)
     seed: int = 7
+    # Caps of adaptive measurement (objectives with `precision`): at most this many measured
+    # conversations / seconds of measurement. Without them, `conversations` is also the cap.
+    max_conversations: int | None = Field(default=None, ge=1)
+    max_seconds: float | None = Field(default=None, gt=0)
 
 
 class ObjectiveFile(StrictModel):

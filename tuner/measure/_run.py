@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ from tuner.measure.stats import Summary, summarize
 from tuner.measure.vram import MemoryReading, read_memory
 from tuner.measure.workload import AgentWorkload
 from tuner.metrics import Observations
-from tuner.schema import RequestKind, RequestRecord
+from tuner.schema import RequestKind, RequestRecord, series_of
 from tuner.types import Endpoint
 
 __all__ = ["RequestSample", "TrialMeasurement", "measure", "measure_async"]
@@ -52,6 +53,9 @@ class TrialMeasurement:
     memory: MemoryReading
     cache_config: dict[str, str] = field(default_factory=dict)
     metrics_available: bool = True
+    # why measurement stopped: "fixed" (the workload's count), "precision" (every objective's
+    # interval narrow enough), "max_conversations" or "max_seconds" (a cap came first)
+    stop_reason: str = "fixed"
 
     def _of(self, kind: Kind) -> list[RequestSample]:
         return [s for s in self.samples if s.kind == kind]
@@ -99,10 +103,7 @@ class TrialMeasurement:
     def observations(self, startup_s: float | None = None) -> Observations:
         """Raw series and single values, by the names ``tuner.metrics.METRICS`` reads."""
         return Observations(
-            series={
-                "ttft_miss_ms": [s.ttft_ms for s in self._of("miss")],
-                "ttft_hit_ms": [s.ttft_ms for s in self._of("hit")],
-            },
+            series=series_of(self.samples),
             scalars={
                 "vram_mib": self.memory.vram_mib,
                 "speedup": self.speedup,
@@ -125,6 +126,8 @@ class TrialMeasurement:
             "throughput_tok_s": self.throughput_tok_s,
             "memory": self.memory.as_dict(),
             "metrics_available": self.metrics_available,
+            "stop_reason": self.stop_reason,
+            "conversations": len({x.conversation for x in self._of("miss")}),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -143,16 +146,23 @@ async def measure_async(
     *,
     check_alive: Callable[[], None] | None = None,
     on_request: Callable[[RequestSample], None] | None = None,
+    enough: Callable[[TrialMeasurement], bool] | None = None,
 ) -> TrialMeasurement:
-    """Warm-up conversation(s), then ``spec.conversations`` measured ones, strictly sequential.
+    """Warm-up conversation(s), then at least ``spec.conversations`` measured ones.
 
-    Requests are sequential so each /metrics delta belongs to exactly one request.
+    Requests are sequential so each /metrics delta belongs to exactly one request. With
+    ``enough`` (adaptive measurement), conversations go on until ``enough(measured so far)``
+    is true or a cap (``spec.max_conversations``, ``spec.max_seconds``) is reached; the
+    measurement's ``stop_reason`` says which.
     """
     workload = AgentWorkload(spec)
     samples: list[RequestSample] = []
     before = await fetch_metrics(client, endpoint.base_url)
     last: MetricsSnapshot = before
-    total = spec.warmup_conversations + spec.conversations
+    cap = max(spec.conversations, spec.max_conversations or spec.conversations)
+    total = spec.warmup_conversations + (cap if enough is not None else spec.conversations)
+    started = time.perf_counter()
+    stop_reason = "fixed" if enough is None else "max_conversations"
     for conv in range(total):
         salt = uuid.uuid4().hex
         messages = [{"role": "system", "content": workload.system_prompt(salt)}]
@@ -194,6 +204,15 @@ async def measure_async(
             messages.append({"role": "assistant", "content": timing.text})
         if check_alive is not None:
             check_alive()
+        measured = conv + 1 - spec.warmup_conversations
+        if enough is None or measured < spec.conversations:
+            continue
+        if enough(_partial(samples, last)):
+            stop_reason = "precision"
+            break
+        if spec.max_seconds is not None and time.perf_counter() - started > spec.max_seconds:
+            stop_reason = "max_seconds"
+            break
     if endpoint.reported_vram_mib is not None:  # a simulated server reports its own memory
         memory = MemoryReading(vram_mib=endpoint.reported_vram_mib, source="reported")
     else:
@@ -201,6 +220,17 @@ async def measure_async(
     return TrialMeasurement(
         samples=tuple(samples),
         memory=memory,
+        cache_config=last.cache_config,
+        metrics_available=last.available,
+        stop_reason=stop_reason,
+    )
+
+
+def _partial(samples: list[RequestSample], last: MetricsSnapshot) -> TrialMeasurement:
+    """What is measured so far, for the adaptive stop (memory is read once, at the end)."""
+    return TrialMeasurement(
+        samples=tuple(samples),
+        memory=MemoryReading(vram_mib=math.nan, source="pending"),
         cache_config=last.cache_config,
         metrics_available=last.available,
     )
@@ -213,6 +243,7 @@ def measure(
     transport: httpx.AsyncBaseTransport | None = None,
     check_alive: Callable[[], None] | None = None,
     on_request: Callable[[RequestSample], None] | None = None,
+    enough: Callable[[TrialMeasurement], bool] | None = None,
 ) -> TrialMeasurement:
     """Synchronous entry point: owns its event loop and HTTP client."""
 
@@ -220,7 +251,12 @@ def measure(
         # trust_env=False: a proxy from the environment must never see loopback traffic.
         async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
             return await measure_async(
-                endpoint, spec, client, check_alive=check_alive, on_request=on_request
+                endpoint,
+                spec,
+                client,
+                check_alive=check_alive,
+                on_request=on_request,
+                enough=enough,
             )
 
     return asyncio.run(_go())

@@ -13,6 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 
+from tuner.front import measured_trials
+from tuner.report.decide import Effect, effects
 from tuner.report.figures import figures
 from tuner.report.pareto import pareto_trials, write_pareto
 from tuner.report.recommend import Recommendation, Rule, recommend
@@ -39,9 +41,10 @@ class Report:
     recommendation: Recommendation | None
     failures: list[FailureGroup]
     warnings: list[tuple[int, str]]
+    effects: list[Effect]
 
 
-def build_report(study: optuna.Study, rule: Rule | None = None) -> Report:
+def build_report(study: optuna.Study, rule: Rule | None = None, root: Path | None = None) -> Report:
     """Read ``study`` back into a Report: synthesis table, front, pick, failures, warnings."""
     front, feasible = pareto_trials(study)
     return Report(
@@ -49,9 +52,10 @@ def build_report(study: optuna.Study, rule: Rule | None = None) -> Report:
         table=synthesis_frame(study),
         front=front,
         front_feasible=feasible,
-        recommendation=recommend(study, rule),
+        recommendation=recommend(study, rule, root=root),
         failures=failures_by_reason(study),
         warnings=quality_warnings(study, front),
+        effects=effects(study, measured_trials(study)),
     )
 
 
@@ -127,6 +131,43 @@ def _rec_lines(rec: Recommendation | None) -> list[str]:
     return lines
 
 
+def effects_frame(rep: Report) -> pd.DataFrame:
+    """What mattered: one row per dimension value and objective, measurable effects first."""
+    units = rep.study.user_attrs.get("units", {})
+    rows = []
+    for e in sorted(rep.effects, key=lambda e: (not e.measurable, -abs(e.delta))):
+        lo, hi = e.interval
+        unit = units.get(e.metric, "")
+        verdict = (
+            "no measurable effect" if not e.measurable else ("lower" if e.delta < 0 else "higher")
+        )
+        rows.append(
+            {
+                "dimension": e.dimension,
+                "value": e.value,
+                "objective": e.metric,
+                "effect": f"{e.delta:+.1f} {unit}".strip(),
+                "95 % interval": "–" if lo != lo else f"[{lo:+.1f}, {hi:+.1f}]",
+                "trials (value / others)": f"{e.n} / {e.n_rest}",
+                "reading": verdict,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _group_lines(rep: Report) -> list[str]:
+    rec = rep.recommendation
+    if rec is None or rec.group is None:
+        return []
+    g = rec.group
+    lines = [f"Best group on {g.metric} (within noise of trial {g.best.number}): "
+             + ", ".join(str(n) for n in g.numbers)]  # fmt: skip
+    for n, (lo, hi) in sorted(g.diffs.items()):
+        where = "in the group" if n in g.numbers else "outside"
+        lines.append(f"- trial {n}: difference to the fastest [{lo:+.1f}, {hi:+.1f}] ({where})")
+    return lines
+
+
 def render_markdown(rep: Report) -> str:
     """report.md: recommendation, criteria, front, all trials, quality, failures."""
     st = rep.study
@@ -148,6 +189,16 @@ def render_markdown(rep: Report) -> str:
         "## Pareto front" + ("" if rep.front_feasible else " (no feasible trial: all trials)"),
         "",
         md_table(_front_frame(rep)) if rep.front else "No completed trial.",
+        "",
+        *_group_lines(rep),
+        "",
+        "## What mattered",
+        "",
+        "Each dimension value against the others, from the study's measured trials: the "
+        "difference of mean objective values and its 95 % bootstrap interval (an interval that "
+        "contains 0 is no measurable effect). PED-ANOVA importances are in report.html.",
+        "",
+        md_table(effects_frame(rep)) if rep.effects else "Too few measured trials.",
         "",
         "## All trials (mission format; deltas vs the baseline)",
         "",
@@ -204,6 +255,9 @@ def render_html(rep: Report) -> str:
     body.append("<h2>Success criteria</h2><pre>" + esc("\n".join(_criteria_lines(rep))) + "</pre>")
     body.append("<h2>Pareto front</h2>")
     body.append(_df_html(_front_frame(rep)) if rep.front else "<p>No completed trial.</p>")
+    body.append("<pre>" + esc("\n".join(_group_lines(rep))) + "</pre>")
+    body.append("<h2>What mattered</h2>")
+    body.append(_df_html(effects_frame(rep)) if rep.effects else "<p>Too few trials.</p>")
     first = True
     body.append("<h2>Plots</h2>")
     for title, fig in figures(st, rep.front):
@@ -232,7 +286,7 @@ def render_html(rep: Report) -> str:
 
 def write_report(study: optuna.Study, outdir: Path, rule: Rule | None = None) -> dict[str, Path]:
     """Write report.md, report.html, pareto.csv, pareto.json and trials.csv into ``outdir``."""
-    rep = build_report(study, rule)
+    rep = build_report(study, rule, root=outdir)
     paths = write_pareto(study, outdir)
     paths["report_md"] = outdir / "report.md"
     paths["report_html"] = outdir / "report.html"

@@ -2,9 +2,10 @@
 
 Rules (``--rule`` on the command line):
 
-- ``default``: among the feasible Pareto points (those meeting the success criteria), the lowest
-  TTFT HIT whose TTFT MISS stays within the criteria; points whose HIT is within ``tie_pct`` of
-  the best (default 5 %) count as ties and the lowest VRAM wins among them.
+- ``default``: among the feasible Pareto points (those meeting the success criteria) whose TTFT
+  MISS stays within the criteria, the best group on TTFT HIT (the fastest and every point whose
+  difference to it is within noise: ``tuner.report.decide``); inside it, the fewest changes from
+  the baseline, then the lowest VRAM.
 - ``objective:NAME``: the lowest (or highest, per its direction) value of one objective.
 - ``weights:NAME=W,NAME=W``: each objective min-max normalised over the candidates, then the
   lowest weighted sum (objectives to maximise are flipped first).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -24,6 +26,13 @@ from optuna.trial import FrozenTrial
 
 from tuner.config.profile import DEFAULT_DEPLOYMENT
 from tuner.errors import ConfigError
+from tuner.report.decide import (
+    Group,
+    best_group,
+    changes_from,
+    load_observations,
+    reference_params,
+)
 from tuner.report.pareto import pareto_trials
 from tuner.report.synthesis import ranges_overlap, sample_range
 
@@ -39,7 +48,6 @@ class Rule:
     kind: str  # "default", "objective" or "weights"
     objective: str | None = None
     weights: tuple[tuple[str, float], ...] = ()
-    tie_pct: float = 5.0
 
     def describe(self) -> str:
         """The rule in words, for the explanation."""
@@ -50,7 +58,9 @@ class Rule:
             return f"the lowest weighted sum of min-max normalised objectives ({ws})"
         return (
             "the lowest TTFT HIT among feasible Pareto points whose TTFT MISS meets the criteria; "
-            f"HIT within {self.tie_pct:g} % of the best is a tie, broken by the lowest VRAM"
+            "points within noise of it on HIT (95 % bootstrap interval of the difference, "
+            "Bonferroni-corrected, contains 0) form its group, and the group member with the "
+            "fewest changes from the baseline, then the lowest VRAM, is chosen"
         )
 
 
@@ -93,6 +103,7 @@ class Recommendation:
     notes: tuple[str, ...] = field(default=())
     # image, gpus, port, volumes, pass_env, shm_size: from the profile, stored with the study
     deployment: dict[str, Any] = field(default_factory=dict)
+    group: Group | None = None  # default rule: the best group on HIT the pick was made in
 
     @property
     def vllm_command(self) -> str:
@@ -195,16 +206,63 @@ def _score(study: optuna.Study, rule: Rule, cands: list[FrozenTrial]) -> list[Fr
             return total
 
         return sorted(cands, key=lambda t: (weighted(t), t.number))
-    # default
+    # default: ordered by recommend() with the group (needs the raw samples)
+    return sorted(cands, key=lambda t: (_value(study, t, HIT), t.number))
+
+
+def _default_order(
+    study: optuna.Study, cands: list[FrozenTrial], root: Path | None
+) -> tuple[list[FrozenTrial], Group]:
+    """The default rule: best group on HIT, then fewest changes, lowest VRAM; the rest by HIT."""
+    names = _names(study)
     pool = [t for t in cands if _miss_ok(study, t)] or cands
-    best_hit = min(_value(study, t, HIT) for t in pool)
-    limit = best_hit * (1 + rule.tie_pct / 100.0)
-    ties = sorted(
-        (t for t in pool if _value(study, t, HIT) <= limit),
-        key=lambda t: (_value(study, t, VRAM) if VRAM in names else 0.0, _value(study, t, HIT)),
-    )
-    rest = sorted((t for t in cands if t not in ties), key=lambda t: _value(study, t, HIT))
-    return ties + rest
+    group = best_group(study, pool, HIT, load_observations(study, root, pool))
+    ref = reference_params(study)
+
+    def inside(t: FrozenTrial) -> tuple[float, ...]:
+        vram = _value(study, t, VRAM) if VRAM in names else 0.0
+        return (changes_from(t.params, ref), vram, _value(study, t, HIT), t.number)
+
+    chosen = sorted(group.members, key=inside)
+    rest = sorted((t for t in cands if t not in chosen), key=lambda t: _value(study, t, HIT))
+    return chosen + rest, group
+
+
+def _group_words(study: optuna.Study, group: Group, best: FrozenTrial) -> str:
+    """The group and the choice inside it, in words, with the numbers that decided."""
+    ref = reference_params(study)
+    base = "the baseline" if ref is not None else "vLLM's defaults"
+    if len(group.members) == 1:
+        return (
+            f"{_label(best)} is faster on TTFT HIT than every other candidate beyond the noise "
+            f"({group.comparisons} difference(s) tested, 95 % Bonferroni-corrected intervals "
+            "all exclude 0)."
+        )
+    nums = sorted(t.number for t in group.members)
+    listed = ", ".join(str(n) for n in nums[:-1]) + f" and {nums[-1]}"
+    how = "95 % bootstrap intervals of their differences to the fastest"
+    if not group.on_samples:
+        how = "compared on their medians (no raw samples for some of them)"
+    words = [
+        f"Trials {listed} are within noise on TTFT HIT ({how}, Bonferroni-corrected for "
+        f"{group.comparisons} comparison(s), contain 0)."
+    ]
+    n_best = changes_from(best.params, ref)
+    others = [t for t in group.members if t.number != best.number]
+    fewer = [t for t in others if changes_from(t.params, ref) > n_best]
+    if fewer:
+        words.append(
+            f"Trial {best.number} is chosen because it changes {n_best} setting(s) from {base}"
+            + ", where "
+            + ", ".join(f"trial {t.number} changes {changes_from(t.params, ref)}" for t in fewer)
+            + "."
+        )
+    else:
+        words.append(
+            f"Trial {best.number} is chosen: as few changes from {base} as any ({n_best}), "
+            "then the lowest VRAM."
+        )
+    return " ".join(words)
 
 
 def _fmt_range(t: FrozenTrial, name: str, value: float) -> str:
@@ -212,9 +270,17 @@ def _fmt_range(t: FrozenTrial, name: str, value: float) -> str:
     return f"{value:.1f} ms [{r[0]:.0f}-{r[1]:.0f}]" if r else f"{value:.1f} ms"
 
 
-def _explain(study: optuna.Study, rule: Rule, best: FrozenTrial, others: list[FrozenTrial]) -> str:
+def _explain(
+    study: optuna.Study,
+    rule: Rule,
+    best: FrozenTrial,
+    others: list[FrozenTrial],
+    group: Group | None,
+) -> str:
     names = _names(study)
     parts = [f"{_label(best)} is recommended by {rule.describe()}."]
+    if group is not None:
+        parts.append(_group_words(study, group, best))
     if HIT in names and MISS in names:
         parts.append(
             f"It measured TTFT HIT {_fmt_range(best, HIT, _value(study, best, HIT))} and "
@@ -229,31 +295,38 @@ def _explain(study: optuna.Study, rule: Rule, best: FrozenTrial, others: list[Fr
             if b:
                 diffs.append(f"{n} {a - b:+.1f} ({(a - b) / abs(b) * 100:+.1f} %)")
         sentence = f"Against {_label(o)}: " + ", ".join(diffs) + "."
-        if HIT in names and ranges_overlap(best, o, "ttft_hit"):
-            tied = rule.kind == "default" and _value(study, o, HIT) <= _value(study, best, HIT) * (
-                1 + rule.tie_pct / 100.0
+        if group is not None and o.number in group.diffs:
+            lo, hi = group.diffs[o.number]
+            inside = o.number in group.numbers
+            sentence += f" Its HIT minus the fastest's: [{lo:+.1f}, {hi:+.1f}] ms, " + (
+                "within the noise." if inside else "beyond the noise."
             )
-            sentence += (
-                " Their HIT sample ranges overlap: the HIT difference is within the noise"
-                + (
-                    ", so the choice rests on VRAM."
-                    if tied
-                    else "; re-measure both before trusting this ranking."
-                )
-            )
+        elif HIT in names and ranges_overlap(best, o, "ttft_hit"):
+            sentence += " Their HIT sample ranges overlap: the difference may be noise."
         parts.append(sentence)
     return " ".join(parts)
 
 
 def recommend(
-    study: optuna.Study, rule: Rule | None = None, server_args: list[str] | None = None
+    study: optuna.Study,
+    rule: Rule | None = None,
+    server_args: list[str] | None = None,
+    root: Path | None = None,
 ) -> Recommendation | None:
-    """The configuration to deploy, or None when no trial completed."""
+    """The configuration to deploy, or None when no trial completed.
+
+    ``root``: the study folder, where the trials' raw samples are (for the groups within noise);
+    without it the paths recorded in the trials are tried.
+    """
     rule = rule or Rule("default")
     front, feasible = pareto_trials(study)
     if not front:
         return None
-    ordered = _score(study, rule, front)
+    group: Group | None = None
+    if rule.kind == "default" and HIT in _names(study):
+        ordered, group = _default_order(study, front, root)
+    else:
+        ordered = _score(study, rule, front)
     best = ordered[0]
     notes: list[str] = []
     if not feasible:
@@ -271,8 +344,9 @@ def recommend(
         feasible=feasible,
         runners_up=tuple(ordered[1:4]),
         vllm_args=tuple([*fixed, *flags]),
-        explanation=_explain(study, rule, best, ordered[1:]),
+        explanation=_explain(study, rule, best, ordered[1:], group),
         notes=tuple(notes),
+        group=group,
         deployment=dict(study.user_attrs.get("deployment") or {}),
     )
 

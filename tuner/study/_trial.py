@@ -34,6 +34,8 @@ __all__ = [
     "TrialOutcome",
     "deploy_and_measure",
     "evaluate",
+    "intervals",
+    "precise_enough",
     "record",
     "record_failure",
     "write_json",
@@ -132,10 +134,43 @@ def set_constraints(
     trial.set_constraint("speedup", crit.min_speedup - m.speedup)
 
 
+def intervals(m: TrialMeasurement, seed: int = 0) -> dict[str, list[float]]:
+    """95 % bootstrap interval of every sampled metric of the table (seeded: repeatable)."""
+    obs = m.observations()
+    out: dict[str, list[float]] = {}
+    for name, spec in METRICS.items():
+        ci = spec.interval(obs, seed=seed)
+        if ci is not None and all(math.isfinite(v) for v in ci):
+            out[name] = [ci[0], ci[1]]
+    return out
+
+
+def precise_enough(objective: ObjectiveFile) -> Callable[[TrialMeasurement], bool] | None:
+    """The adaptive stop for ``measure``: every objective with a ``precision`` has a 95 %
+    interval whose half-width is within that fraction of its value. None: no such objective."""
+    wanted = [(METRICS[o.name], o.precision) for o in objective.objectives if o.precision]
+    wanted = [(spec, p) for spec, p in wanted if spec.stat != "value"]
+    if not wanted:
+        return None
+
+    def enough(m: TrialMeasurement) -> bool:
+        obs = m.observations()
+        for spec, precision in wanted:
+            value, ci = spec.compute(obs), spec.interval(obs)
+            if ci is None or not math.isfinite(value) or value == 0:
+                return False
+            if (ci[1] - ci[0]) / 2 > precision * abs(value):
+                return False
+        return True
+
+    return enough
+
+
 def _attrs(m: TrialMeasurement, startup_s: float) -> dict[str, Any]:
-    """Every metric of the table, plus the spread and diagnostics a report needs."""
+    """Every metric of the table, its interval, plus the spread and diagnostics a report needs."""
     obs = m.observations(startup_s)
     attrs: dict[str, Any] = {name: spec.compute(obs) for name, spec in METRICS.items()}
+    attrs.update({f"ci_{name}": ci for name, ci in intervals(m).items()})
     s = m.summary()
     mem = s["memory"]
     attrs.update(
@@ -157,6 +192,8 @@ def _attrs(m: TrialMeasurement, startup_s: float) -> dict[str, Any]:
             "kv_cache_mib": mem["kv_cache_mib"],
             "kv_cache_tokens": m.kv_cache_tokens,
             "rss_mib": mem["rss_mib"],
+            "stop_reason": s["stop_reason"],
+            "conversations": s["conversations"],
         }
     )
     return attrs
@@ -171,6 +208,7 @@ def deploy_and_measure(
     trial_dir: Path,
     workload: WorkloadSpec,
     crash_retries: int,
+    enough: Callable[[TrialMeasurement], bool] | None = None,
 ) -> Measured:
     """Start the server, wait until healthy, run the workload; the server is always stopped.
 
@@ -183,7 +221,7 @@ def deploy_and_measure(
             try:
                 endpoint = dep.start(flags, trial_dir, env)
                 startup_s = dep.wait_ready()
-                m = measure(endpoint, workload, check_alive=dep.check_alive)
+                m = measure(endpoint, workload, check_alive=dep.check_alive, enough=enough)
                 return Measured(m, startup_s, crash_retries=attempt)
             except DeployError as exc:
                 tail = exc.log_tail or dep.log_tail()
@@ -255,7 +293,7 @@ def record(
             flags=flags,
             env=dict(env or {}),
             startup_s=result.startup_s,
-            summary=m.summary(),
+            summary={**m.summary(), "intervals": intervals(m)},
             cache_config=m.cache_config,
             samples=list(m.samples),
         )
@@ -292,6 +330,7 @@ def evaluate(
         trial_dir=trial_dir,
         workload=objective.workload,
         crash_retries=crash_retries,
+        enough=precise_enough(objective),
     )
     return record(
         study, trial, result, objective=objective, flags=flags, env=env, trial_dir=trial_dir,

@@ -1,0 +1,224 @@
+"""Decisions that carry their uncertainty: groups within noise, the pick inside one, effects.
+
+Two configurations are *indistinguishable* on a metric when the bootstrap interval of the
+difference of their statistic (e.g. median HIT TTFT) contains 0, at a level corrected for the
+number of comparisons (Bonferroni). The best *group* is the best candidate and every candidate
+indistinguishable from it; inside it the pick is the one that changes fewest settings from the
+user's current configuration (the baseline seed), then the lowest VRAM. *Effects* estimate what
+each dimension does to each objective from the study's own trials, with an interval.
+
+Raw samples come from each trial's ``measurements.json`` (``tuner.schema``); a trial without
+one (an old or foreign study) falls back to its point value, so nothing is ever grouped on
+samples it does not have.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
+
+from tuner.errors import StudyError
+from tuner.metrics import METRICS, Interval, Observations, bootstrap_diff
+from tuner.schema import TrialFolder
+
+__all__ = [
+    "Effect",
+    "Group",
+    "best_group",
+    "changes_from",
+    "effects",
+    "load_observations",
+    "reference_params",
+]
+
+LEVEL = 0.95
+
+
+def load_observations(
+    study: optuna.Study, root: Path | None, trials: Sequence[FrozenTrial]
+) -> dict[int, Observations]:
+    """Raw sample series of ``trials`` from their measurements.json, where there is one.
+
+    The study folder ``root`` wins over the path recorded in the trial (another machine's, for
+    a study measured on a GPU box).
+    """
+    out: dict[int, Observations] = {}
+    for t in trials:
+        folders = []
+        if root is not None:
+            folders.append(TrialFolder.of(root, t.number))
+        if "trial_dir" in t.user_attrs:
+            folders.append(TrialFolder(Path(str(t.user_attrs["trial_dir"]))))
+        for folder in folders:
+            if folder.measurements.exists():
+                try:
+                    out[t.number] = Observations(series=folder.read_measurements().series())
+                except StudyError:
+                    continue
+                break
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """The best candidate on ``metric`` and those within noise of it."""
+
+    metric: str
+    best: FrozenTrial
+    members: tuple[FrozenTrial, ...]  # best first, then by value
+    diffs: dict[int, Interval]  # trial number -> interval of (its value - best's)
+    comparisons: int  # how many differences were tested (the Bonferroni divisor)
+    on_samples: bool  # False: some candidate had no samples; grouped by point value
+
+    @property
+    def numbers(self) -> list[int]:
+        return [t.number for t in self.members]
+
+
+def _value(study: optuna.Study, t: FrozenTrial, name: str) -> float:
+    names = list(study.metric_names or [])
+    if name in names and t.values:
+        return float(t.values[names.index(name)])
+    v = t.user_attrs.get(name)
+    return float(v) if isinstance(v, (int, float)) else math.nan
+
+
+def _sign(study: optuna.Study, name: str) -> float:
+    names = list(study.metric_names or [])
+    if name in names:
+        return -1.0 if study.directions[names.index(name)] == StudyDirection.MAXIMIZE else 1.0
+    spec = METRICS.get(name)
+    return -1.0 if spec is not None and spec.direction == "maximize" else 1.0
+
+
+def best_group(
+    study: optuna.Study,
+    candidates: Sequence[FrozenTrial],
+    metric: str,
+    observations: Mapping[int, Observations],
+    *,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> Group:
+    """The best of ``candidates`` on ``metric`` and every candidate within noise of it.
+
+    Each other candidate's difference to the best is bootstrapped at level
+    ``1 - (1 - level) / m`` for ``m`` comparisons; it joins the group when the interval
+    contains 0. A metric measured once (VRAM) has no samples: only equal values tie.
+    """
+    if not candidates:
+        raise ValueError("no candidates")
+    sign = _sign(study, metric)
+    ordered = sorted(candidates, key=lambda t: (sign * _value(study, t, metric), t.number))
+    best = ordered[0]
+    others = ordered[1:]
+    m = max(1, len(others))
+    corrected = 1.0 - (1.0 - level) / m
+    spec = METRICS.get(metric)
+    members = [best]
+    diffs: dict[int, Interval] = {}
+    on_samples = True
+    for t in others:
+        a = spec.samples(observations[t.number]) if spec and t.number in observations else []
+        b = spec.samples(observations[best.number]) if spec and best.number in observations else []
+        if spec is not None and a and b:
+            ci = bootstrap_diff(spec.stat, a, b, level=corrected, seed=seed)
+        else:
+            on_samples = False
+            d = _value(study, t, metric) - _value(study, best, metric)
+            ci = (d, d)
+        diffs[t.number] = ci
+        if ci[0] <= 0 <= ci[1]:
+            members.append(t)
+    return Group(metric, best, tuple(members), diffs, len(others), on_samples)
+
+
+def reference_params(study: optuna.Study) -> dict[str, Any] | None:
+    """The user's current configuration: the parameters of the criteria's baseline seed."""
+    crit = study.user_attrs.get("criteria") or {}
+    name = crit.get("baseline")
+    for t in study.get_trials(deepcopy=False):
+        if name is not None and t.user_attrs.get("seed_name") == name and t.params:
+            return dict(t.params)
+    return None
+
+
+def changes_from(params: Mapping[str, Any], reference: Mapping[str, Any] | None) -> int:
+    """How many settings ``params`` changes from ``reference`` (vLLM defaults: a set flag)."""
+    if reference is None:
+        # Without the user's configuration, a dimension left at null is vLLM's default.
+        return sum(v is not None for v in params.values())
+    return sum(params.get(k) != v for k, v in reference.items() if k in params)
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What setting ``dimension`` to ``value`` does to ``metric``, against the other values."""
+
+    dimension: str
+    value: Any
+    metric: str
+    delta: float  # mean of the trials at value - mean of the others
+    interval: Interval
+    n: int  # trials at value
+    n_rest: int
+
+    @property
+    def measurable(self) -> bool:
+        """The interval excludes 0 (with at least two trials on each side)."""
+        lo, hi = self.interval
+        return math.isfinite(lo) and math.isfinite(hi) and not (lo <= 0 <= hi)
+
+
+def effects(
+    study: optuna.Study,
+    trials: Sequence[FrozenTrial],
+    *,
+    level: float = LEVEL,
+    seed: int = 0,
+    resamples: int = 2000,
+) -> list[Effect]:
+    """Each dimension value's effect on each objective, from the measured trials.
+
+    The effect is the difference of the mean objective value of the trials at that value and
+    of the others, with a percentile-bootstrap interval (trials resampled within each side).
+    Booleans report one row (True against False).
+    """
+    rng = np.random.default_rng(seed)
+    names = list(study.metric_names or [])
+    dims = list(dict.fromkeys(p for t in trials for p in t.params))
+    out: list[Effect] = []
+    alpha = (1.0 - level) / 2.0
+    for d in dims:
+        values = list(dict.fromkeys(t.params.get(d) for t in trials))
+        if len(values) < 2:
+            continue
+        if set(values) == {True, False}:
+            values = [True]
+        for v in values:
+            at = [t for t in trials if t.params.get(d) == v]
+            rest = [t for t in trials if t.params.get(d) != v]
+            if not at or not rest:
+                continue
+            for name in names:
+                a = np.array([_value(study, t, name) for t in at])
+                b = np.array([_value(study, t, name) for t in rest])
+                if not (np.isfinite(a).all() and np.isfinite(b).all()):
+                    continue
+                delta = float(a.mean() - b.mean())
+                ci = (math.nan, math.nan)
+                if len(a) >= 2 and len(b) >= 2:  # one trial a side says nothing of the spread
+                    ra = a[rng.integers(0, len(a), (resamples, len(a)))].mean(axis=1)
+                    rb = b[rng.integers(0, len(b), (resamples, len(b)))].mean(axis=1)
+                    lo, hi = np.quantile(ra - rb, [alpha, 1.0 - alpha])
+                    ci = (float(lo), float(hi))
+                out.append(Effect(d, v, name, delta, ci, len(a), len(b)))
+    return out
