@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 TRIALS="${TRIALS:-4}"
 bash scripts/setup.sh
 .venv/bin/tuner demo-model studies/models/tiny-llama
-.venv/bin/tuner optimize --trials "$TRIALS" --study quickstart --profile configs/profiles/tiny_cpu.yaml
+.venv/bin/tuner optimize --trials "$TRIALS" --study quickstart --profile configs/profiles/tiny_cpu.yaml \
+  --validate-top 1 --validate-rounds 2
 .venv/bin/tuner report quickstart

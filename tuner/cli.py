@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tuner.config import (
+    ExternalConfig,
     Profile,
     SearchSpace,
     load_objective,
@@ -24,7 +26,14 @@ from tuner.config import (
     violations,
 )
 from tuner.errors import TunerError
-from tuner.study import RunSettings, StudyPaths, StudyRunner, TrialOutcome, load_study
+from tuner.study import (
+    RunSettings,
+    StudyPaths,
+    StudyRunner,
+    TrialOutcome,
+    load_study,
+    sigterm_as_interrupt,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -116,21 +125,34 @@ def optimize(
             help="deploy points the validity rules reject (checks the rules against your vLLM)",
         ),
     ] = False,
+    no_validate: Annotated[
+        bool, typer.Option("--no-validate", help="skip the validation rounds after the search")
+    ] = False,
+    validate_top: Annotated[int, typer.Option("--validate-top", min=1)] = 3,
+    validate_rounds: Annotated[int, typer.Option("--validate-rounds", min=1)] = 2,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=1, help="seconds for the whole study, validation included"),
+    ] = None,
 ) -> None:
-    """Create or resume a study and run trials until it holds TRIALS deployments."""
+    """Create or resume a study, run trials until it holds TRIALS deployments, then validate."""
     sp = load_space(space)
     prof = load_profile(profile)
+    deadline = time.monotonic() + timeout if timeout else None
     settings = RunSettings(
         n_trials=trials,
         sampler_seed=sampler_seed,
         enqueue_seeds=not no_seeds,
         precheck=not no_precheck,
         sampler=sampler,
+        deadline=deadline,
     )
     paths = StudyPaths.create(study or f"{prof.name}-{sp.name}", studies_dir, storage)
     runner = _run(paths, sp, seeds, objective, prof, settings)
     if runner.reclaimed:
         out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
+    if not no_validate and not isinstance(prof.deployer, ExternalConfig):
+        _validate(paths, sp, objective, prof, validate_top, validate_rounds, deadline)
     if keep_best:
         _keep_best(prof, sp, paths)
     out.print(f"next: tuner report {paths.name}")
@@ -184,6 +206,69 @@ def _run(
     return runner
 
 
+def _validate(
+    paths: StudyPaths,
+    sp: SearchSpace,
+    objective: Path,
+    prof: Profile,
+    top: int,
+    rounds: int,
+    deadline: float | None,
+) -> None:
+    """Redeploy the top candidates and the baseline in interleaved rounds; print the verdict."""
+    from tuner.report import recommend
+    from tuner.report.synthesis import baseline_trial
+    from tuner.study import ValidationSettings, Validator
+
+    st = load_study(paths)
+    rec = recommend(st, root=paths.root, use_validation=False)
+    if rec is None:
+        out.print("validation: no completed trial to validate")
+        return
+    candidates = [rec.trial, *rec.runners_up][:top]
+    base = baseline_trial(st)
+    if base is not None and base.number not in {c.number for c in candidates}:
+        candidates.append(base)
+    names = ", ".join(f"#{c.number}" for c in candidates)
+    out.print(f"validation: {rounds} round(s) of {names} on held-out conversations")
+    validator = Validator(
+        paths=paths,
+        space=sp,
+        objective=load_objective(objective),
+        profile=prof,
+        candidates=candidates,
+        settings=ValidationSettings(rounds=rounds, deadline=deadline),
+        on_trial_end=lambda o: out.print(_line(o)),
+    )
+    result = validator.run()
+    if result.stopped_by_deadline:
+        out.print(f"validation stopped by --timeout after {result.done}/{result.planned}")
+    final = recommend(load_study(paths), root=paths.root)
+    if final is not None and final.validation is not None:
+        out.print(final.validation.words(), markup=False, highlight=False)
+
+
+@app.command()
+def validate(
+    study: Annotated[str, typer.Argument(help="study name")],
+    top: Annotated[int, typer.Option("--top", min=1, help="candidates besides the baseline")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="deployments each")] = 2,
+    space: SpaceOpt = SPACE,
+    objective: Annotated[Path, typer.Option("--objective", help="objective YAML")] = OBJECTIVE,
+    profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
+    studies_dir: StudiesOpt = STUDIES,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=1)] = None,
+) -> None:
+    """Redeploy the top candidates and the baseline in interleaved rounds; resumable."""
+    paths = StudyPaths.create(study, studies_dir, storage)
+    load_study(paths)  # a clear error if it does not exist
+    deadline = time.monotonic() + timeout if timeout else None
+    with sigterm_as_interrupt():
+        _validate(paths, load_space(space), objective, load_profile(profile), top, rounds, deadline)
+    out.print(f"next: tuner report {paths.name}")
+
+
 @app.command()
 def sweep(
     study: Annotated[
@@ -201,7 +286,9 @@ def sweep(
     fixed = prof.server.to_args()
     valid = [p for p in sp.points() if not violations([*fixed, *sp.to_flags(p)])]
     out.print(f"{sp.name}: {len(valid)} valid points of {sp.size}")
-    settings = RunSettings(n_trials=len(valid), enqueue_seeds=False, sampler="grid")
+    settings = RunSettings(
+        n_trials=len(valid), enqueue_seeds=False, sampler="grid"
+    )  # no validation
     paths = StudyPaths.create(study or f"{prof.name}-{sp.name}-sweep", studies_dir, storage)
     _run(paths, sp, SEEDS, objective, prof, settings)
     out.print(f"next: tuner report {paths.name}")

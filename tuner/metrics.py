@@ -31,6 +31,7 @@ __all__ = [
     "Observations",
     "Stat",
     "bootstrap_diff",
+    "bootstrap_diff_grouped",
     "bootstrap_interval",
     "metric",
     "percentile",
@@ -145,6 +146,46 @@ def bootstrap_diff(
     db = _reduce_rows(stat, _resample(b, rng, resamples))
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(da - db, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def _two_stage(
+    stat: Stat, groups: Sequence[Sequence[float]], rng: np.random.Generator, resamples: int
+) -> np.ndarray:
+    """``stat`` of pooled two-stage resamples: deployments drawn with replacement, then each
+    drawn deployment's samples drawn with replacement."""
+    arrays = [np.asarray(g, dtype=float) for g in groups if len(g)]
+    out = np.empty(resamples)
+    for i in range(resamples):
+        picked = rng.integers(0, len(arrays), len(arrays))
+        pooled = np.concatenate(
+            [arrays[j][rng.integers(0, len(arrays[j]), len(arrays[j]))] for j in picked]
+        )
+        out[i] = _reduce(stat, list(pooled))
+    return out
+
+
+def bootstrap_diff_grouped(
+    stat: Stat,
+    a: Sequence[Sequence[float]],
+    b: Sequence[Sequence[float]],
+    *,
+    level: float = 0.95,
+    seed: int = 0,
+    resamples: int = 1000,
+) -> Interval:
+    """Interval of ``stat(a) - stat(b)`` where each side is several deployments' samples.
+
+    The two-stage bootstrap resamples deployments, then samples within them, so the variance
+    between deployments of the same flags is part of the interval (resampling the pooled
+    samples alone would hide it).
+    """
+    if not any(len(g) for g in a) or not any(len(g) for g in b):
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    diff = _two_stage(stat, a, rng, resamples) - _two_stage(stat, b, rng, resamples)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(diff, [alpha, 1.0 - alpha])
     return (float(lo), float(hi))
 
 

@@ -67,7 +67,9 @@ def _vllm_servers(marker: str) -> list[psutil.Process]:
 
 def test_real_three_trial_study(tmp_path: Path, model_dir: Path) -> None:
     """Three real deployments: prefix caching gives cache hits and a faster HIT; off gives 0 hits;
-    the combination vLLM refuses is rejected before deploying; no server is left running."""
+    the combination vLLM refuses is rejected before deploying; then a 2-candidate validation
+    (the pick and the baseline, 2 interleaved rounds of fresh deployments on held-out
+    conversations) decides the recommendation; no server is left running."""
     root = Path(__file__).resolve().parents[2]
     (tmp_path / "seeds.yaml").write_text(SEEDS)
     (tmp_path / "profile.yaml").write_text(PROFILE.format(model=model_dir))
@@ -91,10 +93,15 @@ def test_real_three_trial_study(tmp_path: Path, model_dir: Path) -> None:
         str(tmp_path / "objective.yaml"),
         "--studies-dir",
         str(tmp_path / "studies"),
+        "--validate-top",
+        "1",
+        "--validate-rounds",
+        "2",
     ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "3 deployments" in run.stdout
+    assert "Validated pick: trial" in run.stdout
 
     study = optuna.load_study(
         study_name="it", storage=f"sqlite:///{tmp_path / 'studies' / 'it' / 'study.db'}"
@@ -146,3 +153,21 @@ def test_real_three_trial_study(tmp_path: Path, model_dir: Path) -> None:
     assert any(
         row["name"] == "prefix_only" or row["name"] == "combined" for row in pareto["pareto"]
     )
+
+    # Validation: the search's pick and the baseline, each deployed twice, interleaved.
+    val = optuna.load_study(
+        study_name="it.validation",
+        storage=f"sqlite:///{tmp_path / 'studies' / 'it' / 'study.db'}",
+    )
+    done = [x for x in val.trials if x.state == TrialState.COMPLETE]
+    assert len(done) == 4, [x.user_attrs for x in val.trials]
+    assert [x.user_attrs["round"] for x in done] == [0, 0, 1, 1]
+    assert len({x.user_attrs["candidate"] for x in done}) == 2
+    assert val.user_attrs["workload_seed"] != 7  # held-out conversations
+    base = [x for x in done if x.user_attrs.get("seed_name") == "baseline_reference"]
+    assert len(base) == 2
+    assert all(x.user_attrs["hit_rate_hit"] == 0.0 for x in base)
+    md = (tmp_path / "studies" / "it" / "report.md").read_text()
+    assert "## Validation" in md
+    assert "Validated pick: trial" in md
+    assert _vllm_servers(str(model_dir)) == []

@@ -124,6 +124,8 @@ class ReplayConfig(StrictModel):
     surface: Path
     seed: int = 0  # which recorded samples each request draws
     time_scale: float = Field(default=1.0, ge=0)  # 1: recorded latencies; 0: no waiting at all
+    # relative sd of a per-deployment latency factor: deployment-to-deployment variance
+    deployment_noise: float = Field(default=0.0, ge=0, lt=1)
     crash_retries: int = 0
 
 

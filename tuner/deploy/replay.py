@@ -51,10 +51,14 @@ class ReplayDeployer(InProcessDeployer):
         note = p.error if p else "configuration not in the recorded surface"
         self._log_path.write_text(f"replay of {self._cfg.surface}: {status} {note}\n")
         write_json(folder.command, {"replay": list(flags), "env": dict(env or {})})
-        # Seeded per deployment: the same study with the same seed replays the same samples.
-        seed = f"{self._cfg.seed}:{self._starts}:{p.key if p else ''}"
+        # Seeded per deployment (the trial folder names it: trials/0003, validation/trials/0001):
+        # the same study with the same seed replays the same samples, and every deployment of
+        # one configuration draws its own.
+        where = "/".join(workdir.parts[-3:])
+        seed = f"{self._cfg.seed}:{where}:{self._starts}:{p.key if p else ''}"
         name = self._profile.server.model_name
-        self._server = SimulatedServer(ReplayEngine(p, name, seed, self._cfg.time_scale))
+        engine = ReplayEngine(p, name, seed, self._cfg.time_scale, self._cfg.deployment_noise)
+        self._server = SimulatedServer(engine)
         return Endpoint(
             base_url=self._server.base_url,
             model=name,

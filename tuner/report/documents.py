@@ -23,6 +23,7 @@ from tuner.report.synthesis import (
     baseline_trial,
     dimension_titles,
     failures_by_reason,
+    name_of,
     quality_warnings,
     synthesis_frame,
 )
@@ -168,6 +169,42 @@ def _group_lines(rep: Report) -> list[str]:
     return lines
 
 
+def validation_frame(rep: Report) -> pd.DataFrame:
+    """Search values beside validation values, per candidate."""
+    rec = rep.recommendation
+    v = rec.validation if rec else None
+    if v is None:
+        return pd.DataFrame()
+    rows = []
+    for r in v.results:
+        c = r.candidate
+        lo_hi = v.diffs.get(c.number)
+        rows.append(
+            {
+                "trial": c.number,
+                "config": name_of(c),
+                "search HIT ms": c.user_attrs.get("ttft_hit_ms"),
+                "validation HIT ms": r.value,
+                "per deployment": ", ".join(f"{x:.1f}" for x in r.per_deployment) or "–",
+                "vs fastest": "–" if lo_hi is None else f"[{lo_hi[0]:+.1f}, {lo_hi[1]:+.1f}]",
+                "failed": ", ".join(r.failed) or "–",
+                "role": "baseline" if r.is_baseline else (
+                    "pick" if v.pick and v.pick.candidate.number == c.number
+                    else ("in group" if c.number in v.group else "")
+                ),
+            }
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _validation_lines(rep: Report) -> list[str]:
+    rec = rep.recommendation
+    if rec is None or rec.validation is None:
+        return ["Not validated: run `tuner validate STUDY` (redeploys the top candidates and "
+                "the baseline in interleaved rounds on held-out conversations)."]  # fmt: skip
+    return [rec.validation.words(), "", md_table(validation_frame(rep))]
+
+
 def render_markdown(rep: Report) -> str:
     """report.md: recommendation, criteria, front, all trials, quality, failures."""
     st = rep.study
@@ -181,6 +218,10 @@ def render_markdown(rep: Report) -> str:
         "## Recommendation",
         "",
         *_rec_lines(rep.recommendation),
+        "",
+        "## Validation",
+        "",
+        *_validation_lines(rep),
         "",
         "## Success criteria",
         "",
@@ -252,6 +293,11 @@ def render_html(rep: Report) -> str:
             ("docker run", rec.docker_run),
         ):
             body.append(f"<h3>{esc(title)}</h3><pre>{esc(text)}</pre>")
+    body.append("<h2>Validation</h2>")
+    if rec is not None and rec.validation is not None:
+        body.append(f"<p>{esc(rec.validation.words())}</p>" + _df_html(validation_frame(rep)))
+    else:
+        body.append(f"<p>{esc(_validation_lines(rep)[0])}</p>")
     body.append("<h2>Success criteria</h2><pre>" + esc("\n".join(_criteria_lines(rep))) + "</pre>")
     body.append("<h2>Pareto front</h2>")
     body.append(_df_html(_front_frame(rep)) if rep.front else "<p>No completed trial.</p>")

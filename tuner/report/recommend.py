@@ -35,6 +35,7 @@ from tuner.report.decide import (
 )
 from tuner.report.pareto import pareto_trials
 from tuner.report.synthesis import ranges_overlap, sample_range
+from tuner.report.validation import ValidationSummary, load_validation, summarize_validation
 
 __all__ = ["Recommendation", "Rule", "parse_rule", "recommend"]
 
@@ -104,6 +105,7 @@ class Recommendation:
     # image, gpus, port, volumes, pass_env, shm_size: from the profile, stored with the study
     deployment: dict[str, Any] = field(default_factory=dict)
     group: Group | None = None  # default rule: the best group on HIT the pick was made in
+    validation: ValidationSummary | None = None  # what the validation rounds found, if run
 
     @property
     def vllm_command(self) -> str:
@@ -312,11 +314,15 @@ def recommend(
     rule: Rule | None = None,
     server_args: list[str] | None = None,
     root: Path | None = None,
+    *,
+    use_validation: bool = True,
 ) -> Recommendation | None:
     """The configuration to deploy, or None when no trial completed.
 
     ``root``: the study folder, where the trials' raw samples are (for the groups within noise);
-    without it the paths recorded in the trials are tried.
+    without it the paths recorded in the trials are tried. With the default rule and a
+    validation study (``tuner validate``), the pick is the validated one and the explanation
+    starts with what validation found (``use_validation=False``: the search's own pick).
     """
     rule = rule or Rule("default")
     front, feasible = pareto_trials(study)
@@ -328,7 +334,16 @@ def recommend(
     else:
         ordered = _score(study, rule, front)
     best = ordered[0]
+    validated: ValidationSummary | None = None
+    vstudy = load_validation(study) if use_validation and rule.kind == "default" else None
+    if vstudy is not None:
+        validated = summarize_validation(study, vstudy, root, search_pick=best.number)
+        if validated.pick is not None:
+            best = validated.pick.candidate
+            ordered = [best, *(t for t in ordered if t.number != best.number)]
     notes: list[str] = []
+    if validated is not None and validated.held is False:
+        notes.append(f"the search's pick (trial {validated.search_pick}) did not hold")
     if not feasible:
         notes.append(
             "no trial meets the success criteria: chosen from the Pareto front of all trials"
@@ -344,9 +359,11 @@ def recommend(
         feasible=feasible,
         runners_up=tuple(ordered[1:4]),
         vllm_args=tuple([*fixed, *flags]),
-        explanation=_explain(study, rule, best, ordered[1:], group),
+        explanation=(validated.words() + " " if validated else "")
+        + _explain(study, rule, best, ordered[1:], group),
         notes=tuple(notes),
         group=group,
+        validation=validated,
         deployment=dict(study.user_attrs.get("deployment") or {}),
     )
 

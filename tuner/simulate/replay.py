@@ -19,16 +19,24 @@ __all__ = ["ReplayEngine"]
 class ReplayEngine(EngineCounters):
     """Recorded latencies for ``point`` (None: a configuration the surface does not hold).
 
-    ``seed`` picks the draws; ``time_scale`` stretches them (0: answer at once).
+    ``seed`` picks the draws; ``time_scale`` stretches them (0: answer at once);
+    ``deployment_noise`` is the relative standard deviation of one factor drawn per deployment
+    and applied to every latency it serves (two deployments of the same flags differ).
     """
 
     def __init__(
-        self, point: SurfacePoint | None, name: str, seed: str, time_scale: float = 1.0
+        self,
+        point: SurfacePoint | None,
+        name: str,
+        seed: str,
+        time_scale: float = 1.0,
+        deployment_noise: float = 0.0,
     ) -> None:
         super().__init__(name)
         self.point = point
         self.time_scale = time_scale
         self.rng = random.Random(seed)
+        self.factor = max(0.1, self.rng.gauss(1.0, deployment_noise)) if deployment_noise else 1.0
         self.seen: set[str] = set()
 
     def admit(self, prompt: str) -> Admission:
@@ -41,6 +49,6 @@ class ReplayEngine(EngineCounters):
             samples = (p.hit_ms if hit else p.miss_ms) if p else []
             ms = self.rng.choice(samples) if samples else 1.0
             cached = int(len(words) * p.hit_rate) if hit and p is not None else 0
-            seconds = ms / 1000.0 * self.time_scale
+            seconds = ms * self.factor / 1000.0 * self.time_scale
             self._count(len(words), cached, seconds)
         return Admission(seconds, len(words), cached)

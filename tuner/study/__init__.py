@@ -5,6 +5,12 @@ from __future__ import annotations
 from tuner.study._trial import TrialOutcome
 from tuner.study.runner import RunResult, RunSettings, StudyRunner, sigterm_as_interrupt
 from tuner.study.storage import StudyPaths, load_study
+from tuner.study.validate import (
+    ValidationResult,
+    ValidationSettings,
+    Validator,
+    validation_name,
+)
 
 __all__ = [
     "RunResult",
@@ -12,6 +18,10 @@ __all__ = [
     "StudyPaths",
     "StudyRunner",
     "TrialOutcome",
+    "ValidationResult",
+    "ValidationSettings",
+    "Validator",
     "load_study",
     "sigterm_as_interrupt",
+    "validation_name",
 ]

@@ -34,6 +34,7 @@ __all__ = [
     "TrialOutcome",
     "deploy_and_measure",
     "evaluate",
+    "fail_stale",
     "intervals",
     "precise_enough",
     "record",
@@ -102,6 +103,13 @@ def record_failure(
         TrialFolder(trial_dir).write_failure(reason, message, log_tail)
     study.tell(trial, state=TrialState.FAIL)
     log.info("trial=%d state=fail reason=%s error=%s", trial.number, reason, message)
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Mark RUNNING trials ``interrupted``: at start-up they belong to a run killed hard."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial = optuna.Trial(study, t._trial_id)
+        record_failure(study, trial, "interrupted", "the run holding this trial was killed")
 
 
 def _baseline(study: optuna.Study, name: str) -> optuna.trial.FrozenTrial | None:

@@ -33,7 +33,7 @@ from tuner.config.space import ParamValue, SearchSpace
 from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import ConfigError, StudyError
-from tuner.study._trial import TrialOutcome, evaluate, record_failure
+from tuner.study._trial import TrialOutcome, evaluate, fail_stale, record_failure
 from tuner.study.sampling import SamplerContext, SamplerFactory, default_sampler, front_params
 from tuner.study.storage import StudyPaths, open_storage
 
@@ -58,6 +58,8 @@ class RunSettings:
     sampler: str = "tpe"  # tpe | tpe-independent | grid (tuner sweep) | random | nsga2
     # Never let the sampler propose a point the study already holds (or a known-invalid one).
     fresh: bool = True
+    # time.monotonic() after which no new deployment starts (--timeout); None: no limit.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ class RunResult:
     new_trials: int  # trials created by this run (all states)
     exhausted: bool  # every valid point of the space has been evaluated
     outcomes: tuple[TrialOutcome, ...]
+    stopped_by_deadline: bool = False  # --timeout came before --trials
 
 
 @contextlib.contextmanager
@@ -199,12 +202,6 @@ class StudyRunner:
             study.set_user_attr("deployment", deployment)
         return study
 
-    def _recover_stale(self, study: optuna.Study) -> None:
-        # A RUNNING trial at start-up belongs to a run that was killed hard (kill -9, power).
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            trial = optuna.Trial(study, t._trial_id)
-            record_failure(study, trial, "interrupted", "the run holding this trial was killed")
-
     def _enqueue_seeds(self, study: optuna.Study) -> None:
         if self._external:
             return
@@ -234,7 +231,7 @@ class StudyRunner:
         """
         external_params = self._external_params() if self._external else None
         study = self.open_study()
-        self._recover_stale(study)
+        fail_stale(study)  # a RUNNING trial now belongs to a run killed hard
         # Containers (or a rewritten compose file) a hard-killed earlier run left behind.
         self.reclaimed = cleanup_stale(self.profile, self.paths.name)
         if self.settings.enqueue_seeds:
@@ -263,6 +260,8 @@ class StudyRunner:
             while deployed < target:
                 if not self._external and valid.keys() <= evaluated.keys():
                     return self._result(study, deployed, outcomes, exhausted=True)
+                if self.settings.deadline is not None and time.monotonic() > self.settings.deadline:
+                    return self._result(study, deployed, outcomes, exhausted=False, late=True)
                 out = self._one(study, evaluated)
                 outcomes.append(out)
                 if self._on_end is not None:
@@ -310,9 +309,15 @@ class StudyRunner:
         return key in self._valid and key not in self._evaluated
 
     def _result(
-        self, study: optuna.Study, deployed: int, outcomes: list[TrialOutcome], *, exhausted: bool
+        self,
+        study: optuna.Study,
+        deployed: int,
+        outcomes: list[TrialOutcome],
+        *,
+        exhausted: bool,
+        late: bool = False,
     ) -> RunResult:
-        return RunResult(self.paths.name, deployed, len(outcomes), exhausted, tuple(outcomes))
+        return RunResult(self.paths.name, deployed, len(outcomes), exhausted, tuple(outcomes), late)
 
     def _external_params(self) -> dict[str, ParamValue]:
         assert isinstance(self.profile.deployer, ExternalConfig)

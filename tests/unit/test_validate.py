@@ -1,0 +1,202 @@
+"""Validation rounds on the simulated and replay deployers: plan, held-out conversations,
+interrupt and resume, the validated pick and a pick that does not hold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import ROOT
+from tuner.config import ObjectiveFile, Profile, ReplayConfig, ServerArgs
+from tuner.config.seeds import Seed
+from tuner.config.space import SearchSpace
+from tuner.deploy.fake import FakeDeployer
+from tuner.report import recommend
+from tuner.report.synthesis import baseline_trial
+from tuner.schema import MeasurementsDoc, RequestRecord, TrialFolder
+from tuner.study import (
+    RunSettings,
+    StudyPaths,
+    StudyRunner,
+    ValidationSettings,
+    Validator,
+    load_study,
+)
+from tuner.study._trial import TrialOutcome
+from tuner.testing import fake_profile
+
+
+def _search(root: Path, space: SearchSpace, seeds: Sequence[Seed], obj: ObjectiveFile,
+            profile: Profile, n: int) -> StudyPaths:  # fmt: skip
+    paths = StudyPaths.create("v", root)
+    StudyRunner(
+        paths=paths,
+        space=space,
+        seeds=tuple(seeds),
+        objective=obj,
+        profile=profile,
+        settings=RunSettings(n_trials=n, sampler_seed=0),
+    ).run()
+    return paths
+
+
+def _validator(paths: StudyPaths, space: SearchSpace, obj: ObjectiveFile, profile: Profile,
+               **kw: Any) -> Validator:  # fmt: skip
+    study = load_study(paths)
+    rec = recommend(study, root=paths.root, use_validation=False)
+    assert rec is not None
+    base = baseline_trial(study)
+    assert base is not None
+    # the search's pick, another measured configuration (the front's size is the noise's
+    # call), and the baseline
+    other = next(
+        t
+        for t in study.trials
+        if t.state == TrialState.COMPLETE
+        and t.number not in (rec.trial.number, base.number)
+        and "duplicate_of" not in t.user_attrs
+    )
+    return Validator(
+        paths=paths,
+        space=space,
+        objective=obj,
+        profile=profile,
+        candidates=[rec.trial, other, base],
+        settings=ValidationSettings(rounds=2),
+        **kw,
+    )
+
+
+def _validation(paths: StudyPaths) -> optuna.Study:
+    return optuna.load_study(study_name="v.validation", storage=paths.storage_url)
+
+
+class _InterruptOnThird(FakeDeployer):
+    starts = 0
+
+    def wait_ready(self) -> float:
+        type(self).starts += 1
+        if type(self).starts == 3:
+            raise KeyboardInterrupt
+        return super().wait_ready()
+
+
+def test_rounds_are_interleaved_and_held_out(
+    tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+) -> None:
+    """Top 2 + baseline, 2 rounds: 6 fresh deployments in the order A B base A B base, in the
+    linked study, on another workload seed; the report's pick comes from them."""
+    profile = fake_profile()
+    paths = _search(tmp_path, space, seeds, objective, profile, 5)
+    result = _validator(paths, space, objective, profile).run()
+    assert (result.planned, result.done) == (6, 6)
+    val = _validation(paths)
+    assert [t.state for t in val.trials] == [TrialState.COMPLETE] * 6
+    order = [(t.user_attrs["round"], t.user_attrs["candidate"]) for t in val.trials]
+    cands = [c for _, c in order[:3]]
+    assert order == [(r, c) for r in (0, 1) for c in cands]
+    assert val.user_attrs["workload_seed"] == objective.workload.seed + 1
+    assert all(t.user_attrs["phase"] == "validation" for t in val.trials)
+    folder = TrialFolder.of(paths.root / "validation", 0)
+    assert folder.read_measurements().samples
+    rec = recommend(load_study(paths), root=paths.root)
+    assert rec is not None
+    assert rec.validation is not None
+    assert rec.validation.pick is not None
+    assert rec.trial.number == rec.validation.pick.candidate.number
+    assert rec.explanation.startswith("Validated pick: trial")
+    assert len(rec.validation.pick.per_deployment) == 2
+
+
+def test_interrupt_then_resume(
+    tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+) -> None:
+    """Ctrl-C on the third deployment: two done, the third 'interrupted'; the same call again
+    runs the four left (the interrupted one again), nothing twice."""
+    profile = fake_profile()
+    paths = _search(tmp_path, space, seeds, objective, profile, 4)
+    with pytest.raises(KeyboardInterrupt):
+        _validator(paths, space, objective, profile, deployer_factory=_InterruptOnThird).run()
+    val = _validation(paths)
+    assert [t.state for t in val.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL]
+    assert val.trials[2].user_attrs["reason"] == "interrupted"
+    again = _validator(paths, space, objective, profile).run()
+    assert (again.planned, again.done, len(again.outcomes)) == (6, 6, 4)
+    val = _validation(paths)
+    done = [(t.user_attrs["round"], t.user_attrs["candidate"]) for t in val.trials
+            if t.state == TrialState.COMPLETE]  # fmt: skip
+    assert len(done) == len(set(done)) == 6
+
+
+def test_replayed_candidates(tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...],
+                             objective: ObjectiveFile) -> None:  # fmt: skip
+    """On the replay deployer (recorded H100 latencies, 1/100 of real time) each validation
+    deployment of a candidate draws its own recorded samples."""
+    surface = ROOT / "benchmarks" / "data" / "h100_llama6b.json"
+    profile = Profile(
+        name="replay",
+        server=ServerArgs(model="m", max_model_len=16384),
+        deployer=ReplayConfig(surface=surface, time_scale=0.01),
+    )
+    paths = _search(tmp_path, space, seeds[:4], objective, profile, 4)
+    result = _validator(paths, space, objective, profile).run()
+    assert result.done == 6
+    by_cand: dict[int, list[list[float | None]]] = {}
+    for t in _validation(paths).trials:
+        doc = TrialFolder(Path(t.user_attrs["trial_dir"])).read_measurements()
+        draws = [x.server_ttft_ms for x in doc.samples if x.kind == "hit"]
+        by_cand.setdefault(t.user_attrs["candidate"], []).append(draws)
+    assert all(len(v) == 2 for v in by_cand.values())
+    assert any(a != b for a, b in by_cand.values())
+
+
+def _scripted(hit_by_candidate: dict[int, float]) -> Any:
+    """A validation evaluator that measures each candidate at a scripted HIT (no server)."""
+    rng = np.random.default_rng(0)
+
+    def evaluate(study: optuna.Study, trial: optuna.Trial, *, trial_dir: Path, flags: list[str],
+                 **_: Any) -> TrialOutcome:  # fmt: skip
+        hit = list(rng.normal(hit_by_candidate[trial.user_attrs["candidate"]], 2.0, 20))
+        recs = [RequestRecord(i, 1, "hit", x, x, 10, 2, 0.0, 0.0, 0.0, None)
+                for i, x in enumerate(hit)]  # fmt: skip
+        TrialFolder(trial_dir).write_measurements(
+            MeasurementsDoc(
+                trial=trial.number,
+                params=dict(trial.params),
+                flags=flags,
+                startup_s=0.0,
+                summary={},
+                samples=recs,
+            )  # fmt: skip
+        )
+        trial.set_user_attr("vram_mib", 1000.0)
+        study.tell(trial, [float(np.median(hit)), 200.0, 1000.0])
+        return TrialOutcome(trial.number, dict(trial.params), "complete", deployed=True)
+
+    return evaluate
+
+
+def test_a_pick_that_does_not_hold_is_flagged(
+    tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+) -> None:
+    """When the search's pick measures slower than a runner-up beyond the noise on fresh
+    deployments, the runner-up is recommended and the report says the pick did not hold."""
+    profile = fake_profile()
+    paths = _search(tmp_path, space, seeds, objective, profile, 5)
+    validator = _validator(paths, space, objective, profile)
+    pick, runner, base = (c.number for c in validator.candidates)
+    script = {pick: 150.0, runner: 100.0, base: 300.0}
+    _validator(paths, space, objective, profile, evaluator=_scripted(script)).run()
+    final = recommend(load_study(paths), root=paths.root)
+    assert final is not None
+    assert final.validation is not None
+    assert final.trial.number == runner
+    assert final.validation.held is False
+    assert "did NOT hold" in final.explanation
+    assert any("did not hold" in n for n in final.notes)

@@ -1,0 +1,164 @@
+"""What the validation rounds say: each candidate over fresh deployments, the validated pick.
+
+Reads the linked ``NAME.validation`` study (``tuner.study.validate``) and the raw samples of its
+trials. A candidate's validated value is the median of its samples pooled over its deployments;
+differences to the fastest carry a two-stage bootstrap interval (deployments, then samples), so
+deployment-to-deployment variance is in it. The validated pick is chosen like the search's
+default rule: the best group on TTFT HIT, then the fewest changes from the baseline, then the
+lowest VRAM; the search's pick *held* when it is in that group.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.metrics import METRICS, Interval, bootstrap_diff_grouped
+from tuner.report.decide import changes_from, load_observations, reference_params
+
+__all__ = ["CandidateResult", "ValidationSummary", "load_validation", "summarize_validation"]
+
+HIT = "ttft_hit_ms"
+SUFFIX = ".validation"  # tuner.study.validate.VALIDATION_SUFFIX (study is not imported here)
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateResult:
+    """One candidate's validation: its search trial and its fresh deployments."""
+
+    candidate: FrozenTrial
+    deployments: tuple[FrozenTrial, ...]  # completed validation trials
+    failed: tuple[str, ...]  # reasons of failed deployments
+    samples: tuple[tuple[float, ...], ...]  # HIT samples per deployment
+    is_baseline: bool
+
+    @property
+    def value(self) -> float:
+        """Median HIT over every deployment's samples pooled (NaN when none completed)."""
+        pooled = [x for s in self.samples for x in s]
+        return statistics.median(pooled) if pooled else math.nan
+
+    @property
+    def per_deployment(self) -> list[float]:
+        """Each deployment's median HIT, in round order: the spread between deployments."""
+        return [statistics.median(s) for s in self.samples if s]
+
+    @property
+    def vram(self) -> float:
+        xs = [float(t.user_attrs.get("vram_mib", math.nan)) for t in self.deployments]
+        return statistics.fmean(xs) if xs else math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationSummary:
+    """The validation's verdict."""
+
+    results: tuple[CandidateResult, ...]
+    group: tuple[int, ...]  # candidate numbers within noise of the fastest
+    diffs: dict[int, Interval]  # candidate -> interval of (its HIT - the fastest's)
+    pick: CandidateResult | None
+    search_pick: int | None
+    planned: int
+    done: int
+
+    @property
+    def held(self) -> bool | None:
+        """Whether the search's pick is in the validated best group (None: nothing to say)."""
+        if self.search_pick is None or self.pick is None:
+            return None
+        return self.search_pick in self.group
+
+    def words(self) -> str:
+        """The verdict as the report prints it."""
+        if self.pick is None:
+            return "Validation has no completed deployment of a candidate yet."
+        n = self.pick.candidate.number
+        parts = [
+            f"Validated pick: trial {n} (HIT {self.pick.value:.1f} ms over "
+            f"{len(self.pick.deployments)} fresh deployment(s), held-out conversations)."
+        ]
+        if len(self.group) > 1:
+            listed = ", ".join(str(g) for g in sorted(self.group))
+            parts.append(
+                f"Trials {listed} are within noise on HIT in validation (two-stage bootstrap "
+                "over deployments and samples, Bonferroni-corrected); the pick changes the "
+                "fewest settings from the baseline, then uses the least VRAM."
+            )
+        held = self.held
+        if held is True:
+            parts.append(f"The search's pick (trial {self.search_pick}) held.")
+        elif held is False:
+            parts.append(
+                f"The search's pick (trial {self.search_pick}) did NOT hold: it is slower than "
+                f"trial {n} beyond the noise once redeployed."
+            )
+        if self.done < self.planned:
+            parts.append(f"Only {self.done} of {self.planned} planned deployments ran.")
+        return " ".join(parts)
+
+
+def load_validation(study: optuna.Study) -> optuna.Study | None:
+    """The linked validation study in ``study``'s storage, if one was run."""
+    name = study.study_name + SUFFIX
+    # Optuna exposes a loaded study's storage only as ``_storage``; the linked study lives there.
+    storage = study._storage
+    if name not in optuna.study.get_all_study_names(storage=storage):
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def summarize_validation(
+    search: optuna.Study,
+    validation: optuna.Study,
+    root: Path | None,
+    search_pick: int | None = None,
+    *,
+    seed: int = 0,
+) -> ValidationSummary:
+    """Group the candidates on their validation deployments and choose the validated pick."""
+    trials = validation.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in search.get_trials(deepcopy=False)}
+    base_name = (search.user_attrs.get("criteria") or {}).get("baseline")
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    obs = load_observations(validation, root / "validation" if root else None, done)
+    spec = METRICS[HIT]
+    results: list[CandidateResult] = []
+    for number in dict.fromkeys(int(t.user_attrs["candidate"]) for t in trials):
+        cand = by_number[number]
+        mine = [t for t in trials if t.user_attrs.get("candidate") == number]
+        ok = tuple(t for t in mine if t.state == TrialState.COMPLETE)
+        failed = tuple(
+            str(t.user_attrs.get("reason"))
+            for t in mine
+            if t.state == TrialState.FAIL and t.user_attrs.get("reason") != "interrupted"
+        )
+        samples = tuple(tuple(spec.samples(obs[t.number])) for t in ok if t.number in obs)
+        is_base = base_name is not None and cand.user_attrs.get("seed_name") == base_name
+        results.append(CandidateResult(cand, ok, failed, samples, is_base))
+    contenders = [r for r in results if not r.is_baseline and r.samples]
+    planned_rounds = max((int(t.user_attrs.get("round", 0)) for t in trials), default=-1) + 1
+    planned = planned_rounds * len(results)
+    finished = sum(1 for t in trials if t.state == TrialState.COMPLETE) + sum(
+        len(r.failed) for r in results
+    )
+    if not contenders:
+        return ValidationSummary(tuple(results), (), {}, None, search_pick, planned, finished)
+    ordered = sorted(contenders, key=lambda r: (r.value, r.candidate.number))
+    best = ordered[0]
+    level = 1.0 - 0.05 / max(1, len(ordered) - 1)
+    diffs: dict[int, Interval] = {}
+    group = [best]
+    for r in ordered[1:]:
+        ci = bootstrap_diff_grouped(spec.stat, r.samples, best.samples, level=level, seed=seed)
+        diffs[r.candidate.number] = ci
+        if ci[0] <= 0 <= ci[1]:
+            group.append(r)
+    ref = reference_params(search)
+    pick = min(group, key=lambda r: (changes_from(r.candidate.params, ref), r.vram, r.value))
+    numbers = tuple(r.candidate.number for r in group)
+    return ValidationSummary(tuple(results), numbers, diffs, pick, search_pick, planned, finished)

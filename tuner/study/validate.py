@@ -1,0 +1,202 @@
+"""Validation phase: redeploy the top candidates and the baseline in interleaved rounds.
+
+A search ranks configurations on one deployment each, measured on the conversations the search
+used; deployment-to-deployment variance (the same flags measured 20 ms apart on two
+deployments) is invisible there. Validation redeploys each candidate ``rounds`` times, a fresh
+deployment every time, interleaved (``A B C base, A B C base, ...``) so that drift of the
+machine hits every candidate alike, on held-out conversations (another workload seed). The
+trials go to a linked study, ``NAME.validation``, in the same storage: the dashboard shows them
+and a killed or interrupted validation resumes where it stopped.
+
+Which candidates to validate is the caller's choice (the CLI asks ``tuner.report.recommend``);
+what the validation data say is read back by ``tuner.report.validation``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.config.objective import ObjectiveFile
+from tuner.config.profile import Profile
+from tuner.config.space import SearchSpace
+from tuner.deploy import make_deployer
+from tuner.deploy.base import Deployer
+from tuner.errors import StudyError
+from tuner.schema import TrialFolder
+from tuner.study._trial import TrialOutcome, evaluate, fail_stale, record_failure
+from tuner.study.runner import sigterm_as_interrupt
+from tuner.study.storage import StudyPaths, open_storage
+
+__all__ = [
+    "VALIDATION_SUFFIX",
+    "ValidationResult",
+    "ValidationSettings",
+    "Validator",
+    "validation_name",
+]
+
+log = logging.getLogger("tuner.study")
+
+VALIDATION_SUFFIX = ".validation"
+
+
+def validation_name(study_name: str) -> str:
+    """The linked study that holds ``study_name``'s validation trials."""
+    return study_name + VALIDATION_SUFFIX
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationSettings:
+    """How many rounds, and which conversations (``workload_seed``: None = search seed + 1)."""
+
+    rounds: int = 2
+    workload_seed: int | None = None
+    deadline: float | None = None  # time.monotonic() after which no deployment starts
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    """What a validation run did: the plan's size, what is done, this run's trials."""
+
+    study_name: str
+    planned: int
+    done: int
+    outcomes: tuple[TrialOutcome, ...]
+    stopped_by_deadline: bool = False
+
+
+class Validator:
+    """Runs the validation plan of ``candidates`` (search trial numbers, baseline included)."""
+
+    def __init__(
+        self,
+        *,
+        paths: StudyPaths,
+        space: SearchSpace,
+        objective: ObjectiveFile,
+        profile: Profile,
+        candidates: Sequence[FrozenTrial],
+        settings: ValidationSettings,
+        deployer_factory: Callable[[Profile], Deployer] | None = None,
+        evaluator: Callable[..., TrialOutcome] = evaluate,
+        on_trial_end: Callable[[TrialOutcome], None] | None = None,
+    ) -> None:
+        if not candidates:
+            raise StudyError("nothing to validate: the study has no completed trial")
+        self.paths = paths
+        self.space = space
+        self.profile = profile
+        self.candidates = list(candidates)
+        self.settings = settings
+        seed = settings.workload_seed
+        workload = objective.workload
+        held_out = workload.seed + 1 if seed is None else seed
+        if held_out == workload.seed:
+            raise StudyError("validation must use held-out conversations: another workload seed")
+        self.objective = objective.model_copy(
+            update={"workload": workload.model_copy(update={"seed": held_out})}
+        )
+        self._factory = deployer_factory or functools.partial(
+            make_deployer, managed_flags=space.managed_flags
+        )
+        self._evaluate = evaluator
+        self._on_end = on_trial_end
+
+    def plan(self) -> list[tuple[int, FrozenTrial]]:
+        """(round, candidate) in the order they are deployed: round after round."""
+        return [(r, c) for r in range(self.settings.rounds) for c in self.candidates]
+
+    def open_study(self) -> optuna.Study:
+        """Create or load ``NAME.validation`` next to the search study."""
+        name = validation_name(self.paths.name)
+        study = optuna.create_study(
+            study_name=name,
+            storage=open_storage(self.paths.storage_url),
+            directions=[o.direction for o in self.objective.objectives],
+            sampler=optuna.samplers.RandomSampler(seed=0),  # every trial is enqueued
+            load_if_exists=True,
+        )
+        if "search_study" not in study.user_attrs:
+            with warnings.catch_warnings():
+                # set_metric_names is marked experimental; the dashboard shows the names.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([o.name for o in self.objective.objectives])
+            study.set_user_attr("search_study", self.paths.name)
+            study.set_user_attr("phase", "validation")
+            study.set_user_attr("workload_seed", self.objective.workload.seed)
+            criteria = self.objective.criteria
+            if criteria is not None:
+                study.set_user_attr("criteria", criteria.model_dump())
+        return study
+
+    def run(self) -> ValidationResult:
+        """Deploy what the plan still lacks; Ctrl-C / SIGTERM stop it, resumable."""
+        study = self.open_study()
+        fail_stale(study)
+        done = {
+            (t.user_attrs.get("round"), t.user_attrs.get("candidate"))
+            for t in study.get_trials(deepcopy=False)
+            if t.state == TrialState.COMPLETE
+            or (t.state == TrialState.FAIL and t.user_attrs.get("reason") != "interrupted")
+        }
+        outcomes: list[TrialOutcome] = []
+        plan = self.plan()
+        late = False
+        with sigterm_as_interrupt():
+            for rnd, cand in plan:
+                if (rnd, cand.number) in done:
+                    continue
+                deadline = self.settings.deadline
+                if deadline is not None and time.monotonic() > deadline:
+                    late = True
+                    break
+                out = self._one(study, rnd, cand)
+                done.add((rnd, cand.number))
+                outcomes.append(out)
+                if self._on_end is not None:
+                    self._on_end(out)
+        finished = sum((r, c.number) in done for r, c in plan)
+        return ValidationResult(study.study_name, len(plan), finished, tuple(outcomes), late)
+
+    def _one(self, study: optuna.Study, rnd: int, cand: FrozenTrial) -> TrialOutcome:
+        attrs: dict[str, Any] = {"phase": "validation", "round": rnd, "candidate": cand.number}
+        seed = cand.user_attrs.get("seed_name")
+        if seed:
+            attrs["seed_name"] = seed
+        study.enqueue_trial(dict(cand.params), user_attrs=attrs)
+        trial = study.ask()
+        params = {
+            d.name: trial.suggest_categorical(d.name, list(d.values)) for d in self.space.dimensions
+        }
+        flags = self.space.to_flags(params)
+        env = self.space.to_env(params)
+        folder = TrialFolder.of(self.paths.root / "validation", trial.number)
+        trial.set_user_attr("flags", flags)
+        trial.set_user_attr("deployed", True)
+        trial.set_user_attr("trial_dir", str(folder.path))
+        log.info("validation round=%d candidate=%d trial=%d", rnd, cand.number, trial.number)
+        try:
+            return self._evaluate(
+                study,
+                trial,
+                flags=flags,
+                trial_dir=folder.path,
+                profile=self.profile,
+                objective=self.objective,
+                make_deployer=self._factory,
+                crash_retries=getattr(self.profile.deployer, "crash_retries", 0),
+                env=env,
+            )
+        except KeyboardInterrupt:
+            if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
+                record_failure(study, trial, "interrupted", "interrupted by Ctrl-C / SIGTERM")
+            raise
