@@ -1,0 +1,72 @@
+"""What every command shares: the typer app, the consoles, default paths, one-line output."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from tuner.study import (
+    TrialOutcome,
+)
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Bayesian auto-tuner for vLLM serving configurations.",
+)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
+
+SPACE = Path("search_spaces/seed_192.yaml")
+SEEDS = Path("configs/strategic_12.yaml")
+OBJECTIVE = Path("objectives/agent_multiturn.yaml")
+PROFILE = Path("configs/profiles/tiny_cpu.yaml")
+STUDIES = Path("studies")
+
+SpaceOpt = Annotated[Path, typer.Option("--space", help="search space YAML")]
+SeedsOpt = Annotated[Path, typer.Option("--seeds", help="seed configurations YAML")]
+StudiesOpt = Annotated[Path, typer.Option("--studies-dir", help="where study folders live")]
+
+
+# Column titles of metrics; dimensions are titled by the labels stored with the study.
+SHORT = {
+    "ttft_hit_ms": "HIT ms",
+    "ttft_miss_ms": "MISS ms",
+    "vram_mib": "VRAM MiB",
+    "speedup": "MISS/HIT",
+    "hit_rate_hit": "hit rate",
+    "feasible": "meets criteria",
+}
+
+
+def fmt_value(v: Any, unit: str = "", digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "–"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}{unit}"
+    return f"{v}{unit}"
+
+
+def trial_line(o: TrialOutcome) -> str:
+    name = o.seed_name or f"trial_{o.number}"
+    a = o.attrs
+    if o.state == "complete":
+        dup = f"  (= trial {o.duplicate_of}, not redeployed)" if o.duplicate_of is not None else ""
+        return (
+            f"#{o.number:<3} {name:<34} [green]ok[/]   "
+            f"HIT {fmt_value(a.get('ttft_hit_ms'), ' ms')}  "
+            f"MISS {fmt_value(a.get('ttft_miss_ms'), ' ms')}  "
+            f"VRAM {fmt_value(a.get('vram_mib'), ' MiB', 0)}  "
+            f"x{fmt_value(a.get('speedup'), '', 2)}  "
+            f"hit-rate {fmt_value(a.get('hit_rate_hit'), '', 2)}  "
+            f"startup {fmt_value(a.get('startup_s'), ' s')}{dup}"
+        )
+    colour = "yellow" if o.reason in ("invalid", "duplicate") else "red"
+    return f"#{o.number:<3} {name:<34} [{colour}]{o.reason}[/]  {a.get('error', '')}"

@@ -1,0 +1,269 @@
+"""``tuner optimize``, ``validate``, ``sweep``: run a study, validate its pick, sweep a space."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tuner.cli._common import (
+    OBJECTIVE,
+    PROFILE,
+    SEEDS,
+    SPACE,
+    STUDIES,
+    SeedsOpt,
+    SpaceOpt,
+    StudiesOpt,
+    app,
+    out,
+    trial_line,
+)
+from tuner.config import (
+    ExternalConfig,
+    Profile,
+    SearchSpace,
+    load_objective,
+    load_profile,
+    load_seeds,
+    load_space,
+    violations,
+)
+from tuner.errors import TunerError
+from tuner.study import (
+    RunSettings,
+    StudyPaths,
+    StudyRunner,
+    TrialOutcome,
+    load_study,
+    sigterm_as_interrupt,
+)
+
+
+@app.command()
+def optimize(
+    trials: Annotated[
+        int, typer.Option("--trials", min=1, help="deployed configurations to reach")
+    ] = 40,
+    study: Annotated[
+        str | None, typer.Option("--study", help="study name (default: PROFILE-SPACE)")
+    ] = None,
+    space: SpaceOpt = SPACE,
+    seeds: SeedsOpt = SEEDS,
+    objective: Annotated[Path, typer.Option("--objective", help="objective YAML")] = OBJECTIVE,
+    profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
+    studies_dir: StudiesOpt = STUDIES,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
+    sampler_seed: Annotated[int, typer.Option("--sampler-seed")] = 0,
+    sampler: Annotated[
+        str, typer.Option("--sampler", help="tpe | tpe-independent | random | nsga2 | grid")
+    ] = "tpe",
+    no_seeds: Annotated[bool, typer.Option("--no-seeds", help="do not enqueue the seeds")] = False,
+    keep_best: Annotated[
+        bool,
+        typer.Option(
+            "--keep-best",
+            help="compose deployer: leave the compose file set to the recommended configuration",
+        ),
+    ] = False,
+    no_precheck: Annotated[
+        bool,
+        typer.Option(
+            "--no-precheck",
+            help="deploy points the validity rules reject (checks the rules against your vLLM)",
+        ),
+    ] = False,
+    no_validate: Annotated[
+        bool, typer.Option("--no-validate", help="skip the validation rounds after the search")
+    ] = False,
+    validate_top: Annotated[int, typer.Option("--validate-top", min=1)] = 3,
+    validate_rounds: Annotated[int, typer.Option("--validate-rounds", min=1)] = 2,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=1, help="seconds for the whole study, validation included"),
+    ] = None,
+) -> None:
+    """Create or resume a study, run trials until it holds TRIALS deployments, then validate."""
+    sp = load_space(space)
+    prof = load_profile(profile)
+    deadline = time.monotonic() + timeout if timeout else None
+    settings = RunSettings(
+        n_trials=trials,
+        sampler_seed=sampler_seed,
+        enqueue_seeds=not no_seeds,
+        precheck=not no_precheck,
+        sampler=sampler,
+        deadline=deadline,
+    )
+    paths = StudyPaths.create(study or f"{prof.name}-{sp.name}", studies_dir, storage)
+    runner = _run(paths, sp, seeds, objective, prof, settings)
+    if runner.reclaimed:
+        out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
+    if not no_validate and not isinstance(prof.deployer, ExternalConfig):
+        _validate(paths, sp, objective, prof, validate_top, validate_rounds, deadline)
+    if keep_best:
+        _keep_best(prof, sp, paths)
+    out.print(f"next: tuner report {paths.name}")
+
+
+def _run(
+    paths: StudyPaths,
+    sp: SearchSpace,
+    seeds: Path,
+    objective: Path,
+    prof: Profile,
+    settings: RunSettings,
+) -> StudyRunner:
+    """Run the study with a progress bar and one line per trial; the runner, for its result."""
+    sd = load_seeds(seeds, sp) if settings.enqueue_seeds else ()
+    obj = load_objective(objective)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"study {paths.name}", total=settings.n_trials)
+
+        def started(number: int, params: dict[str, Any], seed: str | None) -> None:
+            progress.update(task, description=f"trial {number} {seed or ''}".strip())
+
+        def ended(o: TrialOutcome) -> None:
+            progress.console.print(trial_line(o))
+            if o.deployed:
+                progress.advance(task)
+
+        runner = StudyRunner(
+            paths=paths,
+            space=sp,
+            seeds=tuple(sd),
+            objective=obj,
+            profile=prof,
+            settings=settings,
+            on_trial_start=started,
+            on_trial_end=ended,
+        )
+        result = runner.run()
+    extra = " (every valid point evaluated)" if result.exhausted else ""
+    out.print(
+        f"study {result.study_name}: {result.deployed} deployments{extra}, {result.new_trials} new "
+        f"trials this run; storage {paths.storage_url}"
+    )
+    return runner
+
+
+def _validate(
+    paths: StudyPaths,
+    sp: SearchSpace,
+    objective: Path,
+    prof: Profile,
+    top: int,
+    rounds: int,
+    deadline: float | None,
+) -> None:
+    """Redeploy the top candidates and the baseline in interleaved rounds; print the verdict."""
+    from tuner.report import recommend
+    from tuner.report.synthesis import baseline_trial
+    from tuner.study import ValidationSettings, Validator
+
+    st = load_study(paths)
+    rec = recommend(st, root=paths.root, use_validation=False)
+    if rec is None:
+        out.print("validation: no completed trial to validate")
+        return
+    candidates = [rec.trial, *rec.runners_up][:top]
+    base = baseline_trial(st)
+    if base is not None and base.number not in {c.number for c in candidates}:
+        candidates.append(base)
+    names = ", ".join(f"#{c.number}" for c in candidates)
+    out.print(f"validation: {rounds} round(s) of {names} on held-out conversations")
+    validator = Validator(
+        paths=paths,
+        space=sp,
+        objective=load_objective(objective),
+        profile=prof,
+        candidates=candidates,
+        settings=ValidationSettings(rounds=rounds, deadline=deadline),
+        on_trial_end=lambda o: out.print(trial_line(o)),
+    )
+    result = validator.run()
+    if result.stopped_by_deadline:
+        out.print(f"validation stopped by --timeout after {result.done}/{result.planned}")
+    final = recommend(load_study(paths), root=paths.root)
+    if final is not None and final.validation is not None:
+        out.print(final.validation.words(), markup=False, highlight=False)
+
+
+@app.command()
+def validate(
+    study: Annotated[str, typer.Argument(help="study name")],
+    top: Annotated[int, typer.Option("--top", min=1, help="candidates besides the baseline")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="deployments each")] = 2,
+    space: SpaceOpt = SPACE,
+    objective: Annotated[Path, typer.Option("--objective", help="objective YAML")] = OBJECTIVE,
+    profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
+    studies_dir: StudiesOpt = STUDIES,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=1)] = None,
+) -> None:
+    """Redeploy the top candidates and the baseline in interleaved rounds; resumable."""
+    paths = StudyPaths.create(study, studies_dir, storage)
+    load_study(paths)  # a clear error if it does not exist
+    deadline = time.monotonic() + timeout if timeout else None
+    with sigterm_as_interrupt():
+        _validate(paths, load_space(space), objective, load_profile(profile), top, rounds, deadline)
+    out.print(f"next: tuner report {paths.name}")
+
+
+@app.command()
+def sweep(
+    study: Annotated[
+        str | None, typer.Option("--study", help="study name (default: PROFILE-SPACE-sweep)")
+    ] = None,
+    space: SpaceOpt = SPACE,
+    objective: Annotated[Path, typer.Option("--objective", help="objective YAML")] = OBJECTIVE,
+    profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
+    studies_dir: StudiesOpt = STUDIES,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
+) -> None:
+    """Evaluate every valid point of the space (Optuna GridSampler); resumable. Ground truth."""
+    sp = load_space(space)
+    prof = load_profile(profile)
+    fixed = prof.server.to_args()
+    valid = [p for p in sp.points() if not violations([*fixed, *sp.to_flags(p)])]
+    out.print(f"{sp.name}: {len(valid)} valid points of {sp.size}")
+    settings = RunSettings(
+        n_trials=len(valid), enqueue_seeds=False, sampler="grid"
+    )  # no validation
+    paths = StudyPaths.create(study or f"{prof.name}-{sp.name}-sweep", studies_dir, storage)
+    _run(paths, sp, SEEDS, objective, prof, settings)
+    out.print(f"next: tuner report {paths.name}")
+
+
+def _keep_best(prof: Profile, sp: SearchSpace, paths: StudyPaths) -> None:
+    from tuner.config import ComposeConfig
+    from tuner.deploy.compose_file import write_flags
+    from tuner.report import recommend
+
+    if not isinstance(prof.deployer, ComposeConfig):
+        raise TunerError("--keep-best needs a compose profile (deployer.kind: compose)")
+    rec = recommend(load_study(paths), root=paths.root)
+    if rec is None:
+        out.print("--keep-best: no completed trial, the compose file is unchanged")
+        return
+    flags = list(rec.trial.user_attrs.get("flags", []))
+    note = (
+        f"vllm-tuner: service {prof.deployer.service!r} set to the recommended configuration "
+        f"(study {paths.name}, trial {rec.trial.number}, {rec.name}).\n"
+        f"The original file is {prof.deployer.file.name}.vllm-tuner.bak; "
+        f"`tuner restore {prof.deployer.file}` puts it back."
+    )
+    write_flags(prof.deployer.file, prof.deployer.service, flags, sp.managed_flags, note)
+    out.print(
+        f"{prof.deployer.file}: set to trial {rec.trial.number} ({rec.name}) {' '.join(flags)}"
+    )
