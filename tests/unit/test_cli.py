@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import psutil
+import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import ROOT
@@ -133,3 +134,44 @@ def test_sigterm_stops_server_and_keeps_study(tmp_path: Path) -> None:
     again = run(*args)
     assert again.returncode == 0, again.stderr
     assert "2 deployments" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["optimize", "--trials", "0"], "Invalid value for '--trials'"),
+        (["optimize", "--trials", "abc"], "Invalid value for '--trials'"),
+        (["optimize", "--bogus"], "No such option: --bogus"),
+        (["optimize", "--study", "", "--no-validate"], "study name ''"),
+        (["report", "x", "--storage", "bogus://user:hunter2@host/db"], "cannot open storage"),
+        (["report", "x", "--storage", "sqlite:////nonexistent/x.db"], "no study 'x'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    """Usage errors, bad values and bad storage URLs: one line on stderr, exit 2, no
+    traceback, no password echoed."""
+    r = run(*args, "--studies-dir", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ")
+    assert message in lines[0]
+    assert "hunter2" not in r.stderr
+
+
+def test_bad_sampler_leaves_no_folder(tmp_path: Path) -> None:
+    """An unknown --sampler is refused before the study folder is created."""
+    r = run(
+        "optimize", "--sampler", "bogus", "--study", "s", "--trials", "1", "--no-validate",
+        "--profile", str(ROOT / "configs/profiles/fake.yaml"), "--studies-dir", str(tmp_path),
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "unknown sampler 'bogus'" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    """--debug: the same error with its traceback, for a bug report."""
+    r = run("--debug", "report", "nope", "--studies-dir", str(tmp_path))
+    assert r.returncode != 0
+    assert "Traceback" in r.stderr

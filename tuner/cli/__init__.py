@@ -1,6 +1,7 @@
 """Command line: thin wrappers over the library, one module per group of commands.
 
-A TunerError is one line and exit status 2; Ctrl-C and SIGTERM exit 130 after clean-up.
+A TunerError or a usage error is one line and exit status 2 (``--debug`` shows the traceback);
+Ctrl-C and SIGTERM exit 130 after clean-up.
 """
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 
-import click
 import optuna
+import typer
 
 from tuner.cli import optimize, report, spaces, tools  # noqa: F401  (registers the commands)
 from tuner.cli._common import app, err
@@ -22,27 +23,38 @@ def main() -> None:
     """Entry point of the ``tuner`` command."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv.remove("--debug")
     try:
         # Typer turns KeyboardInterrupt into a returned 130 when not in standalone mode.
         rv = app(standalone_mode=False)
         if rv == 130:
             raise KeyboardInterrupt
         sys.exit(rv if isinstance(rv, int) else 0)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         err.print(
             "interrupted: the server was stopped; finished trials are kept and the study resumes "
             "with the same command"
         )
         sys.exit(130)
+    except typer.TyperException as exc:
+        # Typer vendors click: its usage errors (bad value, unknown option) end up here.
+        if debug:
+            raise
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(f"error: {message} (see tuner --help)", markup=False, highlight=False)
+        sys.exit(2)
     except TunerError as exc:
+        if debug:
+            raise
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(2)
     except OSError as exc:
+        if debug:
+            raise
         # e.g. a full disk: one line, nothing lost (trials are committed as they finish)
         err.print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), markup=False)
         sys.exit(1)

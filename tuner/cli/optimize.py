@@ -98,7 +98,9 @@ def optimize(
         sampler=sampler,
         deadline=deadline,
     )
-    paths = StudyPaths.create(study or f"{prof.name}-{sp.name}", studies_dir, storage)
+    paths = StudyPaths.create(
+        study if study is not None else f"{prof.name}-{sp.name}", studies_dir, storage
+    )
     runner = _run(paths, sp, seeds, objective, prof, settings)
     if runner.reclaimed:
         out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
@@ -240,7 +242,9 @@ def sweep(
     settings = RunSettings(
         n_trials=len(valid), enqueue_seeds=False, sampler="grid"
     )  # no validation
-    paths = StudyPaths.create(study or f"{prof.name}-{sp.name}-sweep", studies_dir, storage)
+    paths = StudyPaths.create(
+        study if study is not None else f"{prof.name}-{sp.name}-sweep", studies_dir, storage
+    )
     _run(paths, sp, SEEDS, objective, prof, settings)
     out.print(f"next: tuner report {paths.name}")
 

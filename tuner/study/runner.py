@@ -150,8 +150,8 @@ class StudyRunner:
         objectives and units, the space's dimensions and labels, the criteria, the fixed
         server arguments and the deployment hints (never environment values).
         """
-        self.paths.root.mkdir(parents=True, exist_ok=True)
         directions = [o.direction for o in self.objective.objectives]
+        # The sampler first: a bad --sampler must not leave an empty study folder behind.
         sampler = self._sampler_factory(
             SamplerContext(
                 name=self.settings.sampler,
@@ -162,6 +162,7 @@ class StudyRunner:
                 fallback=self._neighbour,
             )
         )
+        self.paths.root.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(
             study_name=self.paths.name,
             storage=open_storage(self.paths.storage_url),

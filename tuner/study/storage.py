@@ -15,7 +15,7 @@ import sqlalchemy
 from tuner.errors import StudyError
 from tuner.schema import TrialFolder
 
-__all__ = ["MEMORY", "StudyPaths", "load_study", "open_storage"]
+__all__ = ["MEMORY", "StudyPaths", "load_study", "open_storage", "redact"]
 
 MEMORY = "memory://"  # Optuna's in-memory storage (benchmarks, dry runs)
 JOURNAL = "journal:///"
@@ -36,7 +36,22 @@ def open_storage(url: str) -> str | optuna.storages.BaseStorage | None:
         path = Path("/" + url.removeprefix(JOURNAL))
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return url
+    try:
+        return optuna.storages.RDBStorage(url)
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
+        raise StudyError(f"cannot open storage {redact(url)}: {_first_line(exc)}") from exc
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ***, for messages (secrets are never shown)."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _sqlite_storage(url: str) -> optuna.storages.RDBStorage:
@@ -96,12 +111,15 @@ class StudyPaths:
 
 def load_study(paths: StudyPaths) -> optuna.Study:
     """Open an existing study read/write; StudyError if it does not exist."""
-    if paths.storage_url.startswith("sqlite:///") and not (paths.root / "study.db").exists():
-        raise StudyError(f"no study {paths.name!r} in {paths.root} (run `tuner optimize` first)")
+    url = paths.storage_url
+    # Never create an empty database while looking for a study: the file must be there.
+    if url.startswith(SQLITE) and not Path(url.removeprefix(SQLITE)).exists():
+        where = paths.root if url.endswith(f"{paths.name}/study.db") else redact(url)
+        raise StudyError(f"no study {paths.name!r} in {where} (run `tuner optimize` first)")
     try:
         storage = open_storage(paths.storage_url)
         if storage is None:
             raise StudyError("an in-memory study cannot be reopened")
         return optuna.load_study(study_name=paths.name, storage=storage)
     except KeyError as exc:
-        raise StudyError(f"no study {paths.name!r} in {paths.storage_url}") from exc
+        raise StudyError(f"no study {paths.name!r} in {redact(paths.storage_url)}") from exc
