@@ -9,7 +9,8 @@ with ``raise ... from exc``, so callers only need to know this tree::
      ├── DeployError          the server could not be brought up (has a failure ``reason``)
      │    ├── StartupTimeout  not healthy within the timeout     reason = "timeout"
      │    └── ServerExited    the process or container died       reason = crash | oom | invalid
-     └── MeasureError         the workload could not be measured  reason = "request_error"
+     └── MeasureError         the workload could not be measured  reason = request_error |
+                                                                   hang | overload
 
 Deploy and measure errors become failed trials (failure is data); the others propagate.
 """
@@ -85,6 +86,13 @@ class ServerExited(DeployError):
 
 
 class MeasureError(TunerError):
-    """The workload failed against a healthy server (HTTP error, timeout, bad stream)."""
+    """The workload failed against a healthy server; ``reason`` is request_error (HTTP error,
+    timeout, bad stream), hang (no token for the stall timeout) or overload (too many failed
+    requests at the workload's load)."""
 
-    reason = "request_error"
+    reason: str = "request_error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason

@@ -37,7 +37,7 @@ __all__ = [
     "write_json",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cached_tokens, itl_ms, started_s per request (1 reads as 2)
 
 RequestKind = Literal["warmup", "miss", "hit"]
 
@@ -65,13 +65,23 @@ class RequestRecord:
     prefix_queries: float  # /metrics delta over this request
     prefix_hits: float
     server_ttft_ms: float | None
+    # usage.prompt_tokens_details.cached_tokens: what the prefix cache held for this request
+    cached_tokens: int | None = None
+    itl_ms: tuple[float, ...] = ()  # inter-token latency per chunk (ms per token)
+    started_s: float = 0.0  # when the request was sent, from the start of the measurement
+    # request class: cold (prefix never seen), first_turn (new conversation, shared system
+    # prompt), continuation (later turns); "" in files written before classes existed
+    klass: str = ""
 
 
 def series_of(records: list[RequestRecord] | tuple[RequestRecord, ...]) -> dict[str, list[float]]:
     """The sample series the metric table reads (``tuner.metrics``), from request records."""
+    measured = [r for r in records if r.kind != "warmup"]
     return {
         "ttft_miss_ms": [r.ttft_ms for r in records if r.kind == "miss"],
         "ttft_hit_ms": [r.ttft_ms for r in records if r.kind == "hit"],
+        "itl_ms": [x for r in measured for x in r.itl_ms],
+        "e2e_ms": [r.total_ms for r in measured],
     }
 
 
@@ -137,7 +147,7 @@ class TrialFolder:
             raw = json.loads(self.measurements.read_text())
         except (OSError, ValueError) as exc:
             raise StudyError(f"{self.measurements}: cannot read: {exc}") from exc
-        version = raw.get("schema_version", 1) if isinstance(raw, dict) else None
+        version = raw.setdefault("schema_version", 1) if isinstance(raw, dict) else None
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise StudyError(
                 f"{self.measurements}: schema_version {version!r}; this tuner reads up to "

@@ -17,6 +17,8 @@ FAILURE_REASONS = (
     "oom",  # out of memory (exit status or log pattern)
     "timeout",  # not healthy within the deployer's timeout
     "request_error",  # the workload failed against a healthy server
+    "hang",  # no token for the stall timeout while /health answered (a known vLLM failure)
+    "overload",  # more requests failed than the workload allows at its load
     "interrupted",  # Ctrl-C / SIGTERM during the trial
     "duplicate",  # the sampler proposed an already evaluated point (not deployed)
 )

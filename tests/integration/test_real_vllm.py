@@ -130,6 +130,21 @@ def test_real_three_trial_study(tmp_path: Path, model_dir: Path) -> None:
     assert "--enable-prefix-caching" in json.loads((tdir / "command.json").read_text())["argv"]
     assert (tdir / "server.log").stat().st_size > 0
 
+    # Per-request cache accounting (--enable-prompt-tokens-details): continuation turns report
+    # cached prompt tokens with prefix caching on, none with it off, and the per-request sum
+    # agrees with vLLM's own /metrics hit counter within 5 %.
+    for name, on in (("prefix_only", True), ("baseline_reference", False)):
+        d = json.loads((Path(t[name].user_attrs["trial_dir"]) / "measurements.json").read_text())
+        hit = [x for x in d["samples"] if x["kind"] == "hit"]
+        cached = sum(x["cached_tokens"] for x in d["samples"])
+        metric_hits = sum(x["prefix_hits"] for x in d["samples"])
+        if on:
+            assert all(x["cached_tokens"] > 0 for x in hit), hit
+            assert abs(cached - metric_hits) <= 0.05 * metric_hits, (cached, metric_hits)
+        else:
+            assert cached == 0
+        assert all(x["itl_ms"] for x in hit)  # inter-token latency per chunk
+
     assert _vllm_servers(str(model_dir)) == []
 
     rep = subprocess.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -38,11 +39,11 @@ def _sse(*events: object) -> bytes:
     )
 
 
-def _run_stream(handler: httpx.MockTransport) -> object:
+def _run_stream(handler: httpx.MockTransport, **kw: Any) -> object:
     async def go() -> object:
         async with httpx.AsyncClient(transport=handler) as c:
             return await stream_chat(
-                c, "http://x", "m", [{"role": "user", "content": "hi"}], max_tokens=3
+                c, "http://x", "m", [{"role": "user", "content": "hi"}], max_tokens=3, **kw
             )
 
     return asyncio.run(go())
@@ -142,6 +143,58 @@ def test_workload_is_deterministic_and_salted() -> None:
     assert a.removeprefix("Session s1.") == b.removeprefix("Session s2.")
     assert '"name":"search_file_0"' in a
     assert w.user_message(0, 1) == w.user_message(5, 1) != w.user_message(0, 2)
+
+
+def _chunk(content: str, done: int, cached: int | None = None) -> dict[str, object]:
+    usage: dict[str, object] = {"prompt_tokens": 64, "completion_tokens": done}
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return {"choices": [{"delta": {"content": content}}], "usage": usage}
+
+
+class TestChunksAndCache:
+    def test_bundled_chunks_count_their_tokens(self) -> None:
+        """A chunk carrying 3 tokens 30 ms after the previous one is 10 ms per token, not a
+        30 ms gap nor a 0 ms one; the decode rate follows (an injected clock yields 0, then
+        100/130/140 ms per chunk, then 200 ms)."""
+        ticks = iter([0.0, 0.100, 0.130, 0.140, 0.200])
+        body = _sse(_chunk("a", 1, 48), _chunk("bcd", 4, 48), _chunk("e", 5, 48), "[DONE]")
+        t = _run_stream(
+            httpx.MockTransport(lambda r: httpx.Response(200, content=body)),
+            clock=lambda: next(ticks),
+        )
+        assert t.itl_ms == pytest.approx((10.0, 10.0))  # type: ignore[attr-defined]
+        assert t.decode_tok_s == pytest.approx(100.0)  # type: ignore[attr-defined]
+        assert t.cached_tokens == 48  # type: ignore[attr-defined]
+        assert t.ttft_s == pytest.approx(0.1)  # type: ignore[attr-defined]
+
+    @pytest.mark.parametrize(
+        ("events", "cached"),
+        [
+            ([_chunk("a", 1, 32)], 32),  # reported
+            ([_chunk("a", 1, 0)], 0),  # reported zero
+            ([_chunk("a", 1)], 0),  # usage without details: nothing was cached
+            ([{"choices": [{"delta": {"content": "a"}}]}], None),  # no usage: unknown
+        ],
+    )
+    def test_cached_tokens_parsing(self, events: list[object], cached: int | None) -> None:
+        """usage.prompt_tokens_details.cached_tokens: present, zero, absent (0), no usage."""
+        body = _sse(*events, "[DONE]")
+        t = _run_stream(httpx.MockTransport(lambda r: httpx.Response(200, content=body)))
+        assert t.cached_tokens == cached  # type: ignore[attr-defined]
+
+    def test_per_request_cached_tokens_add_up_to_the_engine_counters(self) -> None:
+        """Every request's cached tokens (usage) summed equal the engine's prefix-cache hit
+        counter; the trial-level /metrics delta stays as the cross-check."""
+        with fake_server(["--enable-prefix-caching"], clock=VirtualClock()) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), FAST_WORKLOAD)
+            counted = srv.engine.hits  # type: ignore[attr-defined]
+        assert sum(x.cached_tokens or 0 for x in m.samples) == counted
+        assert sum(x.prefix_hits for x in m.samples) == counted
+        assert all((x.cached_tokens or 0) > 0 for x in m.samples if x.kind == "hit")
+        share = m.cached_share_hit
+        assert share is not None
+        assert 0.5 < share < 1.0
 
 
 class TestAgainstFakeServer:

@@ -76,6 +76,19 @@ class WorkloadSpec(StrictModel):
     # conversations / seconds of measurement. Without them, `conversations` is also the cap.
     max_conversations: int | None = Field(default=None, ge=1)
     max_seconds: float | None = Field(default=None, gt=0)
+    # Load: C conversations in flight (closed loop; a new one starts as one ends), their
+    # starts staggered so that the first turns do not arrive as one burst.
+    concurrency: int = Field(default=1, ge=1)
+    stagger_s: float = Field(default=0.25, ge=0)
+    think_time_s: float = Field(default=0.0, ge=0)  # between a turn's answer and the next turn
+    # True: every conversation opens with a never-seen salt (first turns are cold misses).
+    # False: one system prompt shared by every conversation, as agents of one service do.
+    salt_system_prompt: bool = True
+    tool_result_words: int = Field(default=0, ge=0)  # a tool result appended before each turn
+    # No token for this long while the server is healthy: the trial fails as `hang`.
+    stall_timeout_s: float = Field(default=60.0, gt=0)
+    # Share of requests allowed to fail before the trial is `overload` (0: the first fails it).
+    max_error_share: float = Field(default=0.0, ge=0, lt=1)
 
 
 class ObjectiveFile(StrictModel):

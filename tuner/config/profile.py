@@ -35,6 +35,9 @@ class ServerArgs(StrictModel):
     max_model_len: int | None = Field(default=None, gt=0)
     tensor_parallel_size: int = Field(default=1, ge=1)
     extra_args: list[str] = []
+    # --enable-prompt-tokens-details: each response's usage says how many prompt tokens the
+    # prefix cache held, the per-request cache accounting /metrics cannot give under load
+    prompt_tokens_details: bool = True
 
     @property
     def model_name(self) -> str:
@@ -50,6 +53,8 @@ class ServerArgs(StrictModel):
             args += ["--max-model-len", str(self.max_model_len)]
         if self.tensor_parallel_size != 1:
             args += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
+        if self.prompt_tokens_details and "--enable-prompt-tokens-details" not in self.extra_args:
+            args.append("--enable-prompt-tokens-details")
         return args + list(self.extra_args)
 
 

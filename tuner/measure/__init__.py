@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tuner.measure._run import RequestSample, TrialMeasurement, measure, measure_async
+from tuner.measure._result import RequestSample, TrialMeasurement
+from tuner.measure._run import measure, measure_async
 from tuner.measure.client import ChatTiming, stream_chat
 from tuner.measure.metrics import MetricsSnapshot, fetch_metrics, parse_metrics
 from tuner.measure.stats import Summary, percentile, summarize

@@ -106,6 +106,12 @@ class AgentWorkload:
             f"# Tools\n{tools}\n# Instructions\n{instructions}"
         )
 
+    def tool_result(self, conversation: int, turn: int) -> str:
+        """A tool's output appended before turn ``turn`` (``tool_result_words`` words)."""
+        rng = self._rng("tool", conversation, turn)
+        return f"Tool result {turn}: {self._text(rng, self.spec.tool_result_words)}"
+
     def user_message(self, conversation: int, turn: int) -> str:
+        """The user's message of ``turn`` (the same text per turn index in every conversation)."""
         rng = self._rng("user", turn)  # same text per turn index in every conversation
         return f"Turn {turn + 1}: {self._text(rng, self.spec.user_words)}"

@@ -84,18 +84,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
 
         clock = self.server.clock
+        options = body.get("stream_options") or {}
+        continuous = bool(options.get("continuous_usage_stats"))
+
+        def usage(done: int) -> dict[str, Any]:
+            return {
+                "prompt_tokens": admission.prompt_tokens,
+                "completion_tokens": done,
+                "prompt_tokens_details": {"cached_tokens": admission.cached_tokens},
+            }
+
         event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
         clock.sleep(admission.prefill_s)
         for i in range(n_out):
             if i:
                 clock.sleep(engine.decode_s)
-            event({"choices": [{"index": 0, "delta": {"content": f"w{i} "}}]})
-        usage = {
-            "prompt_tokens": admission.prompt_tokens,
-            "completion_tokens": n_out,
-            "prompt_tokens_details": {"cached_tokens": admission.cached_tokens},
-        }
-        event({"choices": [], "usage": usage})
+            chunk: dict[str, Any] = {"choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}
+            if continuous:
+                chunk["usage"] = usage(i + 1)
+            event(chunk)
+        if options.get("include_usage"):
+            event({"choices": [], "usage": usage(n_out)})
         event("[DONE]")
         self.wfile.write(b"0\r\n\r\n")
 

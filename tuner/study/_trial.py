@@ -202,6 +202,8 @@ def _attrs(m: TrialMeasurement, startup_s: float) -> dict[str, Any]:
             "rss_mib": mem["rss_mib"],
             "stop_reason": s["stop_reason"],
             "conversations": s["conversations"],
+            "concurrency": s["concurrency"],
+            "failed_requests": s["failed_requests"],
         }
     )
     return attrs

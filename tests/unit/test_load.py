@@ -1,0 +1,120 @@
+"""Concurrent load: C conversations in flight, request classes, per-request cache accounting
+against the trial-level /metrics delta, hangs and overload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from tuner.errors import MeasureError
+from tuner.measure import measure, stream_chat
+from tuner.simulate import ServerModel, VirtualClock
+from tuner.testing import FAST_WORKLOAD, fake_server
+from tuner.types import Endpoint
+
+C4 = FAST_WORKLOAD.model_copy(update={"concurrency": 4, "conversations": 8, "stagger_s": 0.0})
+
+
+class TestConcurrency:
+    def test_every_conversation_once_turns_in_order(self) -> None:
+        """8 conversations at C=4: each measured once with all its turns, in turn order."""
+        with fake_server(["--enable-prefix-caching"], clock=VirtualClock()) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), C4)
+        measured = [s for s in m.samples if s.kind != "warmup"]
+        assert sorted({s.conversation for s in measured}) == list(range(8))
+        for conv in range(8):
+            turns = [s for s in measured if s.conversation == conv]
+            assert [s.turn for s in turns] == [0, 1, 2]
+            assert [s.started_s for s in turns] == sorted(s.started_s for s in turns)
+        assert m.concurrency == 4
+        assert m.summary()["concurrency"] == 4
+
+    def test_classes_and_shared_prompt(self) -> None:
+        """Salted prompts: first turns are cold and hold nothing cached. One shared system
+        prompt: first turns are first_turn and find it cached."""
+        for salt, first in ((True, "cold"), (False, "first_turn")):
+            spec = C4.model_copy(update={"salt_system_prompt": salt, "system_prompt_words": 400})
+            with fake_server(["--enable-prefix-caching"], clock=VirtualClock()) as srv:
+                m = measure(Endpoint(srv.base_url, "fake-model"), spec)
+            firsts = [s for s in m.samples if s.kind == "miss"]
+            assert {s.klass for s in firsts} == {first}
+            assert {s.klass for s in m.samples if s.kind == "hit"} == {"continuation"}
+            cached = [s.cached_tokens or 0 for s in firsts]
+            assert (max(cached) == 0) is salt
+            classes = m.summary()["classes"]
+            assert classes[first]["n"] == 8
+            assert classes["continuation"]["n"] == 16
+
+    def test_cache_accounting_matches_the_trial_metrics(self) -> None:
+        """Under load per-request /metrics deltas are not read; the requests' own cached
+        tokens add up to the trial-level /metrics delta of the measured phase."""
+        with fake_server(["--enable-prefix-caching"], clock=VirtualClock()) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), C4)
+        measured = [s for s in m.samples if s.kind != "warmup"]
+        assert all(s.server_ttft_ms is None for s in measured)
+        assert sum(s.cached_tokens or 0 for s in measured) == m.trial_prefix_hits
+        assert m.hit_rate_hit == m.cached_share_hit
+        assert m.hit_rate_hit is not None
+        assert m.hit_rate_hit > 0.5
+
+    def test_tool_results_grow_the_context(self) -> None:
+        """Tool results appended before each later turn: prompts grow by at least their size."""
+        spec = C4.model_copy(update={"tool_result_words": 300})
+        with fake_server(["--enable-prefix-caching"], clock=VirtualClock()) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), spec)
+        conv0 = [s for s in m.samples if s.conversation == 0]
+        growth = [b.prompt_tokens - a.prompt_tokens for a, b in zip(conv0, conv0[1:], strict=False)]
+        assert all(g >= 300 for g in growth)
+
+
+def _sse(*events: object) -> bytes:
+    return b"".join(
+        f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n".encode() for e in events
+    )
+
+
+class TestFailuresUnderLoad:
+    def test_a_silent_stream_is_a_hang(self) -> None:
+        """The server accepts the request and answers /health, but sends no token for longer
+        than the stall timeout: the request fails as `hang`, not as a slow measurement."""
+        with fake_server(model=ServerModel(base_ms=3000.0)) as srv:
+            assert httpx.get(f"{srv.base_url}/health").status_code == 200
+
+            async def go() -> None:
+                async with httpx.AsyncClient() as c:
+                    await stream_chat(
+                        c, srv.base_url, "fake-model", [{"role": "user", "content": "hi"}],
+                        max_tokens=2, stall_timeout_s=0.2,
+                    )  # fmt: skip
+
+            with pytest.raises(MeasureError, match="no token for") as exc:
+                asyncio.run(go())
+        assert exc.value.reason == "hang"
+
+    @pytest.mark.parametrize(("allowed", "fails"), [(0.5, False), (0.1, True)])
+    def test_failed_share_beyond_the_limit_is_overload(self, allowed: float, fails: bool) -> None:
+        """Every third request answers 500: counted while under max_error_share, `overload`
+        beyond it."""
+        count = {"chat": 0}
+
+        def handler(r: httpx.Request) -> httpx.Response:
+            if r.url.path != "/v1/chat/completions":
+                return httpx.Response(404)
+            count["chat"] += 1
+            if count["chat"] % 3 == 0:
+                return httpx.Response(500, content=b"boom")
+            body = _sse({"choices": [{"delta": {"content": "x"}}]}, "[DONE]")
+            return httpx.Response(200, content=body)
+
+        spec = C4.model_copy(update={"max_error_share": allowed})
+        ep = Endpoint("http://x", "m", reported_vram_mib=1.0)
+        if fails:
+            with pytest.raises(MeasureError, match="overloaded") as exc:
+                measure(ep, spec, transport=httpx.MockTransport(handler))
+            assert exc.value.reason == "overload"
+        else:
+            m = measure(ep, spec, transport=httpx.MockTransport(handler))
+            assert m.failed_requests > 0

@@ -1,0 +1,174 @@
+"""What one trial measured: every request's record, memory, and the numbers derived from them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tuner.measure.metrics import MetricsSnapshot
+from tuner.measure.stats import Summary, summarize
+from tuner.measure.vram import MemoryReading
+from tuner.metrics import Observations, percentile
+from tuner.schema import RequestKind, RequestRecord, series_of
+
+__all__ = ["Kind", "RequestSample", "TrialMeasurement"]
+
+Kind = RequestKind
+RequestSample = RequestRecord  # one measured request, exactly as measurements.json stores it
+
+
+def _rate(samples: list[RequestSample]) -> float:
+    # With prefix caching off vLLM does no lookups at all: zero queries means zero hits.
+    q = sum(s.prefix_queries for s in samples)
+    return sum(s.prefix_hits for s in samples) / q if q > 0 else 0.0
+
+
+def _server_ttft(samples: list[RequestSample]) -> float | None:
+    xs = [s.server_ttft_ms for s in samples if s.server_ttft_ms is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+@dataclass(frozen=True, slots=True)
+class TrialMeasurement:
+    """Everything measured for one configuration; raw samples included."""
+
+    samples: tuple[RequestSample, ...]
+    memory: MemoryReading
+    cache_config: dict[str, str] = field(default_factory=dict)
+    metrics_available: bool = True
+    # why measurement stopped: "fixed" (the workload's count), "precision" (every objective's
+    # interval narrow enough), "max_conversations" or "max_seconds" (a cap came first)
+    stop_reason: str = "fixed"
+    concurrency: int = 1
+    # /metrics prefix-cache counters over the whole measured phase: the cross-check of the
+    # per-request accounting (under load vLLM counts a waiting request's lookup at every step)
+    trial_prefix_queries: float = 0.0
+    trial_prefix_hits: float = 0.0
+    failed_requests: int = 0
+
+    def _of(self, kind: Kind) -> list[RequestSample]:
+        return [s for s in self.samples if s.kind == kind]
+
+    @property
+    def kv_cache_tokens(self) -> float | None:
+        return MetricsSnapshot(cache_config=self.cache_config).kv_cache_tokens
+
+    @property
+    def miss(self) -> Summary:
+        """Statistics of the first turns' TTFT (ms)."""
+        return summarize([s.ttft_ms for s in self._of("miss")])
+
+    @property
+    def hit(self) -> Summary:
+        """Statistics of the later turns' TTFT (ms)."""
+        return summarize([s.ttft_ms for s in self._of("hit")])
+
+    @property
+    def speedup(self) -> float:
+        """MISS / HIT medians: > 1 means later turns are faster."""
+        return self.miss.median / self.hit.median if self.hit.median > 0 else math.nan
+
+    @property
+    def gain_pct(self) -> float:
+        m = self.miss.median
+        return (m - self.hit.median) / m * 100.0 if m > 0 else math.nan
+
+    @property
+    def hit_rate_hit(self) -> float | None:
+        """Prefix-cache hit rate (tokens) of HIT turns; 0: a speed-up cannot be the cache's.
+
+        One request at a time it is each request's /metrics delta; under concurrency those
+        deltas mean nothing and each request's own usage (cached tokens) is used instead.
+        """
+        if self.concurrency > 1:
+            return self.cached_share_hit
+        return _rate(self._of("hit")) if self.metrics_available else None
+
+    @property
+    def hit_rate_miss(self) -> float | None:
+        return _rate(self._of("miss")) if self.metrics_available else None
+
+    @property
+    def throughput_tok_s(self) -> float:
+        """Output tokens of the measured requests / wall time from the first sent to the last
+        answered (tokens/s); not a per-request rate, which bundled chunks inflate."""
+        measured = self._of("miss") + self._of("hit")
+        if not measured:
+            return 0.0
+        start = min(s.started_s for s in measured)
+        end = max(s.started_s + s.total_ms / 1000.0 for s in measured)
+        tokens = sum(s.completion_tokens for s in measured)
+        return tokens / (end - start) if end > start else 0.0
+
+    @property
+    def cached_share_hit(self) -> float | None:
+        """Share of HIT prompt tokens the prefix cache held, from each request's own usage
+        (None when the server reports no usage)."""
+        hit = [s for s in self._of("hit") if s.cached_tokens is not None]
+        prompt = sum(s.prompt_tokens for s in hit)
+        return sum(s.cached_tokens or 0 for s in hit) / prompt if hit and prompt else None
+
+    def observations(self, startup_s: float | None = None) -> Observations:
+        """Raw series and single values, by the names ``tuner.metrics.METRICS`` reads."""
+        return Observations(
+            series=series_of(self.samples),
+            scalars={
+                "vram_mib": self.memory.vram_mib,
+                "speedup": self.speedup,
+                "throughput_tok_s": self.throughput_tok_s,
+                "startup_s": startup_s,
+                "cached_share_hit": self.cached_share_hit,
+            },
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers ``measurements.json`` keeps under ``summary``."""
+        return {
+            "ttft_miss_ms": self.miss.as_dict(),
+            "ttft_hit_ms": self.hit.as_dict(),
+            "speedup": self.speedup,
+            "gain_pct": self.gain_pct,
+            "hit_rate_hit": self.hit_rate_hit,
+            "hit_rate_miss": self.hit_rate_miss,
+            "server_ttft_miss_ms": _server_ttft(self._of("miss")),
+            "server_ttft_hit_ms": _server_ttft(self._of("hit")),
+            "throughput_tok_s": self.throughput_tok_s,
+            "cached_share_hit": self.cached_share_hit,
+            "memory": self.memory.as_dict(),
+            "metrics_available": self.metrics_available,
+            "stop_reason": self.stop_reason,
+            "conversations": len({x.conversation for x in self._of("miss")}),
+            "concurrency": self.concurrency,
+            "failed_requests": self.failed_requests,
+            "classes": self.classes(),
+            "cache_cross_check": {
+                "cached_tokens": sum(
+                    x.cached_tokens or 0 for x in self.samples if x.kind != "warmup"
+                ),
+                "metrics_prefix_hits": self.trial_prefix_hits,
+                "metrics_prefix_queries": self.trial_prefix_queries,
+            },  # fmt: skip
+        }
+
+    def classes(self) -> dict[str, dict[str, float | int]]:
+        """Per request class (cold, first_turn, continuation): count and TTFT p50/p90/p99."""
+        out: dict[str, dict[str, float | int]] = {}
+        measured = [x for x in self.samples if x.kind != "warmup"]
+        for klass in dict.fromkeys(x.klass for x in measured if x.klass):
+            xs = [x.ttft_ms for x in measured if x.klass == klass]
+            out[klass] = {
+                "n": len(xs),
+                "ttft_p50_ms": percentile(xs, 50),
+                "ttft_p90_ms": percentile(xs, 90),
+                "ttft_p99_ms": percentile(xs, 99),
+            }
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """Summary, cache config and every request's sample, as JSON-ready data."""
+        return {
+            "summary": self.summary(),
+            "cache_config": self.cache_config,
+            "samples": [asdict(s) for s in self.samples],
+        }
