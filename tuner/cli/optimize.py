@@ -53,7 +53,10 @@ def optimize(
     ] = None,
     space: SpaceOpt = SPACE,
     seeds: SeedsOpt = SEEDS,
-    objective: Annotated[Path, typer.Option("--objective", help="objective YAML")] = OBJECTIVE,
+    objective: Annotated[
+        Path | None,
+        typer.Option("--objective", help="objective YAML (default: the profile's, else ours)"),
+    ] = None,
     profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
     studies_dir: StudiesOpt = STUDIES,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
@@ -89,6 +92,7 @@ def optimize(
     """Create or resume a study, run trials until it holds TRIALS deployments, then validate."""
     sp = load_space(space)
     prof = load_profile(profile)
+    objective = _objective_path(objective, prof)
     deadline = time.monotonic() + timeout if timeout else None
     settings = RunSettings(
         n_trials=trials,
@@ -109,6 +113,11 @@ def optimize(
     if keep_best:
         _keep_best(prof, sp, paths)
     out.print(f"next: tuner report {paths.name}")
+
+
+def _objective_path(given: Path | None, prof: Profile) -> Path:
+    """--objective, else the profile's own objective file, else the default one."""
+    return given or prof.objective or OBJECTIVE
 
 
 def _run(
@@ -207,7 +216,10 @@ def validate(
     top: Annotated[int, typer.Option("--top", min=1, help="candidates besides the baseline")] = 3,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="deployments each")] = 2,
     space: SpaceOpt = SPACE,
-    objective: Annotated[Path, typer.Option("--objective", help="objective YAML")] = OBJECTIVE,
+    objective: Annotated[
+        Path | None,
+        typer.Option("--objective", help="objective YAML (default: the profile's, else ours)"),
+    ] = None,
     profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
     studies_dir: StudiesOpt = STUDIES,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
@@ -218,7 +230,9 @@ def validate(
     load_study(paths)  # a clear error if it does not exist
     deadline = time.monotonic() + timeout if timeout else None
     with sigterm_as_interrupt():
-        _validate(paths, load_space(space), objective, load_profile(profile), top, rounds, deadline)
+        prof = load_profile(profile)
+        path = _objective_path(objective, prof)
+        _validate(paths, load_space(space), path, prof, top, rounds, deadline)
     out.print(f"next: tuner report {paths.name}")
 
 
@@ -228,7 +242,10 @@ def sweep(
         str | None, typer.Option("--study", help="study name (default: PROFILE-SPACE-sweep)")
     ] = None,
     space: SpaceOpt = SPACE,
-    objective: Annotated[Path, typer.Option("--objective", help="objective YAML")] = OBJECTIVE,
+    objective: Annotated[
+        Path | None,
+        typer.Option("--objective", help="objective YAML (default: the profile's, else ours)"),
+    ] = None,
     profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
     studies_dir: StudiesOpt = STUDIES,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
@@ -236,6 +253,7 @@ def sweep(
     """Evaluate every valid point of the space (Optuna GridSampler); resumable. Ground truth."""
     sp = load_space(space)
     prof = load_profile(profile)
+    objective = _objective_path(objective, prof)
     fixed = prof.server.to_args()
     valid = [p for p in sp.points() if not violations([*fixed, *sp.to_flags(p)])]
     out.print(f"{sp.name}: {len(valid)} valid points of {sp.size}")

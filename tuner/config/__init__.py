@@ -6,6 +6,8 @@ from tuner.config.objective import (
     Criteria,
     ObjectiveFile,
     ObjectiveSpec,
+    SyntheticAgentSpec,
+    TraceSpec,
     WorkloadSpec,
     load_objective,
 )
@@ -43,6 +45,8 @@ __all__ = [
     "SearchSpace",
     "Seed",
     "ServerArgs",
+    "SyntheticAgentSpec",
+    "TraceSpec",
     "WorkloadSpec",
     "load_objective",
     "load_profile",

@@ -8,12 +8,16 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tuner.config._yaml import StrictModel, load_model
+from tuner.config.workload import SyntheticAgentSpec, TraceSpec, WorkloadConfig, WorkloadSpec
 from tuner.metrics import METRICS
 
 __all__ = [
     "Criteria",
     "ObjectiveFile",
     "ObjectiveSpec",
+    "SyntheticAgentSpec",
+    "TraceSpec",
+    "WorkloadConfig",
     "WorkloadSpec",
     "load_objective",
 ]
@@ -58,39 +62,6 @@ class Criteria(StrictModel):
     min_speedup: float = Field(default=1.5, gt=0)  # MISS / HIT >= 1.5
 
 
-class WorkloadSpec(StrictModel):
-    """A multi-turn agent conversation: long system prompt with tools, growing history."""
-
-    system_prompt_words: int = Field(default=1200, ge=1)
-    tools: int = Field(default=8, ge=0)
-    turns: int = Field(default=4, ge=2)
-    conversations: int = Field(default=3, ge=3)
-    warmup_conversations: int = Field(default=1, ge=0)
-    user_words: int = Field(default=40, ge=1)
-    max_tokens: int = Field(default=24, ge=1)
-    temperature: float = 0.0
-    ignore_eos: bool = True  # same number of output tokens in every configuration
-    request_timeout_s: float = Field(default=300.0, gt=0)
-    seed: int = 7
-    # Caps of adaptive measurement (objectives with `precision`): at most this many measured
-    # conversations / seconds of measurement. Without them, `conversations` is also the cap.
-    max_conversations: int | None = Field(default=None, ge=1)
-    max_seconds: float | None = Field(default=None, gt=0)
-    # Load: C conversations in flight (closed loop; a new one starts as one ends), their
-    # starts staggered so that the first turns do not arrive as one burst.
-    concurrency: int = Field(default=1, ge=1)
-    stagger_s: float = Field(default=0.25, ge=0)
-    think_time_s: float = Field(default=0.0, ge=0)  # between a turn's answer and the next turn
-    # True: every conversation opens with a never-seen salt (first turns are cold misses).
-    # False: one system prompt shared by every conversation, as agents of one service do.
-    salt_system_prompt: bool = True
-    tool_result_words: int = Field(default=0, ge=0)  # a tool result appended before each turn
-    # No token for this long while the server is healthy: the trial fails as `hang`.
-    stall_timeout_s: float = Field(default=60.0, gt=0)
-    # Share of requests allowed to fail before the trial is `overload` (0: the first fails it).
-    max_error_share: float = Field(default=0.0, ge=0, lt=1)
-
-
 class ObjectiveFile(StrictModel):
     """An objective YAML file: objectives (metrics of ``tuner.metrics``), criteria, workload."""
 
@@ -98,7 +69,15 @@ class ObjectiveFile(StrictModel):
     description: str = ""
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     criteria: Criteria | None = Criteria()
-    workload: WorkloadSpec = WorkloadSpec()
+    workload: WorkloadConfig = SyntheticAgentSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kind(cls, data: Any) -> Any:
+        # Objective files written before the workload seam have no `kind`: the synthetic one.
+        if isinstance(data, dict) and isinstance(data.get("workload"), dict):
+            data = {**data, "workload": {"kind": "synthetic_agent", **data["workload"]}}
+        return data
 
     @model_validator(mode="after")
     def _unique(self) -> ObjectiveFile:
@@ -109,5 +88,10 @@ class ObjectiveFile(StrictModel):
 
 
 def load_objective(path: Path) -> ObjectiveFile:
-    """Load an objective YAML file."""
-    return load_model(path, ObjectiveFile)
+    """Load an objective YAML file; a trace's path is relative to the file's folder."""
+    obj = load_model(path, ObjectiveFile)
+    w = obj.workload
+    if isinstance(w, TraceSpec) and not w.path.is_absolute():
+        trace = w.model_copy(update={"path": (path.parent / w.path).resolve()})
+        obj = obj.model_copy(update={"workload": trace})
+    return obj

@@ -168,6 +168,9 @@ class Profile(StrictModel):
     description: str = ""
     server: ServerArgs
     deployer: DeployerConfig = LocalConfig()
+    # The objective file this deployment is tuned for, when --objective is not given (relative
+    # to this file): the GPU and compose profiles point at the concurrent agent workload.
+    objective: Path | None = None
 
 
 # How the recommendation's `docker run` line runs vLLM when the profile does not say.
@@ -209,5 +212,8 @@ def deployment_hints(profile: Profile) -> dict[str, Any]:
 
 
 def load_profile(path: Path) -> Profile:
-    """Load a deploy profile YAML file."""
-    return load_model(path, Profile)
+    """Load a deploy profile YAML file (its ``objective`` resolved against its folder)."""
+    prof = load_model(path, Profile)
+    if prof.objective is not None and not prof.objective.is_absolute():
+        prof = prof.model_copy(update={"objective": (path.parent / prof.objective).resolve()})
+    return prof

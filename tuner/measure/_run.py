@@ -19,19 +19,18 @@ import asyncio
 import dataclasses
 import math
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 
-from tuner.config.objective import WorkloadSpec
+from tuner.config.workload import SyntheticAgentSpec, TraceSpec
 from tuner.errors import MeasureError
 from tuner.measure._result import Kind, RequestSample, TrialMeasurement
 from tuner.measure.client import ChatTiming, stream_chat
 from tuner.measure.metrics import MetricsSnapshot, fetch_metrics
 from tuner.measure.vram import MemoryReading, read_memory
-from tuner.measure.workload import AgentWorkload
+from tuner.measure.workload import Workload, make_workload
 from tuner.types import Endpoint
 
 __all__ = ["RequestSample", "TrialMeasurement", "measure", "measure_async"]
@@ -42,37 +41,31 @@ class _Run:
     """The state one measurement shares between its conversations."""
 
     endpoint: Endpoint
-    spec: WorkloadSpec
+    spec: SyntheticAgentSpec | TraceSpec
     client: httpx.AsyncClient
-    workload: AgentWorkload
+    workload: Workload
     started: float
     last: MetricsSnapshot
     on_request: Callable[[RequestSample], None] | None
     samples: list[RequestSample] = field(default_factory=list)
+    prefixes: set[str] = field(default_factory=set)  # conversation openings sent so far
     errors: int = 0
     requests: int = 0
 
 
-def _klass(spec: WorkloadSpec, turn: int) -> str:
-    if turn > 0:
-        return "continuation"
-    return "cold" if spec.salt_system_prompt else "first_turn"
-
-
 async def _conversation(run: _Run, conv: int, *, warmup: bool, per_request: bool) -> None:
-    """One conversation's turns in order; its history grows with what the model answered."""
-    spec, workload = run.spec, run.workload
-    # Salted: every first turn is a prefix the server has never seen (cold). Shared: every
-    # conversation opens with the same system prompt, as agents of one deployment do.
-    salt = uuid.uuid4().hex if spec.salt_system_prompt else "shared"
-    messages = [{"role": "system", "content": workload.system_prompt(salt)}]
-    for turn in range(spec.turns):
-        if turn:
-            if spec.tool_result_words:
-                messages.append({"role": "user", "content": workload.tool_result(conv, turn)})
-            if spec.think_time_s:
-                await asyncio.sleep(spec.think_time_s)
-        messages.append({"role": "user", "content": workload.user_message(conv, turn)})
+    """One conversation's turns in order; its history grows with each answer (the model's, or
+    the recorded one of a trace)."""
+    spec = run.spec
+    c = run.workload.conversation(conv)
+    # cold: nobody sent this opening before in this run; first_turn: another conversation did
+    first_class = "first_turn" if c.prefix_key in run.prefixes else "cold"
+    run.prefixes.add(c.prefix_key)
+    messages = list(c.opening)
+    for turn, t in enumerate(c.turns):
+        if turn and spec.think_time_s:
+            await asyncio.sleep(spec.think_time_s)
+        messages.extend(t.before)
         sent = time.perf_counter() - run.started
         run.requests += 1
         try:
@@ -81,25 +74,34 @@ async def _conversation(run: _Run, conv: int, *, warmup: bool, per_request: bool
                 run.endpoint.base_url,
                 run.endpoint.model,
                 messages,
-                max_tokens=spec.max_tokens,
+                max_tokens=t.max_tokens,
                 temperature=spec.temperature,
                 ignore_eos=spec.ignore_eos,
                 timeout_s=spec.request_timeout_s,
                 stall_timeout_s=spec.stall_timeout_s,
+                tools=c.tools,
             )
         except MeasureError as exc:
             if exc.reason == "hang" or spec.max_error_share == 0:
                 raise
             run.errors += 1  # counted; too many make the trial `overload`
             return
-        _record(run, conv, turn, warmup, sent, timing, per_request)
+        klass = first_class if turn == 0 else "continuation"
+        _record(run, conv, turn, warmup, sent, timing, per_request, klass)
         if per_request:
             await _per_request_metrics(run)
-        messages.append({"role": "assistant", "content": timing.text})
+        messages.append(t.answer or {"role": "assistant", "content": timing.text})
 
 
 def _record(
-    run: _Run, conv: int, turn: int, warmup: bool, sent: float, timing: ChatTiming, per: bool
+    run: _Run,
+    conv: int,
+    turn: int,
+    warmup: bool,
+    sent: float,
+    timing: ChatTiming,
+    per: bool,
+    klass: str,
 ) -> None:
     kind: Kind = "warmup" if warmup else ("miss" if turn == 0 else "hit")
     sample = RequestSample(
@@ -117,7 +119,7 @@ def _record(
         cached_tokens=timing.cached_tokens,
         itl_ms=timing.itl_ms,
         started_s=sent,
-        klass=_klass(run.spec, turn),
+        klass=klass,
     )
     run.samples.append(sample)
     if run.on_request is not None and not per:
@@ -140,7 +142,7 @@ async def _per_request_metrics(run: _Run) -> None:
 
 async def measure_async(
     endpoint: Endpoint,
-    spec: WorkloadSpec,
+    spec: SyntheticAgentSpec | TraceSpec,
     client: httpx.AsyncClient,
     *,
     check_alive: Callable[[], None] | None = None,
@@ -156,7 +158,7 @@ async def measure_async(
     ``spec.stall_timeout_s`` is one with reason ``hang``.
     """
     before = await fetch_metrics(client, endpoint.base_url)
-    run = _Run(endpoint, spec, client, AgentWorkload(spec), time.perf_counter(), before, on_request)
+    run = _Run(endpoint, spec, client, make_workload(spec), time.perf_counter(), before, on_request)
     per_request = spec.concurrency == 1
     for w in range(spec.warmup_conversations):
         await _conversation(run, -1 - w, warmup=True, per_request=per_request)
@@ -224,7 +226,7 @@ def _partial(samples: list[RequestSample], last: MetricsSnapshot) -> TrialMeasur
 
 def measure(
     endpoint: Endpoint,
-    spec: WorkloadSpec,
+    spec: SyntheticAgentSpec | TraceSpec,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     check_alive: Callable[[], None] | None = None,

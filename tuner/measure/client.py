@@ -46,13 +46,14 @@ async def stream_chat(
     client: httpx.AsyncClient,
     base_url: str,
     model: str,
-    messages: Sequence[dict[str, str]],
+    messages: Sequence[dict[str, Any]],
     *,
     max_tokens: int,
     temperature: float = 0.0,
     ignore_eos: bool = True,
     timeout_s: float = 300.0,
     stall_timeout_s: float | None = None,
+    tools: list[dict[str, Any]] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> ChatTiming:
     """POST a streaming chat completion and time it.
@@ -70,6 +71,8 @@ async def stream_chat(
         # latency of chunks that carry several tokens
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
+    if tools:
+        body["tools"] = tools  # a trace's recorded tool definitions, forwarded as recorded
     if ignore_eos:
         body["ignore_eos"] = True  # vLLM extension: same output length in every trial
     first: float | None = None

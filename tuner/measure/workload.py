@@ -1,19 +1,28 @@
-"""The multi-turn agent workload: a long system prompt with tool definitions, growing history.
+"""The workload seam: conversations as data, one generator per ``workload.kind``.
 
-Texts are generated deterministically from the workload seed, so every trial of a study sends
-the same conversations. Only the salt differs: it opens the system prompt, so the first turn of
-every conversation is a prefix the server has never seen (a true cache MISS).
+A :class:`Conversation` is its opening messages and its turns; each :class:`Turn` says what is
+appended before the request, and what is appended after it (the recorded answer of a trace, or
+``None``: the model's own answer). :data:`WORKLOADS` maps each kind to its generator:
+``synthetic_agent`` (:class:`AgentWorkload`, below) and ``trace`` (``tuner.measure.trace``).
+
+The synthetic agent's texts are generated deterministically from the workload seed, so every
+trial of a study sends the same conversations. With ``salt_system_prompt`` a per-conversation
+salt opens the system prompt, so every first turn is a prefix the server has never seen.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from tuner.config.objective import WorkloadSpec
+from tuner.config.workload import SyntheticAgentSpec, TraceSpec
+from tuner.measure._conversation import Conversation, Message, Turn, Workload
+from tuner.measure.trace import TraceWorkload
 
-__all__ = ["AgentWorkload"]
+__all__ = ["WORKLOADS", "AgentWorkload", "Conversation", "Turn", "Workload", "make_workload"]
 
 _WORDS = [
     "tool",
@@ -64,7 +73,21 @@ _NOUNS = ("file", "issue", "log", "metric", "ticket", "page", "table", "branch",
 class AgentWorkload:
     """Builds the messages of each turn; see :meth:`system_prompt` and :meth:`user_message`."""
 
-    spec: WorkloadSpec
+    spec: SyntheticAgentSpec
+
+    def conversation(self, index: int) -> Conversation:
+        """Conversation ``index``: system prompt, then per turn a tool result and a user line."""
+        spec = self.spec
+        salt = uuid.uuid4().hex if spec.salt_system_prompt else "shared"
+        turns = []
+        for turn in range(spec.turns):
+            before: list[Message] = []
+            if turn and spec.tool_result_words:
+                before.append({"role": "user", "content": self.tool_result(index, turn)})
+            before.append({"role": "user", "content": self.user_message(index, turn)})
+            turns.append(Turn(tuple(before), None, spec.max_tokens))
+        system = {"role": "system", "content": self.system_prompt(salt)}
+        return Conversation((system,), tuple(turns), None, prefix_key=salt)
 
     def _rng(self, *salt: object) -> random.Random:
         return random.Random(json.dumps([self.spec.seed, *salt]))
@@ -115,3 +138,13 @@ class AgentWorkload:
         """The user's message of ``turn`` (the same text per turn index in every conversation)."""
         rng = self._rng("user", turn)  # same text per turn index in every conversation
         return f"Turn {turn + 1}: {self._text(rng, self.spec.user_words)}"
+
+
+WORKLOADS: dict[str, Any] = {"synthetic_agent": AgentWorkload, "trace": TraceWorkload}
+
+
+def make_workload(spec: SyntheticAgentSpec | TraceSpec) -> Workload:
+    """The generator for ``spec.kind``."""
+    factory = WORKLOADS[spec.kind]
+    workload: Workload = factory(spec)
+    return workload

@@ -40,6 +40,10 @@ __all__ = [
 ]
 
 LEVEL = 0.95
+# A group member must also be practically equivalent: its estimate within this share of the
+# best's. Noise alone would otherwise let a 10 % slower point into the group when one
+# deployment cannot tell them apart, and the tie-break (fewest changes) would then pick it.
+TIE = 0.05
 
 
 def load_observations(
@@ -107,12 +111,14 @@ def best_group(
     *,
     level: float = LEVEL,
     seed: int = 0,
+    tie: float = TIE,
 ) -> Group:
     """The best of ``candidates`` on ``metric`` and every candidate within noise of it.
 
     Each other candidate's difference to the best is bootstrapped at level
     ``1 - (1 - level) / m`` for ``m`` comparisons; it joins the group when the interval
-    contains 0. A metric measured once (VRAM) has no samples: only equal values tie.
+    contains 0 and its estimate is within ``tie`` of the best's. A metric measured once (VRAM)
+    has no samples: only equal values tie.
     """
     if not candidates:
         raise ValueError("no candidates")
@@ -136,7 +142,8 @@ def best_group(
             d = _value(study, t, metric) - _value(study, best, metric)
             ci = (d, d)
         diffs[t.number] = ci
-        if ci[0] <= 0 <= ci[1]:
+        near = abs(_value(study, t, metric) - _value(study, best, metric))
+        if ci[0] <= 0 <= ci[1] and near <= tie * abs(_value(study, best, metric)):
             members.append(t)
     return Group(metric, best, tuple(members), diffs, len(others), on_samples)
 

@@ -60,8 +60,9 @@ class Rule:
         return (
             "the lowest TTFT HIT among feasible Pareto points whose TTFT MISS meets the criteria; "
             "points within noise of it on HIT (95 % bootstrap interval of the difference, "
-            "Bonferroni-corrected, contains 0) form its group, and the group member with the "
-            "fewest changes from the baseline, then the lowest VRAM, is chosen"
+            "Bonferroni-corrected, contains 0, and within 5 % of it) form its group, and the "
+            "group member with the fewest changes from the baseline, then the lowest VRAM, is "
+            "chosen"
         )
 
 

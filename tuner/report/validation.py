@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.metrics import METRICS, Interval, bootstrap_diff_grouped
-from tuner.report.decide import changes_from, load_observations, reference_params
+from tuner.report.decide import TIE, changes_from, load_observations, reference_params
 
 __all__ = ["CandidateResult", "ValidationSummary", "load_validation", "summarize_validation"]
 
@@ -156,7 +156,7 @@ def summarize_validation(
     for r in ordered[1:]:
         ci = bootstrap_diff_grouped(spec.stat, r.samples, best.samples, level=level, seed=seed)
         diffs[r.candidate.number] = ci
-        if ci[0] <= 0 <= ci[1]:
+        if ci[0] <= 0 <= ci[1] and r.value - best.value <= TIE * best.value:
             group.append(r)
     ref = reference_params(search)
     pick = min(group, key=lambda r: (changes_from(r.candidate.params, ref), r.vram, r.value))

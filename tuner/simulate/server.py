@@ -69,7 +69,11 @@ class _Handler(BaseHTTPRequestHandler):
                 404, json.dumps({"error": f"model {body.get('model')!r} not served"}).encode()
             )
             return
-        prompt = " ".join(m["content"] for m in body["messages"])
+        # Recorded assistant turns may carry tool_calls and no content: all of it is prompt.
+        prompt = " ".join(
+            m["content"] if isinstance(m.get("content"), str) else json.dumps(m)
+            for m in body["messages"]
+        )
         admission = engine.admit(prompt)
         n_out = int(body.get("max_tokens", 16))
         self.send_response(200)

@@ -20,8 +20,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner.config.objective import ObjectiveFile, WorkloadSpec
+from tuner.config.objective import ObjectiveFile
 from tuner.config.profile import Profile
+from tuner.config.workload import SyntheticAgentSpec, TraceSpec
 from tuner.deploy.base import Deployer
 from tuner.errors import DeployError, MeasureError, ServerExited
 from tuner.measure import TrialMeasurement, measure
@@ -216,7 +217,7 @@ def deploy_and_measure(
     flags: list[str],
     env: dict[str, str] | None,
     trial_dir: Path,
-    workload: WorkloadSpec,
+    workload: SyntheticAgentSpec | TraceSpec,
     crash_retries: int,
     enough: Callable[[TrialMeasurement], bool] | None = None,
 ) -> Measured:

@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.config.objective import ObjectiveFile
 from tuner.config.profile import Profile
 from tuner.config.space import SearchSpace
+from tuner.config.workload import held_out
 from tuner.deploy import make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import StudyError
@@ -56,7 +57,8 @@ def validation_name(study_name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ValidationSettings:
-    """How many rounds, and which conversations (``workload_seed``: None = search seed + 1)."""
+    """How many rounds, and which conversations (``workload_seed``: None = the workload's
+    held-out variant: the synthetic seed + 1, or a trace's holdout split)."""
 
     rounds: int = 2
     workload_seed: int | None = None
@@ -97,14 +99,12 @@ class Validator:
         self.profile = profile
         self.candidates = list(candidates)
         self.settings = settings
-        seed = settings.workload_seed
-        workload = objective.workload
-        held_out = workload.seed + 1 if seed is None else seed
-        if held_out == workload.seed:
-            raise StudyError("validation must use held-out conversations: another workload seed")
-        self.objective = objective.model_copy(
-            update={"workload": workload.model_copy(update={"seed": held_out})}
-        )
+        workload = held_out(objective.workload)
+        if settings.workload_seed is not None:
+            if settings.workload_seed == objective.workload.seed:
+                raise StudyError("validation must use held-out conversations: another seed")
+            workload = workload.model_copy(update={"seed": settings.workload_seed})
+        self.objective = objective.model_copy(update={"workload": workload})
         self._factory = deployer_factory or functools.partial(
             make_deployer, managed_flags=space.managed_flags
         )
@@ -133,6 +133,7 @@ class Validator:
             study.set_user_attr("search_study", self.paths.name)
             study.set_user_attr("phase", "validation")
             study.set_user_attr("workload_seed", self.objective.workload.seed)
+            study.set_user_attr("workload", self.objective.workload.model_dump(mode="json"))
             criteria = self.objective.criteria
             if criteria is not None:
                 study.set_user_attr("criteria", criteria.model_dump())

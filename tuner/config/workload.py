@@ -1,0 +1,94 @@
+"""The workload section of an objective file: what is sent, and under which load.
+
+``workload.kind`` picks the generator (``tuner.measure.workload.WORKLOADS`` holds one class per
+kind): ``synthetic_agent`` builds agent conversations from a seed, ``trace`` replays the user's
+own recorded conversations. Every kind shares the load settings of :class:`LoadSpec`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from tuner.config._yaml import StrictModel
+
+__all__ = [
+    "LoadSpec",
+    "SyntheticAgentSpec",
+    "TraceSpec",
+    "WorkloadConfig",
+    "WorkloadSpec",
+    "held_out",
+]
+
+
+class LoadSpec(StrictModel):
+    """How conversations are sent: how many, how many at once, bounds, failure thresholds."""
+
+    conversations: int = Field(default=3, ge=3)  # measured (at least)
+    warmup_conversations: int = Field(default=1, ge=0)  # excluded from the results
+    temperature: float = 0.0
+    ignore_eos: bool = True  # same number of output tokens in every configuration
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    seed: int = 7
+    # Caps of adaptive measurement (objectives with `precision`): at most this many measured
+    # conversations / seconds of measurement. Without them, `conversations` is also the cap.
+    max_conversations: int | None = Field(default=None, ge=1)
+    max_seconds: float | None = Field(default=None, gt=0)
+    # Load: C conversations in flight (closed loop; a new one starts as one ends), their
+    # starts staggered so that the first turns do not arrive as one burst.
+    concurrency: int = Field(default=1, ge=1)
+    stagger_s: float = Field(default=0.25, ge=0)
+    think_time_s: float = Field(default=0.0, ge=0)  # between a turn's answer and the next turn
+    # No token for this long while the server is healthy: the trial fails as `hang`.
+    stall_timeout_s: float = Field(default=60.0, gt=0)
+    # Share of requests allowed to fail before the trial is `overload` (0: the first fails it).
+    max_error_share: float = Field(default=0.0, ge=0, lt=1)
+
+
+class SyntheticAgentSpec(LoadSpec):
+    """Agent conversations generated from ``seed``: a long system prompt with tool definitions,
+    a user line per turn, optionally a tool result before each later turn."""
+
+    kind: Literal["synthetic_agent"] = "synthetic_agent"
+    system_prompt_words: int = Field(default=1200, ge=1)
+    tools: int = Field(default=8, ge=0)
+    turns: int = Field(default=4, ge=2)
+    user_words: int = Field(default=40, ge=1)
+    max_tokens: int = Field(default=24, ge=1)
+    # True: every conversation opens with a never-seen salt (first turns are cold misses).
+    # False: one system prompt shared by every conversation, as agents of one service do.
+    salt_system_prompt: bool = True
+    tool_result_words: int = Field(default=0, ge=0)  # a tool result appended before each turn
+
+
+class TraceSpec(LoadSpec):
+    """The user's recorded conversations, replayed turn by turn.
+
+    ``format``: ``openai`` (JSONL, one ``{"messages": [...], "tools": [...]}`` per line) or
+    ``sharegpt`` (JSON list or JSONL of ``{"conversations": [{"from", "value"}]}``). Each
+    recorded assistant message is one request whose prompt is the recorded history before it;
+    the recorded answer (not the model's) is appended afterwards, and the output length follows
+    it, capped at ``max_tokens``. The last ``holdout`` share of the conversations is kept for
+    validation (``split: holdout``); the search uses the rest.
+    """
+
+    kind: Literal["trace"] = "trace"
+    path: Path
+    format: Literal["openai", "sharegpt"] = "openai"
+    holdout: float = Field(default=0.2, ge=0, lt=1)
+    split: Literal["search", "holdout"] = "search"
+    max_tokens: int = Field(default=256, ge=1)
+
+
+WorkloadConfig = Annotated[SyntheticAgentSpec | TraceSpec, Field(discriminator="kind")]
+WorkloadSpec = SyntheticAgentSpec  # the name before the seam existed
+
+
+def held_out(spec: SyntheticAgentSpec | TraceSpec) -> SyntheticAgentSpec | TraceSpec:
+    """The same workload on conversations the search never used (for validation)."""
+    if isinstance(spec, TraceSpec):
+        return spec.model_copy(update={"split": "holdout"})
+    return spec.model_copy(update={"seed": spec.seed + 1})
