@@ -243,6 +243,8 @@ METRICS: dict[str, Metric] = {
                "end-to-end latency of a request (sent to last token), median"),
         Metric("e2e_p90_ms", "ms", "minimize", "e2e_ms", "p90",
                "end-to-end latency, 90th percentile"),
+        Metric("goodput", "", "maximize", "goodput", "value",
+               "share of measured requests meeting their class's TTFT and TPOT SLOs"),
         Metric("cached_share_hit", "", "maximize", "cached_share_hit", "value",
                "share of later turns' prompt tokens the prefix cache held (per-request usage)"),
         Metric("startup_s", "s", "minimize", "startup_s", "value",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -118,3 +119,66 @@ class TestFailuresUnderLoad:
         else:
             m = measure(ep, spec, transport=httpx.MockTransport(handler))
             assert m.failed_requests > 0
+
+
+class TestGoodputAndBounds:
+    def test_goodput_counts_requests_meeting_their_class_slo(self) -> None:
+        """Goodput = share of measured requests whose TTFT and mean ITL meet their class's SLO;
+        a class without an SLO always meets it; warm-up requests do not count."""
+        from tuner.measure import TrialMeasurement
+        from tuner.measure.vram import MemoryReading
+        from tuner.schema import RequestRecord
+
+        def rec(kind: str, klass: str, ttft: float, itl: tuple[float, ...]) -> RequestRecord:
+            return RequestRecord(0, 0, kind, ttft, ttft, 1, 1, 0.0, 0.0, 0.0, None, 0, itl, 0.0,
+                                 klass)  # type: ignore[arg-type]  # fmt: skip
+
+        m = TrialMeasurement(
+            samples=(
+                rec("warmup", "cold", 9999.0, ()),
+                rec("miss", "first_turn", 100.0, (5.0,)),  # no SLO for first_turn: ok
+                rec("hit", "continuation", 40.0, (9.0, 11.0)),  # ok (mean ITL 10)
+                rec("hit", "continuation", 60.0, (5.0,)),  # TTFT over 50
+                rec("hit", "continuation", 30.0, (20.0,)),  # TPOT over 10
+            ),
+            memory=MemoryReading(1.0, "reported"),
+        )
+        assert m.goodput({"continuation": (50.0, 10.0)}) == pytest.approx(0.5)
+        assert m.goodput({}) is None
+
+    def test_constraints_from_the_objective_file(self, tmp_path: Path) -> None:
+        """`constraints: [{metric: goodput, min: ...}]` are Optuna constraints: an SLO nobody
+        meets makes every trial infeasible, a loose one none; goodput without SLOs is refused."""
+        from tuner.config import load_objective
+        from tuner.errors import ConfigError
+        from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
+        from tuner.testing import fake_profile
+
+        base = (
+            "name: g\nobjectives:\n  - {name: ttft_hit_p90_ms}\ncriteria: null\n"
+            "workload: {system_prompt_words: 100, tools: 1, turns: 3, max_tokens: 3}\n"
+            "constraints:\n  - {metric: goodput, min: 0.95}\n"
+        )
+        f = tmp_path / "o.yaml"
+        f.write_text(base)
+        with pytest.raises(ConfigError, match="goodput needs slos"):
+            load_objective(f)
+        from tuner.config import load_space
+
+        space = load_space(Path(__file__).resolve().parents[2] / "search_spaces" / "seed_192.yaml")
+        for name, ttft, feasible in (("strict", 0.001, False), ("loose", 60000.0, True)):
+            f.write_text(base + f"slos:\n  continuation: {{ttft_ms: {ttft}}}\n")
+            StudyRunner(
+                paths=StudyPaths.create(name, tmp_path),
+                space=space,
+                seeds=(),
+                objective=load_objective(f),
+                profile=fake_profile(),
+                settings=RunSettings(n_trials=2),
+            ).run()
+            trials = [t for t in load_study(StudyPaths.create(name, tmp_path)).trials
+                      if t.state.name == "COMPLETE"]  # fmt: skip
+            assert len(trials) == 2
+            for t in trials:
+                assert set(t.constraints) == {"goodput>=0.95"}
+                assert (t.constraints["goodput>=0.95"] <= 0) is feasible

@@ -12,6 +12,8 @@ from tuner.config.workload import SyntheticAgentSpec, TraceSpec, WorkloadConfig,
 from tuner.metrics import METRICS
 
 __all__ = [
+    "SLO",
+    "Bound",
     "Criteria",
     "ObjectiveFile",
     "ObjectiveSpec",
@@ -62,6 +64,30 @@ class Criteria(StrictModel):
     min_speedup: float = Field(default=1.5, gt=0)  # MISS / HIT >= 1.5
 
 
+class SLO(StrictModel):
+    """Service-level objective of one request class: a request meets it when its TTFT and its
+    mean inter-token latency (TPOT) are within these bounds (a bound left out always holds)."""
+
+    ttft_ms: float | None = Field(default=None, gt=0)
+    tpot_ms: float | None = Field(default=None, gt=0)
+
+
+class Bound(StrictModel):
+    """A constraint on a metric of the table: ``min`` <= value <= ``max`` (Optuna constraint)."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Bound:
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(METRICS)}")
+        if self.min is None and self.max is None:
+            raise ValueError("a constraint needs min or max")
+        return self
+
+
 class ObjectiveFile(StrictModel):
     """An objective YAML file: objectives (metrics of ``tuner.metrics``), criteria, workload."""
 
@@ -70,6 +96,11 @@ class ObjectiveFile(StrictModel):
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     criteria: Criteria | None = Criteria()
     workload: WorkloadConfig = SyntheticAgentSpec()
+    # Per request class (cold, first_turn, continuation): what counts towards goodput.
+    slos: dict[Literal["cold", "first_turn", "continuation"], SLO] = {}
+    # Constraints on any metric, e.g. {metric: goodput, min: 0.95}: a trial outside them is
+    # infeasible (Optuna constraints), whatever its objective values.
+    constraints: list[Bound] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -84,6 +115,9 @@ class ObjectiveFile(StrictModel):
         names = [o.name for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"objective names must be unique, got {names}")
+        uses = names + [b.metric for b in self.constraints]
+        if "goodput" in uses and not self.slos:
+            raise ValueError("goodput needs slos: per request class, ttft_ms and/or tpot_ms")
         return self
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -109,7 +110,26 @@ class TrialMeasurement:
         prompt = sum(s.prompt_tokens for s in hit)
         return sum(s.cached_tokens or 0 for s in hit) / prompt if hit and prompt else None
 
-    def observations(self, startup_s: float | None = None) -> Observations:
+    def goodput(self, slos: Mapping[str, tuple[float | None, float | None]]) -> float | None:
+        """Share of measured requests meeting their class's (TTFT ms, TPOT ms) SLO; None
+        without SLOs. A class without an SLO always meets it."""
+        if not slos:
+            return None
+        measured = [x for x in self.samples if x.kind != "warmup"]
+        if not measured:
+            return None
+        ok = 0
+        for x in measured:
+            ttft, tpot = slos.get(x.klass, (None, None))
+            mean_itl = sum(x.itl_ms) / len(x.itl_ms) if x.itl_ms else 0.0
+            ok += (ttft is None or x.ttft_ms <= ttft) and (tpot is None or mean_itl <= tpot)
+        return ok / len(measured)
+
+    def observations(
+        self,
+        startup_s: float | None = None,
+        slos: Mapping[str, tuple[float | None, float | None]] | None = None,
+    ) -> Observations:
         """Raw series and single values, by the names ``tuner.metrics.METRICS`` reads."""
         return Observations(
             series=series_of(self.samples),
@@ -119,6 +139,7 @@ class TrialMeasurement:
                 "throughput_tok_s": self.throughput_tok_s,
                 "startup_s": startup_s,
                 "cached_share_hit": self.cached_share_hit,
+                "goodput": self.goodput(slos or {}),
             },
         )
 

@@ -143,6 +143,27 @@ def set_constraints(
     trial.set_constraint("speedup", crit.min_speedup - m.speedup)
 
 
+def set_bounds(trial: optuna.Trial, objective: ObjectiveFile, attrs: Mapping[str, Any]) -> None:
+    """The objective file's ``constraints`` (min/max on a metric) as Optuna constraints.
+
+    Normalised by the bound so that a constraint's value reads as a relative violation; an
+    unmeasured metric (NaN) violates it.
+    """
+    for b in objective.constraints:
+        v = float(attrs.get(b.metric, math.nan))
+        if b.min is not None:
+            gap = (b.min - v) / abs(b.min) if b.min else b.min - v
+            trial.set_constraint(f"{b.metric}>={b.min:g}", gap if math.isfinite(v) else 1.0)
+        if b.max is not None:
+            gap = (v - b.max) / abs(b.max) if b.max else v - b.max
+            trial.set_constraint(f"{b.metric}<={b.max:g}", gap if math.isfinite(v) else 1.0)
+
+
+def slo_bounds(objective: ObjectiveFile) -> dict[str, tuple[float | None, float | None]]:
+    """Each class's (TTFT ms, TPOT ms) SLO from the objective file."""
+    return {k: (v.ttft_ms, v.tpot_ms) for k, v in objective.slos.items()}
+
+
 def intervals(m: TrialMeasurement, seed: int = 0) -> dict[str, list[float]]:
     """95 % bootstrap interval of every sampled metric of the table (seeded: repeatable)."""
     obs = m.observations()
@@ -175,9 +196,11 @@ def precise_enough(objective: ObjectiveFile) -> Callable[[TrialMeasurement], boo
     return enough
 
 
-def _attrs(m: TrialMeasurement, startup_s: float) -> dict[str, Any]:
+def _attrs(
+    m: TrialMeasurement, startup_s: float, slos: Mapping[str, tuple[float | None, float | None]]
+) -> dict[str, Any]:
     """Every metric of the table, its interval, plus the spread and diagnostics a report needs."""
-    obs = m.observations(startup_s)
+    obs = m.observations(startup_s, slos)
     attrs: dict[str, Any] = {name: spec.compute(obs) for name, spec in METRICS.items()}
     attrs.update({f"ci_{name}": ci for name, ci in intervals(m).items()})
     s = m.summary()
@@ -292,7 +315,7 @@ def record(
         f = result.failure or Failure("crash", "no measurement")
         record_failure(study, trial, f.reason, f.message, log_tail=f.log_tail, trial_dir=trial_dir)
         return outcome("fail", f.reason)
-    attrs = _attrs(m, result.startup_s)
+    attrs = _attrs(m, result.startup_s, slo_bounds(objective))
     values = [float(attrs[spec.name]) for spec in objective.objectives]
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
@@ -314,6 +337,7 @@ def record(
         record_failure(study, trial, "request_error", message, trial_dir=trial_dir)
         return outcome("fail", "request_error")
     set_constraints(study, trial, objective, m)
+    set_bounds(trial, objective, attrs)
     study.tell(trial, values)
     log.info("trial=%d state=complete values=%s", trial.number, values)
     return outcome("complete", None, tuple(values))
