@@ -175,3 +175,37 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     r = run("--debug", "report", "nope", "--studies-dir", str(tmp_path))
     assert r.returncode != 0
     assert "Traceback" in r.stderr
+
+
+def test_second_process_on_one_study_refuses(tmp_path: Path) -> None:
+    """Two `tuner optimize` on one study: the second refuses with one line (exit 2) and the
+    first finishes untouched, with exactly its deployments."""
+    (tmp_path / "p.yaml").write_text(
+        "name: slow\nserver: {model: fake-model}\ndeployer: {kind: fake, startup_s: 2}\n"
+    )
+    args = ["optimize", "--trials", "2", "--study", "one", "--no-validate",
+            "--profile", str(tmp_path / "p.yaml"), "--studies-dir", str(tmp_path)]  # fmt: skip
+    first = subprocess.Popen(
+        [*TUNER, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lock = tmp_path / "one" / ".lock"
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and "pid" in lock.read_text()):
+            assert time.monotonic() < deadline, "the first run never took the study"
+            time.sleep(0.1)
+        second = run(*args)
+        assert second.returncode == 2
+        lines = [line for line in second.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, second.stderr
+        assert f"is being run by pid {first.pid}" in lines[0]
+        out, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err
+    assert "2 deployments" in out
+    study = optuna.load_study(
+        study_name="one", storage=f"sqlite:///{tmp_path / 'one' / 'study.db'}"
+    )
+    ran = [t.state for t in study.trials if t.state != TrialState.WAITING]  # seeds still queued
+    assert ran == [TrialState.COMPLETE] * 2

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._trial import TrialOutcome
-from tuner.study.runner import RunResult, RunSettings, StudyRunner, sigterm_as_interrupt
+from tuner.study.runner import RunResult, RunSettings, StudyRunner
 from tuner.study.storage import StudyPaths, load_study
 from tuner.study.validate import (
     ValidationResult,

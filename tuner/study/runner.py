@@ -7,18 +7,14 @@ alone, in milliseconds) and duplicates (never deployed) do not count.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import random
-import signal
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -33,9 +29,17 @@ from tuner.config.space import ParamValue, SearchSpace
 from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import ConfigError, StudyError
+from tuner.study._duplicate import record_duplicate
+from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._trial import TrialOutcome, evaluate, fail_stale, record_failure
-from tuner.study.sampling import SamplerContext, SamplerFactory, default_sampler, front_params
-from tuner.study.storage import StudyPaths, open_storage
+from tuner.study.sampling import (
+    SAMPLERS,
+    SamplerContext,
+    SamplerFactory,
+    default_sampler,
+    front_params,
+)
+from tuner.study.storage import StudyPaths, open_storage, study_lock
 
 __all__ = ["RunResult", "RunSettings", "StudyRunner", "sigterm_as_interrupt"]
 
@@ -74,23 +78,6 @@ class RunResult:
     stopped_by_deadline: bool = False  # --timeout came before --trials
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C inside the block, so both clean up the same way."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
     # Trial numbers index the study's trials; deepcopy=False avoids copying the whole history.
     return study.get_trials(deepcopy=False)[number]
@@ -120,6 +107,8 @@ class StudyRunner:
         on_trial_start: Callable[[int, dict[str, Any], str | None], None] | None = None,
         on_trial_end: Callable[[TrialOutcome], None] | None = None,
     ) -> None:
+        if settings.sampler not in SAMPLERS:  # before anything is created on disk
+            raise StudyError(f"unknown sampler {settings.sampler!r}; known: {', '.join(SAMPLERS)}")
         self.paths = paths
         self.space = space
         self.seeds = seeds
@@ -221,6 +210,8 @@ class StudyRunner:
     def run(self) -> RunResult:
         """Seeds first, then the sampler, until the study holds ``n_trials`` deployments.
 
+        Holds the study's lock (``study_lock``) throughout: a second process refuses to start.
+
         Resumes where an earlier run stopped; returns early when every valid point of the
         space has been evaluated. KeyboardInterrupt (or SIGTERM) stops the server, marks the
         trial ``interrupted`` and propagates.
@@ -230,6 +221,10 @@ class StudyRunner:
             ...             settings=RunSettings(n_trials=4)).run().deployed  # doctest: +SKIP
             4
         """
+        with study_lock(self.paths):
+            return self._run()
+
+    def _run(self) -> RunResult:
         external_params = self._external_params() if self._external else None
         study = self.open_study()
         fail_stale(study)  # a RUNNING trial now belongs to a run killed hard
@@ -355,7 +350,7 @@ class StudyRunner:
             self._on_start(trial.number, params, seed)
         try:
             if key in evaluated:
-                return self._duplicate(study, trial, evaluated[key], params, t0)
+                return record_duplicate(study, trial, evaluated[key], params, t0)
             problems = self._invalid(params) if self.settings.precheck else []
             if problems:
                 record_failure(study, trial, "invalid", "; ".join(problems))
@@ -388,50 +383,3 @@ class StudyRunner:
             if _frozen(study, trial.number).state == TrialState.RUNNING:
                 record_failure(study, trial, "interrupted", "interrupted by Ctrl-C / SIGTERM")
             raise
-
-    def _duplicate(
-        self,
-        study: optuna.Study,
-        trial: optuna.Trial,
-        orig: FrozenTrial,
-        params: dict[str, Any],
-        t0: float,
-    ) -> TrialOutcome:
-        seed = trial.user_attrs.get("seed_name")
-        trial.set_user_attr("duplicate_of", orig.number)
-        if seed is not None and orig.state == TrialState.COMPLETE:
-            # A named seed that became identical to another one: reuse the measurement so the
-            # name still has its row, without a second deployment.
-            for k, v in orig.user_attrs.items():
-                if k not in ("seed_name", "flags", "deployed", "fallback"):
-                    trial.set_user_attr(k, v)
-            for k, v in orig.constraints.items():
-                trial.set_constraint(k, v)
-            study.tell(trial, orig.values)
-            return TrialOutcome(
-                trial.number,
-                params,
-                "complete",
-                None,
-                seed,
-                tuple(orig.values),
-                duplicate_of=orig.number,
-                duration_s=time.perf_counter() - t0,
-                attrs=dict(trial.user_attrs),
-            )
-        reason = "duplicate"
-        if seed is not None:
-            reason = str(orig.user_attrs.get("reason", "duplicate"))
-        record_failure(
-            study, trial, reason, f"same configuration as trial {orig.number}; not redeployed"
-        )
-        return TrialOutcome(
-            trial.number,
-            params,
-            "fail",
-            reason,
-            seed,
-            duplicate_of=orig.number,
-            duration_s=time.perf_counter() - t0,
-            attrs=dict(trial.user_attrs),
-        )

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import re
 import sqlite3
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ import sqlalchemy
 from tuner.errors import StudyError
 from tuner.schema import TrialFolder
 
-__all__ = ["MEMORY", "StudyPaths", "load_study", "open_storage", "redact"]
+__all__ = ["MEMORY", "StudyPaths", "load_study", "open_storage", "redact", "study_lock"]
 
 MEMORY = "memory://"  # Optuna's in-memory storage (benchmarks, dry runs)
 JOURNAL = "journal:///"
@@ -123,3 +127,31 @@ def load_study(paths: StudyPaths) -> optuna.Study:
         return optuna.load_study(study_name=paths.name, storage=storage)
     except KeyError as exc:
         raise StudyError(f"no study {paths.name!r} in {redact(paths.storage_url)}") from exc
+
+
+@contextlib.contextmanager
+def study_lock(paths: StudyPaths) -> Iterator[None]:
+    """One writer per study: an exclusive ``flock`` on ``STUDY/.lock`` for as long as it runs.
+
+    A second ``tuner optimize`` (or ``validate``) on the same study refuses with one line
+    instead of failing the first one's running trial as stale. The kernel drops the lock when
+    the holder dies, kill -9 included, so a stale lock never blocks the next run. (Several
+    workers sharing one study over a database is the scale-out mode, not this.)
+    """
+    paths.root.mkdir(parents=True, exist_ok=True)
+    path = paths.root / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text(errors="replace").strip() or "another process"
+            raise StudyError(
+                f"study {paths.name!r} is being run by {holder}: wait for it to finish or stop "
+                "it (Ctrl-C), then run the same command again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} (since {time.strftime('%H:%M:%S')})".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock

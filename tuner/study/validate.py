@@ -33,9 +33,9 @@ from tuner.deploy import make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import StudyError
 from tuner.schema import TrialFolder
+from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._trial import TrialOutcome, evaluate, fail_stale, record_failure
-from tuner.study.runner import sigterm_as_interrupt
-from tuner.study.storage import StudyPaths, open_storage
+from tuner.study.storage import StudyPaths, open_storage, study_lock
 
 __all__ = [
     "VALIDATION_SUFFIX",
@@ -141,6 +141,10 @@ class Validator:
 
     def run(self) -> ValidationResult:
         """Deploy what the plan still lacks; Ctrl-C / SIGTERM stop it, resumable."""
+        with study_lock(self.paths):
+            return self._run()
+
+    def _run(self) -> ValidationResult:
         study = self.open_study()
         fail_stale(study)
         done = {
