@@ -209,3 +209,33 @@ def test_second_process_on_one_study_refuses(tmp_path: Path) -> None:
     )
     ran = [t.state for t in study.trials if t.state != TrialState.WAITING]  # seeds still queued
     assert ran == [TrialState.COMPLETE] * 2
+
+
+def test_kill_9_then_cleanup_leaves_no_orphan(tmp_path: Path) -> None:
+    """kill -9 of `tuner optimize` while its local server starts: the server survives (own
+    session), its record names it; `tuner cleanup` stops it after the identity check."""
+    (tmp_path / "p.yaml").write_text(
+        "name: local\nserver: {model: fake-model, extra_args: [--fake-startup-s, '2']}\n"
+        "deployer: {kind: local, module: tuner.simulate, health_timeout_s: 60}\n"
+    )
+    args = ["optimize", "--trials", "1", "--study", "k", "--no-validate",
+            "--profile", str(tmp_path / "p.yaml"), "--studies-dir", str(tmp_path)]  # fmt: skip
+    tuner = subprocess.Popen([*TUNER, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    record = tmp_path / "k" / "trials" / "0000" / "process.json"
+    deadline = time.monotonic() + 60
+    while not record.exists():
+        assert time.monotonic() < deadline, "the server never started"
+        time.sleep(0.05)
+    server = json.loads(record.read_text())["pid"]
+    tuner.send_signal(signal.SIGKILL)
+    tuner.wait(timeout=10)
+    assert psutil.pid_exists(server)
+    r = run("cleanup", "--study", "k", "--studies-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert f"server pid {server} of 0000" in r.stdout
+    deadline = time.monotonic() + 20
+    while psutil.pid_exists(server) and psutil.Process(server).status() != "zombie":
+        assert time.monotonic() < deadline, "the orphan is still running"
+        time.sleep(0.1)
+    assert not record.exists()

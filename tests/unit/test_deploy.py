@@ -321,3 +321,47 @@ class TestDocker:
                 dep.wait_ready()
         with pytest.raises(docker.errors.NotFound):
             docker.from_env().containers.get(ep.container_id)
+
+
+class TestOrphans:
+    def test_kill_9_leaves_a_record_the_next_run_reclaims(self, tmp_path: Path) -> None:
+        """A local server whose tuner died without stopping it (its record left behind) is
+        stopped by cleanup, after the identity check; a record whose pid now belongs to another
+        process (a recycled pid) is dropped without touching that process."""
+        from tuner.deploy import cleanup_stale
+        from tuner.deploy._records import RECORD, reclaim_processes
+
+        prof = local_profile()
+        trial = tmp_path / "trials" / "0000"
+        dep = make_deployer(prof)
+        ep = dep.start([], trial)
+        dep.wait_ready()
+        pid = ep.pids[0]
+        record = json.loads((trial / RECORD).read_text())
+        assert record["pid"] == pid
+        # What a kill -9 of the tuner leaves: the server running, the record on disk.
+        proc, dep._proc = dep._proc, None  # type: ignore[attr-defined]  # dropped, not stopped
+        assert psutil.pid_exists(pid)
+        stopped = cleanup_stale(prof, "s", tmp_path)
+        assert stopped == [f"server pid {pid} of 0000"]
+        assert not (trial / RECORD).exists()
+        assert proc.wait(timeout=10) == 0  # it stopped on the SIGTERM (our child: reap it)
+        # A record naming a live process that is not ours: dropped, the process untouched.
+        other = tmp_path / "trials" / "0001"
+        other.mkdir(parents=True)
+        me = psutil.Process()
+        fake = {"pid": me.pid, "pgid": os.getpgid(me.pid), "create_time": me.create_time() - 5,
+                "argv": ["python", "-m", "vllm"]}  # fmt: skip
+        (other / RECORD).write_text(json.dumps(fake))
+        assert reclaim_processes(tmp_path) == []
+        assert not (other / RECORD).exists()
+        dep.stop()
+
+    def test_a_clean_stop_drops_the_record(self, tmp_path: Path) -> None:
+        from tuner.deploy._records import RECORD
+
+        with make_deployer(local_profile()) as dep:
+            dep.start([], tmp_path / "t")
+            dep.wait_ready()
+            assert (tmp_path / "t" / RECORD).exists()
+        assert not (tmp_path / "t" / RECORD).exists()

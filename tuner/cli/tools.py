@@ -7,23 +7,33 @@ from typing import Annotated
 
 import typer
 
-from tuner.cli._common import (
-    app,
-    out,
-)
+from tuner.cli._common import STUDIES, StudiesOpt, app, out
 from tuner.errors import TunerError
 
 
 @app.command()
 def cleanup(
     study: Annotated[
-        str | None, typer.Option("--study", help="only this study's containers")
+        str | None, typer.Option("--study", help="only this study's servers and containers")
     ] = None,
+    studies_dir: StudiesOpt = STUDIES,
 ) -> None:
-    """Remove every container the tuner started (labelled io.vllm-tuner.managed), and only those."""
+    """Stop what hard-killed runs left: local servers recorded in the study folders (after
+    checking each is still the recorded process) and labelled containers, and only those."""
+    from tuner.deploy._records import reclaim_processes
     from tuner.deploy.docker import docker_client, remove_containers
 
-    removed = remove_containers(docker_client(), study)
+    roots = (
+        [studies_dir / study] if study else sorted(p for p in studies_dir.glob("*") if p.is_dir())
+    )
+    stopped = [s for root in roots if root.is_dir() for s in reclaim_processes(root)]
+    out.print(f"stopped {len(stopped)} server(s)" + (f": {', '.join(stopped)}" if stopped else ""))
+    try:
+        client = docker_client()
+    except TunerError as exc:
+        out.print(f"containers: not checked ({exc})")
+        return
+    removed = remove_containers(client, study)
     out.print(
         f"removed {len(removed)} container(s)" + (f": {', '.join(removed)}" if removed else "")
     )

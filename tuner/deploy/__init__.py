@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Collection
+from pathlib import Path
 
 from tuner.config.profile import Profile
 from tuner.deploy.base import (
@@ -83,6 +84,7 @@ def make_deployer(profile: Profile, managed_flags: Collection[str] = ()) -> Depl
     return _class_of(profile)(profile, managed_flags)
 
 
-def cleanup_stale(profile: Profile, study: str) -> list[str]:
-    """Remove what an earlier, hard-killed run of ``study`` left behind; what was removed."""
-    return _class_of(profile).cleanup_stale(profile, study)
+def cleanup_stale(profile: Profile, study: str, root: Path | None = None) -> list[str]:
+    """Remove what an earlier, hard-killed run of ``study`` (folder ``root``) left behind;
+    what was removed."""
+    return _class_of(profile).cleanup_stale(profile, study, root)

@@ -155,7 +155,9 @@ class DeployerClass(Protocol):
 
     def __call__(self, profile: Profile, managed_flags: Collection[str] = ()) -> Deployer: ...
 
-    def cleanup_stale(self, profile: Profile, study: str) -> list[str]: ...
+    def cleanup_stale(
+        self, profile: Profile, study: str, root: Path | None = None
+    ) -> list[str]: ...
 
 
 class BaseDeployer:
@@ -178,8 +180,9 @@ class BaseDeployer:
         return profile.deployer
 
     @classmethod
-    def cleanup_stale(cls, profile: Profile, study: str) -> list[str]:
-        """Remove what a hard-killed earlier run of ``study`` left; what was removed.
+    def cleanup_stale(cls, profile: Profile, study: str, root: Path | None = None) -> list[str]:
+        """Remove what a hard-killed earlier run of ``study`` (folder ``root``) left; what was
+        removed.
 
         Nothing by default: most kinds start nothing that outlives the tuner.
         """

@@ -157,7 +157,7 @@ class ComposeDeployer(BaseDeployer):
         return self._save_logs()
 
     @classmethod
-    def cleanup_stale(cls, profile: Profile, study: str) -> list[str]:
+    def cleanup_stale(cls, profile: Profile, study: str, root: Path | None = None) -> list[str]:
         """The project a killed run left up brought down, the user's file restored."""
         cfg: ComposeConfig = cls._config_of(profile)
         if not backup_path(cfg.file).exists():

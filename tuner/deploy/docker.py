@@ -93,7 +93,7 @@ class DockerDeployer(BaseDeployer):
         self._base_url = ""
 
     @classmethod
-    def cleanup_stale(cls, profile: Profile, study: str) -> list[str]:
+    def cleanup_stale(cls, profile: Profile, study: str, root: Path | None = None) -> list[str]:
         """The study's labelled containers a killed run left behind, removed."""
         cfg: DockerConfig = cls._config_of(profile)
         return remove_containers(docker_client(cfg.docker_host), study)

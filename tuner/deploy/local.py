@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from tuner.config.profile import LocalConfig, Profile
+from tuner.deploy._records import forget, reclaim_processes, remember
 from tuner.deploy.base import BaseDeployer, classify_exit, tail
 from tuner.errors import DeployError, ServerExited
 from tuner.types import Endpoint
@@ -81,6 +82,7 @@ class LocalDeployer(BaseDeployer):
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._log_path: Path | None = None
+        self._workdir: Path | None = None
         self._base_url = ""
 
     def command(self, flags: Sequence[str], port: int) -> list[str]:
@@ -143,6 +145,8 @@ class LocalDeployer(BaseDeployer):
                     f"cannot start {argv[0]}: {exc.strerror}", reason="crash"
                 ) from exc
             _LIVE.add(self)
+            self._workdir = workdir
+            remember(workdir, self._proc.pid, argv)  # so a kill -9 of the tuner leaves no orphan
         host = "127.0.0.1" if self._cfg.host in ("0.0.0.0", "") else self._cfg.host
         self._base_url = f"http://{host}:{port}"
         return Endpoint(
@@ -174,8 +178,16 @@ class LocalDeployer(BaseDeployer):
         proc, self._proc = self._proc, None
         if proc is not None:
             _terminate_group(proc, self._cfg.stop_timeout_s)
+            if self._workdir is not None:
+                forget(self._workdir)
         _LIVE.discard(self)
         self._close_log()
+
+    @classmethod
+    def cleanup_stale(cls, profile: Profile, study: str, root: Path | None = None) -> list[str]:
+        """Servers a hard-killed run of the study left running, stopped (identity checked)."""
+        cfg: LocalConfig = cls._config_of(profile)
+        return reclaim_processes(root, cfg.stop_timeout_s) if root is not None else []
 
     def _close_log(self) -> None:
         if self._log is not None:

@@ -229,7 +229,7 @@ class StudyRunner:
         study = self.open_study()
         fail_stale(study)  # a RUNNING trial now belongs to a run killed hard
         # Containers (or a rewritten compose file) a hard-killed earlier run left behind.
-        self.reclaimed = cleanup_stale(self.profile, self.paths.name)
+        self.reclaimed = cleanup_stale(self.profile, self.paths.name, self.paths.root)
         if self.settings.enqueue_seeds:
             self._enqueue_seeds(study)
         trials = study.get_trials(deepcopy=False)

@@ -29,7 +29,7 @@ from tuner.config.objective import ObjectiveFile
 from tuner.config.profile import Profile
 from tuner.config.space import SearchSpace
 from tuner.config.workload import held_out
-from tuner.deploy import make_deployer
+from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import StudyError
 from tuner.schema import TrialFolder
@@ -147,6 +147,8 @@ class Validator:
     def _run(self) -> ValidationResult:
         study = self.open_study()
         fail_stale(study)
+        # Servers or containers a hard-killed earlier run (search or validation) left behind.
+        cleanup_stale(self.profile, self.paths.name, self.paths.root)
         done = {
             (t.user_attrs.get("round"), t.user_attrs.get("candidate"))
             for t in study.get_trials(deepcopy=False)
