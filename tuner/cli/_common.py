@@ -31,6 +31,12 @@ STUDIES = Path("studies")
 SpaceOpt = Annotated[Path, typer.Option("--space", help="search space YAML")]
 SeedsOpt = Annotated[Path, typer.Option("--seeds", help="seed configurations YAML")]
 StudiesOpt = Annotated[Path, typer.Option("--studies-dir", help="where study folders live")]
+ObjectiveOpt = Annotated[
+    Path | None,
+    typer.Option("--objective", help="objective YAML (default: the profile's, else ours)"),
+]
+ProfileOpt = Annotated[Path, typer.Option("--profile", help="deploy profile YAML")]
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")]
 
 
 # Column titles of metrics; dimensions are titled by the labels stored with the study.

@@ -15,8 +15,11 @@ from tuner.cli._common import (
     SEEDS,
     SPACE,
     STUDIES,
+    ObjectiveOpt,
+    ProfileOpt,
     SeedsOpt,
     SpaceOpt,
+    StorageOpt,
     StudiesOpt,
     app,
     out,
@@ -53,13 +56,10 @@ def optimize(
     ] = None,
     space: SpaceOpt = SPACE,
     seeds: SeedsOpt = SEEDS,
-    objective: Annotated[
-        Path | None,
-        typer.Option("--objective", help="objective YAML (default: the profile's, else ours)"),
-    ] = None,
-    profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
+    objective: ObjectiveOpt = None,
+    profile: ProfileOpt = PROFILE,
     studies_dir: StudiesOpt = STUDIES,
-    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
+    storage: StorageOpt = None,
     sampler_seed: Annotated[int, typer.Option("--sampler-seed")] = 0,
     sampler: Annotated[
         str, typer.Option("--sampler", help="tpe | tpe-independent | random | nsga2 | grid")
@@ -216,13 +216,10 @@ def validate(
     top: Annotated[int, typer.Option("--top", min=1, help="candidates besides the baseline")] = 3,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="deployments each")] = 2,
     space: SpaceOpt = SPACE,
-    objective: Annotated[
-        Path | None,
-        typer.Option("--objective", help="objective YAML (default: the profile's, else ours)"),
-    ] = None,
-    profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
+    objective: ObjectiveOpt = None,
+    profile: ProfileOpt = PROFILE,
     studies_dir: StudiesOpt = STUDIES,
-    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
+    storage: StorageOpt = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=1)] = None,
 ) -> None:
     """Redeploy the top candidates and the baseline in interleaved rounds; resumable."""
@@ -242,13 +239,10 @@ def sweep(
         str | None, typer.Option("--study", help="study name (default: PROFILE-SPACE-sweep)")
     ] = None,
     space: SpaceOpt = SPACE,
-    objective: Annotated[
-        Path | None,
-        typer.Option("--objective", help="objective YAML (default: the profile's, else ours)"),
-    ] = None,
-    profile: Annotated[Path, typer.Option("--profile", help="deploy profile YAML")] = PROFILE,
+    objective: ObjectiveOpt = None,
+    profile: ProfileOpt = PROFILE,
     studies_dir: StudiesOpt = STUDIES,
-    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")] = None,
+    storage: StorageOpt = None,
 ) -> None:
     """Evaluate every valid point of the space (Optuna GridSampler); resumable. Ground truth."""
     sp = load_space(space)
