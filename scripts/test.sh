@@ -6,6 +6,8 @@ bash scripts/setup.sh
 .venv/bin/ruff check tuner tests
 .venv/bin/ruff format --check tuner tests
 .venv/bin/mypy
+# A clean install as a new user gets it (sdist + wheel, fresh venv, no extras).
+bash scripts/clean_install.sh
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

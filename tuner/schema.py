@@ -151,7 +151,7 @@ class TrialFolder:
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise StudyError(
                 f"{self.measurements}: schema_version {version!r}; this tuner reads up to "
-                f"{SCHEMA_VERSION}: upgrade vllm-tuner"
+                f"{SCHEMA_VERSION}: upgrade vllm-bayes-tuner"
             )
         try:
             return MeasurementsDoc.model_validate(raw)

@@ -43,7 +43,7 @@ class TestMeasurementsDoc:
         folder = TrialFolder.of(tmp_path, 0)
         folder.path.mkdir(parents=True)
         folder.measurements.write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1}))
-        with pytest.raises(StudyError, match="upgrade vllm-tuner"):
+        with pytest.raises(StudyError, match="upgrade vllm-bayes-tuner"):
             folder.read_measurements()
         folder.measurements.write_text(json.dumps({"trial": 0}))
         with pytest.raises(StudyError, match=r"measurements\.json: params: Field required"):
