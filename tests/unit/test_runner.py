@@ -342,3 +342,26 @@ dimensions:
         again = run()
         assert again.new_trials == 0
         assert study_starts(tmp_path / "sw") == 6
+
+
+class TestResumeUnderOtherSettings:
+    def test_changed_objective_is_refused_unless_forced(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
+        """Resuming with another workload (or server) would rank incomparable trials together:
+        refused with the differences; --force resumes; the same settings resume silently."""
+        make_runner(tmp_path, space, (), objective, trials=1).run()
+        assert make_runner(tmp_path, space, (), objective, trials=1).run().new_trials == 0
+        longer = objective.model_copy(
+            update={"workload": objective.workload.model_copy(update={"conversations": 5})}
+        )
+        with pytest.raises(StudyError, match=r"objective\.workload\.conversations: 3 -> 5"):
+            make_runner(tmp_path, space, (), longer, trials=2).run()
+        other = fake_profile().model_copy(
+            update={"server": ServerArgs(model="fake-model", max_model_len=8192)}
+        )
+        with pytest.raises(StudyError, match=r"profile\.server"):
+            make_runner(tmp_path, space, (), objective, profile=other, trials=2).run()
+        forced = make_runner(tmp_path, space, (), longer, trials=2)
+        forced.settings = RunSettings(n_trials=2, sampler_seed=1, force=True)
+        assert forced.run().deployed == 2

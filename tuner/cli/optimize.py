@@ -88,6 +88,9 @@ def optimize(
         float | None,
         typer.Option("--timeout", min=1, help="seconds for the whole study, validation included"),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="resume even if space/objective/server changed")
+    ] = False,
 ) -> None:
     """Create or resume a study, run trials until it holds TRIALS deployments, then validate."""
     sp = load_space(space)
@@ -101,6 +104,7 @@ def optimize(
         precheck=not no_precheck,
         sampler=sampler,
         deadline=deadline,
+        force=force,
     )
     paths = StudyPaths.create(
         study if study is not None else f"{prof.name}-{sp.name}", studies_dir, storage

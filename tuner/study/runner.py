@@ -30,6 +30,7 @@ from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import ConfigError, StudyError
 from tuner.study._duplicate import record_duplicate
+from tuner.study._fingerprint import differences, fingerprint
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._trial import TrialOutcome, evaluate, fail_stale, record_failure
 from tuner.study.sampling import (
@@ -64,6 +65,8 @@ class RunSettings:
     fresh: bool = True
     # time.monotonic() after which no new deployment starts (--timeout); None: no limit.
     deadline: float | None = None
+    # Resume even when the space, objective or server differ from the study's (--force).
+    force: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +185,7 @@ class StudyRunner:
                 f"and objectives {have}; use another --study name for space {self.space.name!r} "
                 f"and objectives {want}"
             )
+        self._check_fingerprint(study)
         # The fixed arguments (model, max_model_len, ...) the recommendation's command line needs;
         # never the environment, which may carry secrets.
         server_args = self.profile.server.to_args()
@@ -191,6 +195,19 @@ class StudyRunner:
         if study.user_attrs.get("deployment") != deployment:
             study.set_user_attr("deployment", deployment)
         return study
+
+    def _check_fingerprint(self, study: optuna.Study) -> None:
+        """Refuse to resume under other settings (space, objective, server) unless forced."""
+        now = fingerprint(self.space, self.objective, self.profile)
+        was = study.user_attrs.get("fingerprint")
+        if was is not None and was != now and not self.settings.force:
+            diffs = "; ".join(differences(was, now))
+            raise StudyError(
+                f"study {self.paths.name!r} was created with other settings ({diffs}): its "
+                "trials would not be comparable; use another --study, or --force to resume"
+            )
+        if was != now:
+            study.set_user_attr("fingerprint", now)
 
     def _enqueue_seeds(self, study: optuna.Study) -> None:
         if self._external:
