@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -66,20 +65,6 @@ class Observations:
     scalars: Mapping[str, float | None] = field(default_factory=dict)
 
 
-def _reduce(stat: Stat, xs: Sequence[float]) -> float:
-    if not xs:
-        return math.nan
-    if stat == "median":
-        return float(statistics.median(xs))
-    if stat == "mean":
-        return statistics.fmean(xs)
-    if stat == "min":
-        return float(min(xs))
-    if stat == "max":
-        return float(max(xs))
-    return percentile(xs, {"p90": 90.0, "p99": 99.0}.get(stat, 50.0))
-
-
 def _reduce_rows(stat: Stat, rows: np.ndarray) -> np.ndarray:
     """``stat`` of every row of a (resamples x n) array."""
     if stat == "median":
@@ -93,6 +78,13 @@ def _reduce_rows(stat: Stat, rows: np.ndarray) -> np.ndarray:
     else:
         out = np.percentile(rows, {"p90": 90.0, "p99": 99.0}.get(stat, 50.0), axis=1)
     return np.asarray(out, dtype=float)
+
+
+def _reduce(stat: Stat, xs: Sequence[float] | np.ndarray) -> float:
+    """``stat`` of one sample (the same definition the bootstrap applies to every resample)."""
+    if len(xs) == 0:
+        return math.nan
+    return float(_reduce_rows(stat, np.asarray(xs, dtype=float)[None, :])[0])
 
 
 def _resample(xs: Sequence[float], rng: np.random.Generator, n: int) -> np.ndarray:
@@ -161,7 +153,7 @@ def _two_stage(
         pooled = np.concatenate(
             [arrays[j][rng.integers(0, len(arrays[j]), len(arrays[j]))] for j in picked]
         )
-        out[i] = _reduce(stat, list(pooled))
+        out[i] = _reduce(stat, pooled)
     return out
 
 

@@ -31,9 +31,11 @@ __all__ = [
     "Surface",
     "SurfacePoint",
     "TrialFolder",
+    "VALIDATION_SUFFIX",
     "load_surface",
     "point_key",
     "series_of",
+    "validation_name",
     "write_json",
 ]
 
@@ -163,6 +165,15 @@ class TrialFolder:
     def write_failure(self, reason: str, error: str, log_tail: str) -> None:
         """Write the trial's failure.json (atomically)."""
         write_json(self.failure, {"reason": reason, "error": error, "log_tail": log_tail})
+
+
+VALIDATION_SUFFIX = ".validation"
+
+
+def validation_name(study_name: str) -> str:
+    """The linked study, in the same storage, that holds ``study_name``'s validation trials
+    (their folders are ``STUDY/validation/trials/NNNN``)."""
+    return study_name + VALIDATION_SUFFIX
 
 
 def point_key(flags: list[str] | tuple[str, ...], env: dict[str, str] | None = None) -> str:

@@ -82,7 +82,6 @@ class LocalDeployer(BaseDeployer):
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._log_path: Path | None = None
-        self._workdir: Path | None = None
         self._base_url = ""
 
     def command(self, flags: Sequence[str], port: int) -> list[str]:
@@ -145,7 +144,6 @@ class LocalDeployer(BaseDeployer):
                     f"cannot start {argv[0]}: {exc.strerror}", reason="crash"
                 ) from exc
             _LIVE.add(self)
-            self._workdir = workdir
             remember(workdir, self._proc.pid, argv)  # so a kill -9 of the tuner leaves no orphan
         host = "127.0.0.1" if self._cfg.host in ("0.0.0.0", "") else self._cfg.host
         self._base_url = f"http://{host}:{port}"
@@ -178,8 +176,8 @@ class LocalDeployer(BaseDeployer):
         proc, self._proc = self._proc, None
         if proc is not None:
             _terminate_group(proc, self._cfg.stop_timeout_s)
-            if self._workdir is not None:
-                forget(self._workdir)
+            if self._log_path is not None:  # the trial folder, where start() left the record
+                forget(self._log_path.parent)
         _LIVE.discard(self)
         self._close_log()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = ["Conversation", "Message", "Turn", "Workload"]
@@ -27,7 +27,6 @@ class Conversation:
     turns: tuple[Turn, ...]
     tools: list[dict[str, Any]] | None = None
     prefix_key: str = ""  # same key: the same opening prefix (a first turn may find it cached)
-    labels: dict[str, str] = field(default_factory=dict)
 
 
 class Workload(Protocol):

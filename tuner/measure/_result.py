@@ -51,6 +51,10 @@ class TrialMeasurement:
     def _of(self, kind: Kind) -> list[RequestSample]:
         return [s for s in self.samples if s.kind == kind]
 
+    def _measured(self) -> list[RequestSample]:
+        """Every request but the warm-up's."""
+        return [s for s in self.samples if s.kind != "warmup"]
+
     @property
     def kv_cache_tokens(self) -> float | None:
         return MetricsSnapshot(cache_config=self.cache_config).kv_cache_tokens
@@ -94,7 +98,7 @@ class TrialMeasurement:
     def throughput_tok_s(self) -> float:
         """Output tokens of the measured requests / wall time from the first sent to the last
         answered (tokens/s); not a per-request rate, which bundled chunks inflate."""
-        measured = self._of("miss") + self._of("hit")
+        measured = self._measured()
         if not measured:
             return 0.0
         start = min(s.started_s for s in measured)
@@ -115,7 +119,7 @@ class TrialMeasurement:
         without SLOs. A class without an SLO always meets it."""
         if not slos:
             return None
-        measured = [x for x in self.samples if x.kind != "warmup"]
+        measured = self._measured()
         if not measured:
             return None
         ok = 0
@@ -164,9 +168,7 @@ class TrialMeasurement:
             "failed_requests": self.failed_requests,
             "classes": self.classes(),
             "cache_cross_check": {
-                "cached_tokens": sum(
-                    x.cached_tokens or 0 for x in self.samples if x.kind != "warmup"
-                ),
+                "cached_tokens": sum(x.cached_tokens or 0 for x in self._measured()),
                 "metrics_prefix_hits": self.trial_prefix_hits,
                 "metrics_prefix_queries": self.trial_prefix_queries,
             },  # fmt: skip
@@ -175,7 +177,7 @@ class TrialMeasurement:
     def classes(self) -> dict[str, dict[str, float | int]]:
         """Per request class (cold, first_turn, continuation): count and TTFT p50/p90/p99."""
         out: dict[str, dict[str, float | int]] = {}
-        measured = [x for x in self.samples if x.kind != "warmup"]
+        measured = self._measured()
         for klass in dict.fromkeys(x.klass for x in measured if x.klass):
             xs = [x.ttft_ms for x in measured if x.klass == klass]
             out[klass] = {

@@ -30,13 +30,17 @@ from tuner.metrics import METRICS, Interval, Observations, bootstrap_diff
 from tuner.schema import TrialFolder
 
 __all__ = [
+    "TIE",
     "Effect",
     "Group",
     "best_group",
+    "bonferroni",
     "changes_from",
     "effects",
+    "exclusion",
     "load_observations",
     "reference_params",
+    "within",
 ]
 
 LEVEL = 0.95
@@ -44,6 +48,25 @@ LEVEL = 0.95
 # best's. Noise alone would otherwise let a 10 % slower point into the group when one
 # deployment cannot tell them apart, and the tie-break (fewest changes) would then pick it.
 TIE = 0.05
+
+
+def bonferroni(level: float, comparisons: int) -> float:
+    """The per-comparison level that keeps ``level`` over ``comparisons`` differences."""
+    return 1.0 - (1.0 - level) / max(1, comparisons)
+
+
+def within(diff: Interval, value: float, best: float, tie: float = TIE) -> bool:
+    """Whether a candidate belongs to the best's group: the interval of its difference to the
+    best contains 0 (within noise) and its estimate is within ``tie`` of the best's
+    (practically equivalent). The one definition the search and the validation both use."""
+    return diff[0] <= 0 <= diff[1] and abs(value - best) <= tie * abs(best)
+
+
+def exclusion(diff: Interval, value: float, best: float, tie: float = TIE) -> str:
+    """Why a candidate is not in the best's group, in words (for the explanations)."""
+    if diff[0] <= 0 <= diff[1]:
+        return f"within the noise but more than {tie:.0%} away"
+    return "beyond the noise"
 
 
 def load_observations(
@@ -126,8 +149,7 @@ def best_group(
     ordered = sorted(candidates, key=lambda t: (sign * _value(study, t, metric), t.number))
     best = ordered[0]
     others = ordered[1:]
-    m = max(1, len(others))
-    corrected = 1.0 - (1.0 - level) / m
+    corrected = bonferroni(level, len(others))
     spec = METRICS.get(metric)
     members = [best]
     diffs: dict[int, Interval] = {}
@@ -142,8 +164,7 @@ def best_group(
             d = _value(study, t, metric) - _value(study, best, metric)
             ci = (d, d)
         diffs[t.number] = ci
-        near = abs(_value(study, t, metric) - _value(study, best, metric))
-        if ci[0] <= 0 <= ci[1] and near <= tie * abs(_value(study, best, metric)):
+        if within(ci, _value(study, t, metric), _value(study, best, metric), tie):
             members.append(t)
     return Group(metric, best, tuple(members), diffs, len(others), on_samples)
 

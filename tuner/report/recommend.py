@@ -27,9 +27,11 @@ from optuna.trial import FrozenTrial
 from tuner.config.profile import DEFAULT_DEPLOYMENT
 from tuner.errors import ConfigError
 from tuner.report.decide import (
+    TIE,
     Group,
     best_group,
     changes_from,
+    exclusion,
     load_observations,
     reference_params,
 )
@@ -237,9 +239,9 @@ def _group_words(study: optuna.Study, group: Group, best: FrozenTrial) -> str:
     base = "the baseline" if ref is not None else "vLLM's defaults"
     if len(group.members) == 1:
         return (
-            f"{_label(best)} is faster on TTFT HIT than every other candidate beyond the noise "
-            f"({group.comparisons} difference(s) tested, 95 % Bonferroni-corrected intervals "
-            "all exclude 0)."
+            f"{_label(best)} is faster on TTFT HIT than every other candidate: each is beyond the "
+            "noise (its 95 % Bonferroni-corrected interval excludes 0) or more than "
+            f"{TIE:.0%} slower ({group.comparisons} difference(s) tested)."
         )
     nums = sorted(t.number for t in group.members)
     listed = ", ".join(str(n) for n in nums[:-1]) + f" and {nums[-1]}"
@@ -301,9 +303,13 @@ def _explain(
         if group is not None and o.number in group.diffs:
             lo, hi = group.diffs[o.number]
             inside = o.number in group.numbers
-            sentence += f" Its HIT minus the fastest's: [{lo:+.1f}, {hi:+.1f}] ms, " + (
-                "within the noise." if inside else "beyond the noise."
+            fastest = _value(study, group.best, HIT)
+            why = (
+                "within the noise"
+                if inside
+                else exclusion((lo, hi), _value(study, o, HIT), fastest)
             )
+            sentence += f" Its HIT minus the fastest's: [{lo:+.1f}, {hi:+.1f}] ms, {why}."
         elif HIT in names and ranges_overlap(best, o, "ttft_hit"):
             sentence += " Their HIT sample ranges overlap: the difference may be noise."
         parts.append(sentence)

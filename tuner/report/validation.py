@@ -19,12 +19,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.metrics import METRICS, Interval, bootstrap_diff_grouped
-from tuner.report.decide import TIE, changes_from, load_observations, reference_params
+from tuner.report.decide import (
+    bonferroni,
+    changes_from,
+    exclusion,
+    load_observations,
+    reference_params,
+    within,
+)
+from tuner.schema import validation_name
 
 __all__ = ["CandidateResult", "ValidationSummary", "load_validation", "summarize_validation"]
 
 HIT = "ttft_hit_ms"
-SUFFIX = ".validation"  # tuner.study.validate.VALIDATION_SUFFIX (study is not imported here)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,9 @@ class ValidationSummary:
             return None
         return self.search_pick in self.group
 
+    def _result(self, number: int | None) -> CandidateResult | None:
+        return next((r for r in self.results if r.candidate.number == number), None)
+
     def words(self) -> str:
         """The verdict as the report prints it."""
         if self.pick is None:
@@ -93,9 +103,17 @@ class ValidationSummary:
         if held is True:
             parts.append(f"The search's pick (trial {self.search_pick}) held.")
         elif held is False:
+            # The fastest is the group's one member without a difference to itself.
+            fastest = self._result(next(g for g in self.group if g not in self.diffs))
+            slower = self._result(self.search_pick)
+            diff = self.diffs.get(self.search_pick) if self.search_pick is not None else None
+            why = "slower than"
+            if fastest is not None and slower is not None and diff is not None:
+                why = exclusion(diff, slower.value, fastest.value) + " of"
+            where = f"trial {fastest.candidate.number}" if fastest else "the fastest"
             parts.append(
-                f"The search's pick (trial {self.search_pick}) did NOT hold: it is slower than "
-                f"trial {n} beyond the noise once redeployed."
+                f"The search's pick (trial {self.search_pick}) did NOT hold: once redeployed it "
+                f"is {why} {where}; the pick is trial {n}."
             )
         if self.done < self.planned:
             parts.append(f"Only {self.done} of {self.planned} planned deployments ran.")
@@ -104,7 +122,7 @@ class ValidationSummary:
 
 def load_validation(study: optuna.Study) -> optuna.Study | None:
     """The linked validation study in ``study``'s storage, if one was run."""
-    name = study.study_name + SUFFIX
+    name = validation_name(study.study_name)
     # Optuna exposes a loaded study's storage only as ``_storage``; the linked study lives there.
     storage = study._storage
     if name not in optuna.study.get_all_study_names(storage=storage):
@@ -150,13 +168,13 @@ def summarize_validation(
         return ValidationSummary(tuple(results), (), {}, None, search_pick, planned, finished)
     ordered = sorted(contenders, key=lambda r: (r.value, r.candidate.number))
     best = ordered[0]
-    level = 1.0 - 0.05 / max(1, len(ordered) - 1)
+    level = bonferroni(0.95, len(ordered) - 1)
     diffs: dict[int, Interval] = {}
     group = [best]
     for r in ordered[1:]:
         ci = bootstrap_diff_grouped(spec.stat, r.samples, best.samples, level=level, seed=seed)
         diffs[r.candidate.number] = ci
-        if ci[0] <= 0 <= ci[1] and r.value - best.value <= TIE * best.value:
+        if within(ci, r.value, best.value):
             group.append(r)
     ref = reference_params(search)
     pick = min(group, key=lambda r: (changes_from(r.candidate.params, ref), r.vram, r.value))

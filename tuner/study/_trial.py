@@ -27,7 +27,7 @@ from tuner.deploy.base import Deployer
 from tuner.errors import DeployError, MeasureError, ServerExited
 from tuner.measure import TrialMeasurement, measure
 from tuner.metrics import METRICS
-from tuner.schema import MeasurementsDoc, TrialFolder, write_json
+from tuner.schema import MeasurementsDoc, TrialFolder
 
 __all__ = [
     "Failure",
@@ -40,7 +40,6 @@ __all__ = [
     "precise_enough",
     "record",
     "record_failure",
-    "write_json",
 ]
 
 log = logging.getLogger("tuner.study")
@@ -197,13 +196,17 @@ def precise_enough(objective: ObjectiveFile) -> Callable[[TrialMeasurement], boo
 
 
 def _attrs(
-    m: TrialMeasurement, startup_s: float, slos: Mapping[str, tuple[float | None, float | None]]
+    m: TrialMeasurement,
+    startup_s: float,
+    slos: Mapping[str, tuple[float | None, float | None]],
+    s: Mapping[str, Any],
+    cis: Mapping[str, list[float]],
 ) -> dict[str, Any]:
-    """Every metric of the table, its interval, plus the spread and diagnostics a report needs."""
+    """Every metric of the table, its interval (``cis``), plus the spread and diagnostics a
+    report needs (from ``s``, the measurement's summary)."""
     obs = m.observations(startup_s, slos)
     attrs: dict[str, Any] = {name: spec.compute(obs) for name, spec in METRICS.items()}
-    attrs.update({f"ci_{name}": ci for name, ci in intervals(m).items()})
-    s = m.summary()
+    attrs.update({f"ci_{name}": ci for name, ci in cis.items()})
     mem = s["memory"]
     attrs.update(
         {
@@ -315,7 +318,10 @@ def record(
         f = result.failure or Failure("crash", "no measurement")
         record_failure(study, trial, f.reason, f.message, log_tail=f.log_tail, trial_dir=trial_dir)
         return outcome("fail", f.reason)
-    attrs = _attrs(m, result.startup_s, slo_bounds(objective))
+    # The bootstrap intervals and the summary feed both the attributes and measurements.json:
+    # computed once.
+    summary, cis = m.summary(), intervals(m)
+    attrs = _attrs(m, result.startup_s, slo_bounds(objective), summary, cis)
     values = [float(attrs[spec.name]) for spec in objective.objectives]
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
@@ -327,7 +333,7 @@ def record(
             flags=flags,
             env=dict(env or {}),
             startup_s=result.startup_s,
-            summary={**m.summary(), "intervals": intervals(m)},
+            summary={**summary, "intervals": cis},
             cache_config=m.cache_config,
             samples=list(m.samples),
         )

@@ -34,9 +34,9 @@ from tuner.study._fingerprint import differences, fingerprint
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._trial import TrialOutcome, evaluate, fail_stale, record_failure
 from tuner.study.sampling import (
-    SAMPLERS,
     SamplerContext,
     SamplerFactory,
+    check_sampler,
     default_sampler,
     front_params,
 )
@@ -110,8 +110,7 @@ class StudyRunner:
         on_trial_start: Callable[[int, dict[str, Any], str | None], None] | None = None,
         on_trial_end: Callable[[TrialOutcome], None] | None = None,
     ) -> None:
-        if settings.sampler not in SAMPLERS:  # before anything is created on disk
-            raise StudyError(f"unknown sampler {settings.sampler!r}; known: {', '.join(SAMPLERS)}")
+        check_sampler(settings.sampler)  # before anything is created on disk
         self.paths = paths
         self.space = space
         self.seeds = seeds

@@ -28,6 +28,7 @@ __all__ = [
     "FreshSampler",
     "SamplerContext",
     "SamplerFactory",
+    "check_sampler",
     "default_sampler",
     "front_params",
     "make_sampler",
@@ -56,6 +57,12 @@ class _SweepSampler(optuna.samplers.GridSampler):
         return None
 
 
+def check_sampler(name: str) -> None:
+    """StudyError unless ``name`` is one of :data:`SAMPLERS`."""
+    if name not in SAMPLERS:
+        raise StudyError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+
+
 def make_sampler(name: str, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
     """The Optuna sampler called ``name``; ``grid`` enumerates every point of ``space``.
 
@@ -82,9 +89,8 @@ def make_sampler(name: str, space: SearchSpace, seed: int | None) -> optuna.samp
         return _SweepSampler(grid, seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    raise StudyError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    check_sampler(name)  # the one name left is nsga2
+    return optuna.samplers.NSGAIISampler(seed=seed)
 
 
 def _sqrt_gamma(n: int) -> int:

@@ -32,7 +32,7 @@ from tuner.config.workload import held_out
 from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import StudyError
-from tuner.schema import TrialFolder
+from tuner.schema import VALIDATION_SUFFIX, TrialFolder, validation_name
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._trial import TrialOutcome, evaluate, fail_stale, record_failure
 from tuner.study.storage import StudyPaths, open_storage, study_lock
@@ -46,13 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("tuner.study")
-
-VALIDATION_SUFFIX = ".validation"
-
-
-def validation_name(study_name: str) -> str:
-    """The linked study that holds ``study_name``'s validation trials."""
-    return study_name + VALIDATION_SUFFIX
 
 
 @dataclass(frozen=True, slots=True)
