@@ -28,6 +28,7 @@ def docker_engine() -> Any:
         client.ping()
         client.images.get(HOST_ENV_IMAGE)
     except docker.errors.DockerException as exc:
+        client.close() if "client" in locals() else None
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the docker tests (bash scripts/docker.sh): {exc}")
         pytest.skip(f"no Docker Engine or no {HOST_ENV_IMAGE} (bash scripts/docker.sh): {exc}")

@@ -182,3 +182,68 @@ class TestGoodputAndBounds:
             for t in trials:
                 assert set(t.constraints) == {"goodput>=0.95"}
                 assert (t.constraints["goodput>=0.95"] <= 0) is feasible
+
+
+class TestSchedulerMetrics:
+    def test_queue_preemptions_and_kv_peak_come_from_metrics(self) -> None:
+        """At C=4 on a fake whose KV pool holds about two conversations: requests queue for
+        blocks, growing decodes preempt others, and the KV peak nears 1 - all read from
+        /metrics (vLLM's names) and stored as metrics usable as objectives or constraints."""
+        spec = C4.model_copy(
+            update={"tool_result_words": 200, "max_tokens": 48, "metrics_interval_s": 0.05}
+        )
+        tight = ServerModel(kv_tokens=1600, base_ms=20.0)
+        with fake_server([], model=tight) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), spec)
+        with fake_server([], model=ServerModel(base_ms=20.0)) as srv:
+            roomy = measure(Endpoint(srv.base_url, "fake-model"), spec)
+        obs = m.observations()
+        assert (obs.scalars["queue_ms"] or 0.0) > 0
+        assert (m.preemptions or 0.0) > 0
+        assert (m.kv_peak or 0.0) > 0.5
+        assert roomy.preemptions == 0
+        assert 0.0 < (roomy.kv_peak or 0.0) < (m.kv_peak or 0.0)
+        s = m.summary()
+        assert s["preemptions"] == m.preemptions
+        assert s["requests_s"] > 0
+
+    def test_parsing_under_either_name(self) -> None:
+        from tuner.measure.metrics import parse_metrics
+
+        text = (
+            "# TYPE vllm:num_preemptions counter\nvllm:num_preemptions_total 3.0\n"
+            "# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc 0.4\n"
+            "# TYPE vllm:request_queue_time_seconds histogram\n"
+            'vllm:request_queue_time_seconds_bucket{le="+Inf"} 4.0\n'
+            "vllm:request_queue_time_seconds_count 4.0\n"
+            "vllm:request_queue_time_seconds_sum 0.2\n"
+        )
+        snap = parse_metrics(text)
+        assert (snap.preemptions, snap.kv_usage, snap.queue_ms) == (3.0, 0.4, 50.0)
+        assert parse_metrics("").kv_usage is None
+
+
+class TestOpenLoop:
+    def test_poisson_arrivals_overlap_conversations(self) -> None:
+        """`rate`: conversations start at seeded exponential gaps, not when others end; at a
+        high rate several are in flight, and every one is measured once."""
+        spec = FAST_WORKLOAD.model_copy(update={"rate": 50.0, "conversations": 8})
+        with fake_server(["--enable-prefix-caching"], model=ServerModel(base_ms=30.0)) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), spec)
+        measured = [s for s in m.samples if s.kind != "warmup"]
+        assert sorted({s.conversation for s in measured}) == list(range(8))
+        firsts = sorted(s.started_s for s in measured if s.turn == 0)
+        lasts = {s.conversation: s.started_s + s.total_ms / 1000 for s in measured}
+        # some conversation started before the previous one had ended: open loop
+        order = sorted(
+            lasts, key=lambda c: min(s.started_s for s in measured if s.conversation == c)
+        )
+        assert any(firsts[i + 1] < lasts[order[i]] for i in range(7))
+
+    def test_rate_and_concurrency_together_are_refused(self) -> None:
+        from pydantic import ValidationError
+
+        with pytest.raises(ValidationError, match="either `concurrency`"):
+            FAST_WORKLOAD.model_copy(update={"rate": 1.0, "concurrency": 2}).model_validate(
+                {**FAST_WORKLOAD.model_dump(), "rate": 1.0, "concurrency": 2}
+            )

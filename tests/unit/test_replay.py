@@ -24,10 +24,11 @@ WORKLOAD = FAST_WORKLOAD.model_copy(update={"turns": 4, "conversations": 3})
 
 
 def replay_profile(surface: Path, seed: int = 0) -> Profile:
+    # time_scale 0: nothing waits (the H100's start-ups alone are minutes); values are counted
     return Profile(
         name="replay",
         server=ServerArgs(model="m", max_model_len=16384),
-        deployer=ReplayConfig(surface=surface, seed=seed),
+        deployer=ReplayConfig(surface=surface, seed=seed, time_scale=0.0),
     )
 
 

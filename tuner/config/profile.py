@@ -138,9 +138,13 @@ class FakeConfig(StrictModel):
     """A simulated server per trial (``tuner.simulate``), latency modelled from the flags."""
 
     kind: Literal["fake"] = "fake"
+    # one engine step: base_ms + per_token_ms per prefill token when it prefills, decode_ms +
+    # per_seq_ms per decoding request always (tuner.simulate.scheduler); KV pool at util 1.0
     base_ms: float = 4.0
     per_token_ms: float = 0.02
-    chunked_overhead: float = 1.3
+    decode_ms: float = 0.3
+    per_seq_ms: float = 0.01
+    kv_tokens: int = Field(default=1_000_000, gt=0)
     startup_s: float = 0.0
     crash_when: list[dict[str, str | None]] = []
     oom_when: list[dict[str, str | None]] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tuner.config._yaml import StrictModel
 
@@ -42,10 +42,22 @@ class LoadSpec(StrictModel):
     concurrency: int = Field(default=1, ge=1)
     stagger_s: float = Field(default=0.25, ge=0)
     think_time_s: float = Field(default=0.0, ge=0)  # between a turn's answer and the next turn
+    # Open loop instead: new conversations arrive as a Poisson process of this many per
+    # second, however many are in flight (`concurrency` must then stay 1).
+    rate: float | None = Field(default=None, gt=0)
+    # Under load, /metrics is read this often for the KV-cache peak (one at a time: after
+    # every request).
+    metrics_interval_s: float = Field(default=2.0, gt=0)
     # No token for this long while the server is healthy: the trial fails as `hang`.
     stall_timeout_s: float = Field(default=60.0, gt=0)
     # Share of requests allowed to fail before the trial is `overload` (0: the first fails it).
     max_error_share: float = Field(default=0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_load_shape(self) -> LoadSpec:
+        if self.rate is not None and self.concurrency > 1:
+            raise ValueError("give either `concurrency` (closed loop) or `rate` (open loop)")
+        return self
 
 
 class SyntheticAgentSpec(LoadSpec):

@@ -87,7 +87,9 @@ class FakeDeployer(InProcessDeployer):
         cfg = self._cfg
         engine = ModelEngine(
             args,
-            ServerModel(cfg.base_ms, cfg.per_token_ms, cfg.chunked_overhead),
+            ServerModel(
+                cfg.base_ms, cfg.per_token_ms, cfg.decode_ms, cfg.per_seq_ms, cfg.kv_tokens
+            ),
             name=self._profile.server.model_name,
             fail_chat=matches(f, cfg.error_when),
         )

@@ -47,6 +47,9 @@ class TrialMeasurement:
     trial_prefix_queries: float = 0.0
     trial_prefix_hits: float = 0.0
     failed_requests: int = 0
+    queue_ms: float | None = None  # mean wait before being scheduled (/metrics histogram)
+    preemptions: float | None = None  # /metrics delta over the measured phase
+    kv_peak: float | None = None  # highest KV-cache usage (0-1) seen while measuring
 
     def _of(self, kind: Kind) -> list[RequestSample]:
         return [s for s in self.samples if s.kind == kind]
@@ -107,6 +110,16 @@ class TrialMeasurement:
         return tokens / (end - start) if end > start else 0.0
 
     @property
+    def requests_s(self) -> float:
+        """Measured requests answered / wall time from the first sent to the last answered."""
+        measured = self._measured()
+        if not measured:
+            return 0.0
+        start = min(s.started_s for s in measured)
+        end = max(s.started_s + s.total_ms / 1000.0 for s in measured)
+        return len(measured) / (end - start) if end > start else 0.0
+
+    @property
     def cached_share_hit(self) -> float | None:
         """Share of HIT prompt tokens the prefix cache held, from each request's own usage
         (None when the server reports no usage)."""
@@ -144,6 +157,10 @@ class TrialMeasurement:
                 "startup_s": startup_s,
                 "cached_share_hit": self.cached_share_hit,
                 "goodput": self.goodput(slos or {}),
+                "requests_s": self.requests_s,
+                "queue_ms": self.queue_ms,
+                "preemptions": self.preemptions,
+                "kv_peak": self.kv_peak,
             },
         )
 
@@ -166,6 +183,10 @@ class TrialMeasurement:
             "conversations": len({x.conversation for x in self._of("miss")}),
             "concurrency": self.concurrency,
             "failed_requests": self.failed_requests,
+            "requests_s": self.requests_s,
+            "queue_ms": self.queue_ms,
+            "preemptions": self.preemptions,
+            "kv_peak": self.kv_peak,
             "classes": self.classes(),
             "cache_cross_check": {
                 "cached_tokens": sum(x.cached_tokens or 0 for x in self._measured()),

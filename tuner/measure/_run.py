@@ -16,8 +16,10 @@ the cross-check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,11 @@ class _Run:
     prefixes: set[str] = field(default_factory=set)  # conversation openings sent so far
     errors: int = 0
     requests: int = 0
+    kv_peak: float | None = None  # highest vllm:kv_cache_usage_perc seen while measuring
+
+    def saw(self, snap: MetricsSnapshot) -> None:
+        if snap.kv_usage is not None:
+            self.kv_peak = max(self.kv_peak or 0.0, snap.kv_usage)
 
 
 async def _conversation(run: _Run, conv: int, *, warmup: bool, per_request: bool) -> None:
@@ -129,6 +136,7 @@ def _record(
 async def _per_request_metrics(run: _Run) -> None:
     """Sequential runs: attach the /metrics delta of the request just recorded to it."""
     now = await fetch_metrics(run.client, run.endpoint.base_url)
+    run.saw(now)
     d = now.delta(run.last)
     run.last = now
     s = run.samples[-1]
@@ -159,7 +167,7 @@ async def measure_async(
     """
     before = await fetch_metrics(client, endpoint.base_url)
     run = _Run(endpoint, spec, client, make_workload(spec), time.perf_counter(), before, on_request)
-    per_request = spec.concurrency == 1
+    per_request = spec.concurrency == 1 and spec.rate is None
     for w in range(spec.warmup_conversations):
         await _conversation(run, -1 - w, warmup=True, per_request=per_request)
     measured_from = await fetch_metrics(client, endpoint.base_url)
@@ -171,25 +179,56 @@ async def measure_async(
     next_conv = 0
     stop = False
 
-    async def worker(index: int) -> None:
+    async def one() -> None:
+        """The next conversation, then the adaptive stop's check."""
         nonlocal next_conv, stop, stop_reason
+        conv = next_conv
+        next_conv += 1
+        await _conversation(run, conv, warmup=False, per_request=per_request)
+        if check_alive is not None:
+            check_alive()
+        done = {s.conversation for s in run.samples if s.kind == "miss"}
+        if enough is None or len(done) < spec.conversations or stop:
+            return
+        if enough(_partial(run.samples, run.last)):
+            stop, stop_reason = True, "precision"
+        elif spec.max_seconds is not None and time.perf_counter() - started > spec.max_seconds:
+            stop, stop_reason = True, "max_seconds"
+
+    async def worker(index: int) -> None:
         await asyncio.sleep(index * spec.stagger_s)  # ramp up instead of one burst
         while not stop and next_conv < total:
-            conv = next_conv
-            next_conv += 1
-            await _conversation(run, conv, warmup=False, per_request=per_request)
-            if check_alive is not None:
-                check_alive()
-            done = {s.conversation for s in run.samples if s.kind == "miss"}
-            if enough is None or len(done) < spec.conversations:
-                continue
-            if enough(_partial(run.samples, run.last)):
-                stop, stop_reason = True, "precision"
-            elif spec.max_seconds is not None and time.perf_counter() - started > spec.max_seconds:
-                stop, stop_reason = True, "max_seconds"
+            await one()
 
-    await asyncio.gather(*(worker(i) for i in range(spec.concurrency)))
+    async def poisson() -> None:
+        """Open loop: conversations arrive at ``spec.rate`` per second, however many run."""
+        rng = random.Random(spec.seed)
+        tasks: list[asyncio.Task[None]] = []
+        while not stop and next_conv < total:
+            tasks.append(asyncio.create_task(one()))
+            await asyncio.sleep(rng.expovariate(spec.rate or 1.0))
+        await asyncio.gather(*tasks)
+
+    async def watch_kv() -> None:
+        """Under load, /metrics is read every ``metrics_interval_s`` for the KV-cache peak."""
+        while True:
+            await asyncio.sleep(spec.metrics_interval_s)
+            with contextlib.suppress(MeasureError):
+                run.saw(await fetch_metrics(client, endpoint.base_url))
+
+    watcher = None if per_request else asyncio.create_task(watch_kv())
+    try:
+        if spec.rate is not None:
+            await poisson()
+        else:
+            await asyncio.gather(*(worker(i) for i in range(spec.concurrency)))
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
     after = await fetch_metrics(client, endpoint.base_url)
+    run.saw(after)
     if run.requests and run.errors / run.requests > spec.max_error_share:
         raise MeasureError(
             f"{run.errors} of {run.requests} requests failed (more than "
@@ -211,6 +250,9 @@ async def measure_async(
         trial_prefix_queries=delta.prefix_queries,
         trial_prefix_hits=delta.prefix_hits,
         failed_requests=run.errors,
+        queue_ms=delta.queue_ms,
+        preemptions=delta.preemptions if after.available else None,
+        kv_peak=run.kv_peak,
     )
 
 

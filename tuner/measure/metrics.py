@@ -1,4 +1,5 @@
-"""vLLM's Prometheus ``/metrics``: prefix-cache counters, server-side TTFT, cache config."""
+"""vLLM's Prometheus ``/metrics``: prefix-cache counters, server-side TTFT, queue time,
+preemptions, KV-cache usage and the cache config."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ class MetricsSnapshot:
     prefix_hits: float = 0.0  # of which found
     ttft_sum_s: float = 0.0  # server-side TTFT histogram
     ttft_count: float = 0.0
+    queue_sum_s: float = 0.0  # vllm:request_queue_time_seconds: waiting before scheduled
+    queue_count: float = 0.0
+    preemptions: float = 0.0  # vllm:num_preemptions
+    kv_usage: float | None = None  # vllm:kv_cache_usage_perc (0-1), a gauge: now, not a delta
     cache_config: dict[str, str] = field(default_factory=dict)
     available: bool = True
 
@@ -29,9 +34,18 @@ class MetricsSnapshot:
             prefix_hits=self.prefix_hits - before.prefix_hits,
             ttft_sum_s=self.ttft_sum_s - before.ttft_sum_s,
             ttft_count=self.ttft_count - before.ttft_count,
+            queue_sum_s=self.queue_sum_s - before.queue_sum_s,
+            queue_count=self.queue_count - before.queue_count,
+            preemptions=self.preemptions - before.preemptions,
+            kv_usage=self.kv_usage,
             cache_config=self.cache_config,
             available=self.available and before.available,
         )
+
+    @property
+    def queue_ms(self) -> float | None:
+        """Mean time a request waited to be scheduled (ms), from the histogram's sum/count."""
+        return self.queue_sum_s / self.queue_count * 1000.0 if self.queue_count > 0 else None
 
     def _config_number(self, key: str) -> float | None:
         v = self.cache_config.get(key)
@@ -61,12 +75,20 @@ _COUNTERS = {
     # vLLM V0 names, so older servers still report a hit rate
     "vllm:gpu_prefix_cache_queries": "prefix_queries",
     "vllm:gpu_prefix_cache_hits": "prefix_hits",
+    "vllm:num_preemptions": "preemptions",
+}
+_SUMS = {
+    "vllm:time_to_first_token_seconds_sum": "ttft_sum_s",
+    "vllm:time_to_first_token_seconds_count": "ttft_count",
+    "vllm:request_queue_time_seconds_sum": "queue_sum_s",
+    "vllm:request_queue_time_seconds_count": "queue_count",
 }
 
 
 def parse_metrics(text: str) -> MetricsSnapshot:
     """Parse the Prometheus text format (with prometheus_client's parser)."""
-    acc = {"prefix_queries": 0.0, "prefix_hits": 0.0, "ttft_sum_s": 0.0, "ttft_count": 0.0}
+    acc = dict.fromkeys(_SUMS.values(), 0.0) | dict.fromkeys(_COUNTERS.values(), 0.0)
+    kv: float | None = None
     cache_config: dict[str, str] = {}
     try:
         families = list(text_string_to_metric_families(text))
@@ -77,10 +99,10 @@ def parse_metrics(text: str) -> MetricsSnapshot:
             name = s.name.removesuffix("_total")
             if name in _COUNTERS and s.name.endswith("_total"):
                 acc[_COUNTERS[name]] += s.value
-            elif s.name == "vllm:time_to_first_token_seconds_sum":
-                acc["ttft_sum_s"] += s.value
-            elif s.name == "vllm:time_to_first_token_seconds_count":
-                acc["ttft_count"] += s.value
+            elif s.name in _SUMS:
+                acc[_SUMS[s.name]] += s.value
+            elif s.name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):
+                kv = max(kv or 0.0, s.value)  # several engines: the fullest one
             elif s.name == "vllm:cache_config_info":
                 cache_config = dict(s.labels)
     return MetricsSnapshot(
@@ -88,6 +110,10 @@ def parse_metrics(text: str) -> MetricsSnapshot:
         prefix_hits=acc["prefix_hits"],
         ttft_sum_s=acc["ttft_sum_s"],
         ttft_count=acc["ttft_count"],
+        queue_sum_s=acc["queue_sum_s"],
+        queue_count=acc["queue_count"],
+        preemptions=acc["preemptions"],
+        kv_usage=kv,
         cache_config=cache_config,
     )
 

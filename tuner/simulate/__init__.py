@@ -7,18 +7,22 @@ Used by the ``fake`` deployer (latency modelled from the flags), the ``replay`` 
 
 from __future__ import annotations
 
+from tuner.simulate.closed_loop import Served, closed_loop
 from tuner.simulate.engine import (
     BLOCK,
     Admission,
     Clock,
     Engine,
     EngineCounters,
+    Generation,
     ModelEngine,
+    PromptTooLong,
     ServerModel,
     VirtualClock,
     WallClock,
 )
 from tuner.simulate.replay import ReplayEngine
+from tuner.simulate.scheduler import Scheduler, SchedulerConfig, StepCost
 from tuner.simulate.server import SimulatedServer
 
 __all__ = [
@@ -27,10 +31,17 @@ __all__ = [
     "Clock",
     "Engine",
     "EngineCounters",
+    "Generation",
     "ModelEngine",
+    "PromptTooLong",
     "ReplayEngine",
+    "Scheduler",
+    "SchedulerConfig",
+    "Served",
     "ServerModel",
     "SimulatedServer",
+    "StepCost",
     "VirtualClock",
     "WallClock",
+    "closed_loop",
 ]

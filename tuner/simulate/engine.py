@@ -1,26 +1,35 @@
 """The simulated engine: what a vLLM server would do with a prompt, in modelled time.
 
-An :class:`Engine` decides, for each request, how long its prefill takes and how many of its
-prompt tokens the prefix cache already held, and keeps the counters vLLM exposes on
-``/metrics`` under vLLM's own names. Time is modelled, not measured: the engine records the
-TTFT it modelled in its histogram, and the server waits through an injected :class:`Clock`, so
-tests can use a :class:`VirtualClock` and assert on counted work instead of wall time.
+An :class:`Engine` turns a prompt into a :class:`Generation`: the tokens, each produced at its
+modelled time, and how many prompt tokens the prefix cache already held. It keeps the counters
+vLLM exposes on ``/metrics`` under vLLM's own names. Time is modelled, not measured: the server
+waits through an injected :class:`Clock`, so tests can use a :class:`VirtualClock` and assert on
+counted work instead of wall time.
 
-Two engines ship: :class:`ModelEngine` (latency from the flags it was started with, used by the
-``fake`` deployer) and ``tuner.simulate.replay.ReplayEngine`` (latency drawn from a recorded
-surface, used by the ``replay`` deployer).
+Two engines ship: :class:`ModelEngine` (a continuous-batching scheduler obeying the flags it was
+started with, ``tuner.simulate.scheduler``, used by the ``fake`` deployer) and
+``tuner.simulate.replay.ReplayEngine`` (latency drawn from a recorded surface, one request at a
+time, used by the ``replay`` deployer).
 """
 
 from __future__ import annotations
 
-import hashlib
+import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from tuner.config.rules import parse_flags
+from tuner.simulate.scheduler import (
+    BLOCK,
+    Scheduler,
+    SchedulerConfig,
+    SimRequest,
+    StepCost,
+    block_hashes,
+)
 
 __all__ = [
     "BLOCK",
@@ -28,19 +37,21 @@ __all__ = [
     "Clock",
     "Engine",
     "EngineCounters",
+    "Generation",
     "ModelEngine",
+    "PromptTooLong",
     "ServerModel",
     "VirtualClock",
     "WallClock",
 ]
 
-BLOCK = 16  # "tokens" (words) per cache block
-
 
 class Clock(Protocol):
-    """How the simulated server waits out modelled time."""
+    """How the simulated server waits out modelled time, and what time it is."""
 
     def sleep(self, seconds: float) -> None: ...
+
+    def now(self) -> float: ...
 
 
 class WallClock:
@@ -48,6 +59,9 @@ class WallClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    def now(self) -> float:
+        return time.monotonic()
 
 
 class VirtualClock:
@@ -61,6 +75,13 @@ class VirtualClock:
         with self._lock:
             self.elapsed += seconds
 
+    def now(self) -> float:
+        return self.elapsed
+
+
+class PromptTooLong(ValueError):
+    """The prompt and its output exceed ``--max-model-len``: vLLM answers HTTP 400."""
+
 
 @dataclass(frozen=True, slots=True)
 class Admission:
@@ -71,23 +92,58 @@ class Admission:
     cached_tokens: int  # prompt tokens the prefix cache already held
 
 
+class Generation(Protocol):
+    """One request being served: iterate to receive its tokens, each at its modelled time."""
+
+    prompt_tokens: int
+    cached_tokens: int  # known once the first token has come
+
+    def __iter__(self) -> Iterator[None]: ...
+
+    def close(self) -> None:
+        """The client went away (or the stream ended): free what the request holds."""
+        ...
+
+
 class Engine(Protocol):
     """What the simulated HTTP server asks of an engine."""
 
     name: str  # the served model name
-    decode_s: float  # modelled seconds per output token after the first
     fail_chat: bool  # every chat request answers HTTP 500
 
     @property
     def requests(self) -> int: ...
 
-    def admit(self, prompt: str) -> Admission:
-        """Account for one request: cache lookup, counters, modelled TTFT (recorded)."""
+    def generate(self, prompt: str, max_tokens: int, clock: Clock) -> Generation:
+        """Start serving one request (raises :class:`PromptTooLong`)."""
         ...
 
     def metrics(self) -> str:
         """Prometheus text for ``/metrics``."""
         ...
+
+    def close(self) -> None: ...
+
+
+class _Timed:
+    """A generation served alone: wait the prefill, then a fixed time per token."""
+
+    def __init__(
+        self, a: Admission, max_tokens: int, decode_s: float, clock: Clock, scale: float
+    ) -> None:
+        self.prompt_tokens, self.cached_tokens = a.prompt_tokens, a.cached_tokens
+        self._a, self._n, self._decode_s, self._clock = a, max_tokens, decode_s, clock
+        self._scale = scale
+
+    def __iter__(self) -> Iterator[None]:
+        self._clock.sleep(self._a.prefill_s * self._scale)
+        for i in range(self._n):
+            if i:
+                self._clock.sleep(self._decode_s * self._scale)
+            yield None
+
+    def close(self) -> None:
+        pass
 
 
 class EngineCounters:
@@ -95,6 +151,7 @@ class EngineCounters:
 
     decode_s = 0.0
     fail_chat = False
+    time_scale = 1.0  # how much of the modelled time is waited out (0: none; still counted)
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -108,6 +165,20 @@ class EngineCounters:
     @property
     def requests(self) -> int:
         return self._requests
+
+    def admit(self, prompt: str) -> Admission:
+        """Account for one request served alone (engines without a scheduler define it)."""
+        raise NotImplementedError
+
+    def generate(self, prompt: str, max_tokens: int, clock: Clock) -> Generation:
+        return _Timed(self.admit(prompt), max_tokens, self.decode_s, clock, self.time_scale)
+
+    def close(self) -> None:
+        pass
+
+    def extra_metrics(self, labels: str) -> str:
+        """More Prometheus text (scheduler gauges and counters); none by default."""
+        return ""
 
     def _count(self, prompt_tokens: int, cached: float, ttft_s: float) -> None:
         """Counters for one admitted request (the caller holds ``lock``)."""
@@ -133,6 +204,7 @@ class EngineCounters:
             f"vllm:time_to_first_token_seconds_count{{{labels}}} {self.ttft_count}\n"
             f"vllm:time_to_first_token_seconds_sum{{{labels}}} {self.ttft_sum}\n"
         )
+        text += self.extra_metrics(labels)
         cache = self.cache_config_labels()
         if cache:
             text += (
@@ -144,25 +216,61 @@ class EngineCounters:
 
 @dataclass(frozen=True, slots=True)
 class ServerModel:
-    """How the modelled latency depends on the flags (milliseconds)."""
+    """How long an engine step takes (milliseconds) and how large the KV pool is.
+
+    A step that prefills costs ``base_ms`` plus ``per_token_ms`` per prompt token; every step
+    costs ``decode_ms`` plus ``per_seq_ms`` per request decoding in it. ``kv_tokens`` is the KV
+    pool at ``gpu_memory_utilization`` 1.0, in tokens.
+    """
 
     base_ms: float = 4.0
     per_token_ms: float = 0.02
-    chunked_overhead: float = 1.3
     decode_ms: float = 0.3
+    per_seq_ms: float = 0.01
+    kv_tokens: int = 1_000_000
+
+    def cost(self) -> StepCost:
+        return StepCost(self.base_ms, self.per_token_ms, self.decode_ms, self.per_seq_ms)
+
+
+class _Queued:
+    """A generation fed by the scheduler thread, one queue item per token."""
+
+    def __init__(self, engine: ModelEngine, req: SimRequest) -> None:
+        self.prompt_tokens = req.prompt_tokens
+        self.cached_tokens = 0
+        self.req = req
+        self.tokens: queue.SimpleQueue[bool] = queue.SimpleQueue()  # True: the last one
+        self._engine = engine
+
+    def __iter__(self) -> Iterator[None]:
+        while True:
+            last = self.tokens.get()
+            self.cached_tokens = self.req.cached_tokens
+            if self.req.error is not None:
+                return
+            yield None
+            if last:
+                return
+
+    def close(self) -> None:
+        self._engine.abort(self.req)
 
 
 class ModelEngine(EngineCounters):
-    """Latency from the flags the server was started with, the way vLLM's behaves.
+    """A continuous-batching engine obeying the flags the server was started with.
 
-    With prefix caching on (vLLM V1's default), only the prompt's uncached blocks cost prefill
-    time; chunked prefill (also on by default) costs a little, more with a small token budget.
+    Requests go through a :class:`~tuner.simulate.scheduler.Scheduler` run by one thread that
+    waits each step out on the server's clock: concurrent requests share steps, queue for batch
+    slots (``--max-num-seqs``) and the token budget (``--max-num-batched-tokens``), hit the
+    prefix cache (on by default, as in vLLM V1) and are preempted when the KV pool is full.
 
     Example:
         >>> e = ModelEngine(["--enable-prefix-caching"])
-        >>> a, b = e.admit("w " * 64), e.admit("w " * 64)
+        >>> a = e.generate("w " * 64, 1, VirtualClock()); _ = list(a)
+        >>> b = e.generate("w " * 64, 1, VirtualClock()); _ = list(b)
         >>> (a.cached_tokens, b.cached_tokens)
-        (0, 64)
+        (0, 48)
     """
 
     def __init__(
@@ -174,52 +282,90 @@ class ModelEngine(EngineCounters):
     ) -> None:
         super().__init__(name)
         f = parse_flags(flags)
-        self.prefix = "--no-enable-prefix-caching" not in f
-        self.chunked = "--no-enable-chunked-prefill" not in f
-        util = float(f.get("--gpu-memory-utilization") or 0.9)
-        self.kv_bytes = int(util * 1000) * 1024 * 1024
-        budget = f.get("--max-num-batched-tokens")
-        self.budget = int(budget) if budget else None
         self.model = model or ServerModel()
-        self.decode_s = self.model.decode_ms / 1000.0
+        self.cfg = SchedulerConfig.from_flags(f, self.model.kv_tokens)
+        self.scheduler = Scheduler(self.cfg, self.model.cost())
+        self.max_model_len = int(f.get("--max-model-len") or 0)
+        self.kv_bytes = int(float(f.get("--gpu-memory-utilization") or 0.9) * 1000) << 20
+        self.decode_s = self.model.cost().seconds(0, 1)
         self.fail_chat = fail_chat
-        self.blocks: set[str] = set()
+        self._cv = threading.Condition(self.lock)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._waiting: dict[int, _Queued] = {}
 
-    @staticmethod
-    def _hashes(words: list[str]) -> list[str]:
-        out, h = [], hashlib.sha256()
-        for i in range(len(words) // BLOCK):
-            h.update(" ".join(words[i * BLOCK : (i + 1) * BLOCK]).encode())
-            out.append(h.hexdigest())
-        return out
-
-    def prefill_ms(self, uncached_tokens: int) -> float:
-        """Modelled prefill time of ``uncached_tokens`` under this engine's flags."""
-        m = self.model
-        ms = m.base_ms + m.per_token_ms * uncached_tokens
-        if self.chunked:
-            # Chunked prefill splits long prompts: a small budget means more scheduler steps.
-            small = (self.budget or 8192) < 4096
-            ms *= m.chunked_overhead if small else 1.0 + (m.chunked_overhead - 1) / 3
-        return ms
-
-    def admit(self, prompt: str) -> Admission:
+    def generate(self, prompt: str, max_tokens: int, clock: Clock) -> Generation:
         words = prompt.split()
-        hashes = self._hashes(words)
+        if self.max_model_len and len(words) + max_tokens > self.max_model_len:
+            raise PromptTooLong(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {len(words) + max_tokens} tokens ({len(words)} in the messages, "
+                f"{max_tokens} in the completion)."
+            )
+        req = SimRequest(block_hashes(words), len(words), max(1, max_tokens))
+        gen = _Queued(self, req)
+        with self._cv:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, args=(clock,), daemon=True)
+                self._thread.start()
+            req.arrival = clock.now()
+            self._requests += 1
+            self._waiting[id(req)] = gen
+            self.scheduler.submit(req)
+            self._cv.notify()
+        return gen
+
+    def abort(self, req: SimRequest) -> None:
+        with self._cv:
+            self.scheduler.abort(req)
+            self._waiting.pop(id(req), None)
+
+    def _loop(self, clock: Clock) -> None:
+        while True:
+            with self._cv:
+                while not self.scheduler.busy and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                duration, out = self.scheduler.step(clock.now())
+            clock.sleep(duration)
+            with self._cv:
+                sched = self.scheduler  # its counters are the engine's (one place counts)
+                self.queries, self.hits = float(sched.queries), float(sched.hits)
+                self.ttft_sum, self.ttft_count = sched.ttft_s_sum, sched.ttft_count
+                for s in out:
+                    gen = self._waiting.get(id(s.request))
+                    if gen is None:
+                        continue
+                    if s.finished:
+                        del self._waiting[id(s.request)]
+                    gen.tokens.put(s.finished)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
+    def extra_metrics(self, labels: str) -> str:
+        s = self.scheduler
         with self.lock:
-            cached = 0
-            if self.prefix:
-                for h in hashes:
-                    if h not in self.blocks:
-                        break
-                    cached += BLOCK
-                self.blocks.update(hashes)
-            seconds = self.prefill_ms(len(words) - cached) / 1000.0
-            self._count(len(words), cached, seconds)
-        return Admission(seconds, len(words), cached)
+            return (
+                "# TYPE vllm:num_preemptions counter\n"
+                f"vllm:num_preemptions_total{{{labels}}} {s.preemptions}\n"
+                "# TYPE vllm:kv_cache_usage_perc gauge\n"
+                f"vllm:kv_cache_usage_perc{{{labels}}} {s.kv_usage}\n"
+                "# TYPE vllm:num_requests_running gauge\n"
+                f"vllm:num_requests_running{{{labels}}} {len(s.running)}\n"
+                "# TYPE vllm:num_requests_waiting gauge\n"
+                f"vllm:num_requests_waiting{{{labels}}} {len(s.waiting)}\n"
+                "# TYPE vllm:request_queue_time_seconds histogram\n"
+                f'vllm:request_queue_time_seconds_bucket{{{labels},le="+Inf"}} {s.queue_count}\n'
+                f"vllm:request_queue_time_seconds_count{{{labels}}} {s.queue_count}\n"
+                f"vllm:request_queue_time_seconds_sum{{{labels}}} {s.queue_s_sum}\n"
+            )
 
     def cache_config_labels(self) -> str:
-        prefix = "True" if self.prefix else "False"
+        prefix = "True" if self.cfg.prefix else "False"
         return (
             f'block_size="{BLOCK}",enable_prefix_caching="{prefix}",'
             f'kv_cache_memory_bytes="{self.kv_bytes}"'

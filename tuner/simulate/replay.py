@@ -49,6 +49,6 @@ class ReplayEngine(EngineCounters):
             samples = (p.hit_ms if hit else p.miss_ms) if p else []
             ms = self.rng.choice(samples) if samples else 1.0
             cached = int(len(words) * p.hit_rate) if hit and p is not None else 0
-            seconds = ms * self.factor / 1000.0 * self.time_scale
+            seconds = ms * self.factor / 1000.0  # counted as modelled; waited x time_scale
             self._count(len(words), cached, seconds)
         return Admission(seconds, len(words), cached)

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 
-from tuner.simulate.engine import Clock, Engine, WallClock
+from tuner.simulate.engine import Clock, Engine, PromptTooLong, WallClock
 
 __all__ = ["SimulatedServer"]
 
@@ -74,8 +74,14 @@ class _Handler(BaseHTTPRequestHandler):
             m["content"] if isinstance(m.get("content"), str) else json.dumps(m)
             for m in body["messages"]
         )
-        admission = engine.admit(prompt)
         n_out = int(body.get("max_tokens", 16))
+        clock = self.server.clock
+        try:
+            gen = engine.generate(prompt, n_out, clock)
+        except PromptTooLong as exc:
+            err = {"error": {"message": str(exc), "type": "BadRequestError", "code": 400}}
+            self._send(400, json.dumps(err).encode())
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -87,28 +93,31 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             self.wfile.flush()
 
-        clock = self.server.clock
         options = body.get("stream_options") or {}
         continuous = bool(options.get("continuous_usage_stats"))
 
         def usage(done: int) -> dict[str, Any]:
             return {
-                "prompt_tokens": admission.prompt_tokens,
+                "prompt_tokens": gen.prompt_tokens,
                 "completion_tokens": done,
-                "prompt_tokens_details": {"cached_tokens": admission.cached_tokens},
+                "prompt_tokens_details": {"cached_tokens": gen.cached_tokens},
             }
 
-        event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
-        clock.sleep(admission.prefill_s)
-        for i in range(n_out):
-            if i:
-                clock.sleep(engine.decode_s)
-            chunk: dict[str, Any] = {"choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}
-            if continuous:
-                chunk["usage"] = usage(i + 1)
-            event(chunk)
+        done = 0
+        try:
+            event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+            for _ in gen:
+                chunk: dict[str, Any] = {
+                    "choices": [{"index": 0, "delta": {"content": f"w{done} "}}]
+                }
+                done += 1
+                if continuous:
+                    chunk["usage"] = usage(done)
+                event(chunk)
+        finally:
+            gen.close()  # a client gone mid-stream frees its slot, as vLLM aborts it
         if options.get("include_usage"):
-            event({"choices": [], "usage": usage(n_out)})
+            event({"choices": [], "usage": usage(done)})
         event("[DONE]")
         self.wfile.write(b"0\r\n\r\n")
 
@@ -148,6 +157,7 @@ class SimulatedServer:
         return self.engine.requests
 
     def close(self) -> None:
+        self.engine.close()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
