@@ -247,3 +247,63 @@ class TestOpenLoop:
             FAST_WORKLOAD.model_copy(update={"rate": 1.0, "concurrency": 2}).model_validate(
                 {**FAST_WORKLOAD.model_dump(), "rate": 1.0, "concurrency": 2}
             )
+
+
+class TestTokenSizedWorkload:
+    def test_tool_results_in_tokens_follow_the_server_tokenizer(self) -> None:
+        """`tool_result_tokens: [min, max]`: sized with the server's /tokenize (the fake counts
+        one token per word), drawn per turn within the range; the ratio is stored."""
+        spec = C4.model_copy(update={"tool_result_tokens": (200, 400), "tokens_per_word": 2.0})
+        with fake_server(["--enable-prefix-caching"], clock=VirtualClock()) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), spec)
+        assert m.tokens_per_word == 1.0  # measured, not the 2.0 estimate
+        growth = set()
+        for conv in range(8):
+            turns = [s for s in m.samples if s.conversation == conv]
+            for a, b in zip(turns, turns[1:], strict=False):
+                # the tool result + the user line (~12 words) + the previous answer (3 tokens)
+                growth.add(b.prompt_tokens - a.prompt_tokens)
+        assert all(200 + 12 <= g <= 400 + 25 for g in growth)
+        assert len(growth) > 3  # drawn, not fixed
+        assert m.summary()["max_prompt_tokens"] == max(s.prompt_tokens for s in m.samples)
+
+    def test_context_tokens_stops_adding_turns(self) -> None:
+        from tuner.measure.workload import AgentWorkload
+
+        spec = FAST_WORKLOAD.model_copy(
+            update={"turns": 50, "tool_result_tokens": 500, "context_tokens": 3000}
+        )
+        w = AgentWorkload(spec, tokens_per_word=1.0)
+        c = w.conversation(0)
+        assert 2 <= len(c.turns) < 50
+        assert w.largest_prompt() <= 3000
+
+    def test_a_shape_that_cannot_fit_is_refused_before_deploying(self, tmp_path: Path) -> None:
+        """Estimated longest request over max_model_len: one line with the numbers, and no
+        server was started."""
+        from tuner.config import ObjectiveFile, load_space
+        from tuner.errors import ConfigError
+        from tuner.study import RunSettings, StudyPaths, StudyRunner
+        from tuner.testing import fake_profile, study_starts
+
+        space = load_space(Path(__file__).resolve().parents[2] / "search_spaces" / "seed_192.yaml")
+        spec = FAST_WORKLOAD.model_copy(update={"turns": 10, "tool_result_tokens": 1000})
+        objective = ObjectiveFile.model_validate(
+            {"name": "o", "objectives": [{"name": "ttft_hit_ms"}], "criteria": None}
+        ).model_copy(update={"workload": spec})
+        with pytest.raises(ConfigError, match=r"needs about \d+ tokens .* max_model_len is 4096"):
+            StudyRunner(
+                paths=StudyPaths.create("fit", tmp_path), space=space, seeds=(),
+                objective=objective, profile=fake_profile(), settings=RunSettings(n_trials=2),
+            ).run()  # fmt: skip
+        assert study_starts(tmp_path / "fit") == 0
+
+    def test_bad_sizes_are_refused(self) -> None:
+        from pydantic import ValidationError
+
+        from tuner.config.workload import SyntheticAgentSpec
+
+        for bad in ({"tool_result_tokens": (5, 1)},
+                    {"tool_result_tokens": 10, "tool_result_words": 10}):  # fmt: skip
+            with pytest.raises(ValidationError):
+                SyntheticAgentSpec.model_validate(bad)

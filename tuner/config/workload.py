@@ -48,6 +48,9 @@ class LoadSpec(StrictModel):
     # Under load, /metrics is read this often for the KV-cache peak (one at a time: after
     # every request).
     metrics_interval_s: float = Field(default=2.0, gt=0)
+    # One at a time, /metrics is read after every request (each request's own server-side
+    # TTFT and prefix-cache delta); false reads it only around the measured phase.
+    per_request_metrics: bool = True
     # No token for this long while the server is healthy: the trial fails as `hang`.
     stall_timeout_s: float = Field(default=60.0, gt=0)
     # Share of requests allowed to fail before the trial is `overload` (0: the first fails it).
@@ -62,7 +65,15 @@ class LoadSpec(StrictModel):
 
 class SyntheticAgentSpec(LoadSpec):
     """Agent conversations generated from ``seed``: a long system prompt with tool definitions,
-    a user line per turn, optionally a tool result before each later turn."""
+    a user line per turn, optionally a tool result before each later turn.
+
+    Tool results are sized in words (``tool_result_words``) or in tokens
+    (``tool_result_tokens``: a number, or ``[min, max]`` drawn uniformly per turn). Token sizes
+    use the server's own tokenizer (``/tokenize``, measured when the trial starts); before any
+    server runs, ``tokens_per_word`` estimates them so that a shape which cannot fit
+    ``max_model_len`` is refused before deploying. With ``context_tokens``, a conversation
+    stops adding turns (``turns`` is then the most) before its prompt would pass that size.
+    """
 
     kind: Literal["synthetic_agent"] = "synthetic_agent"
     system_prompt_words: int = Field(default=1200, ge=1)
@@ -74,6 +85,19 @@ class SyntheticAgentSpec(LoadSpec):
     # False: one system prompt shared by every conversation, as agents of one service do.
     salt_system_prompt: bool = True
     tool_result_words: int = Field(default=0, ge=0)  # a tool result appended before each turn
+    tool_result_tokens: int | tuple[int, int] = 0  # the same, in tokens: fixed or [min, max]
+    context_tokens: int | None = Field(default=None, gt=0)
+    tokens_per_word: float = Field(default=1.3, gt=0)  # estimate until /tokenize has answered
+
+    @model_validator(mode="after")
+    def _one_tool_size(self) -> SyntheticAgentSpec:
+        t = self.tool_result_tokens
+        lo, hi = t if isinstance(t, tuple) else (t, t)
+        if lo < 0 or hi < lo:
+            raise ValueError("tool_result_tokens: a number >= 0 or [min, max] with min <= max")
+        if hi and self.tool_result_words:
+            raise ValueError("give tool_result_words or tool_result_tokens, not both")
+        return self
 
 
 class TraceSpec(LoadSpec):

@@ -50,6 +50,7 @@ class TrialMeasurement:
     queue_ms: float | None = None  # mean wait before being scheduled (/metrics histogram)
     preemptions: float | None = None  # /metrics delta over the measured phase
     kv_peak: float | None = None  # highest KV-cache usage (0-1) seen while measuring
+    tokens_per_word: float | None = None  # the server tokenizer's, when sizes are in tokens
 
     def _of(self, kind: Kind) -> list[RequestSample]:
         return [s for s in self.samples if s.kind == kind]
@@ -187,6 +188,8 @@ class TrialMeasurement:
             "queue_ms": self.queue_ms,
             "preemptions": self.preemptions,
             "kv_peak": self.kv_peak,
+            "tokens_per_word": self.tokens_per_word,
+            "max_prompt_tokens": max((x.prompt_tokens for x in self._measured()), default=0),
             "classes": self.classes(),
             "cache_cross_check": {
                 "cached_tokens": sum(x.cached_tokens or 0 for x in self._measured()),

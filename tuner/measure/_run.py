@@ -32,7 +32,7 @@ from tuner.measure._result import Kind, RequestSample, TrialMeasurement
 from tuner.measure.client import ChatTiming, stream_chat
 from tuner.measure.metrics import MetricsSnapshot, fetch_metrics
 from tuner.measure.vram import MemoryReading, read_memory
-from tuner.measure.workload import Workload, make_workload
+from tuner.measure.workload import Workload, make_workload, vocabulary_sample
 from tuner.types import Endpoint
 
 __all__ = ["RequestSample", "TrialMeasurement", "measure", "measure_async"]
@@ -166,8 +166,10 @@ async def measure_async(
     ``spec.stall_timeout_s`` is one with reason ``hang``.
     """
     before = await fetch_metrics(client, endpoint.base_url)
-    run = _Run(endpoint, spec, client, make_workload(spec), time.perf_counter(), before, on_request)
-    per_request = spec.concurrency == 1 and spec.rate is None
+    ratio = await _tokens_per_word(client, endpoint) if _sized_in_tokens(spec) else None
+    workload = make_workload(spec, ratio)
+    run = _Run(endpoint, spec, client, workload, time.perf_counter(), before, on_request)
+    per_request = spec.concurrency == 1 and spec.rate is None and spec.per_request_metrics
     for w in range(spec.warmup_conversations):
         await _conversation(run, -1 - w, warmup=True, per_request=per_request)
     measured_from = await fetch_metrics(client, endpoint.base_url)
@@ -253,7 +255,27 @@ async def measure_async(
         queue_ms=delta.queue_ms,
         preemptions=delta.preemptions if after.available else None,
         kv_peak=run.kv_peak,
+        tokens_per_word=ratio,
     )
+
+
+def _sized_in_tokens(spec: SyntheticAgentSpec | TraceSpec) -> bool:
+    return isinstance(spec, SyntheticAgentSpec) and bool(
+        spec.tool_result_tokens or spec.context_tokens
+    )
+
+
+async def _tokens_per_word(client: httpx.AsyncClient, endpoint: Endpoint) -> float | None:
+    """The server tokenizer's tokens per word of the synthetic vocabulary (vLLM's
+    ``/tokenize``); None when the server has no such endpoint (the spec's estimate is used)."""
+    text = vocabulary_sample()
+    body = {"model": endpoint.model, "prompt": text, "add_special_tokens": False}
+    try:
+        resp = await client.post(f"{endpoint.base_url}/tokenize", json=body, timeout=30.0)
+        count = int(resp.json()["count"]) if resp.status_code == 200 else 0
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    return count / len(text.split()) if count > 0 else None
 
 
 def _partial(samples: list[RequestSample], last: MetricsSnapshot) -> TrialMeasurement:

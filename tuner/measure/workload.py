@@ -22,7 +22,16 @@ from tuner.config.workload import SyntheticAgentSpec, TraceSpec
 from tuner.measure._conversation import Conversation, Message, Turn, Workload
 from tuner.measure.trace import TraceWorkload
 
-__all__ = ["WORKLOADS", "AgentWorkload", "Conversation", "Turn", "Workload", "make_workload"]
+__all__ = [
+    "WORKLOADS",
+    "AgentWorkload",
+    "Conversation",
+    "Turn",
+    "Workload",
+    "check_fits",
+    "make_workload",
+    "vocabulary_sample",
+]
 
 _WORDS = [
     "tool",
@@ -71,23 +80,67 @@ _NOUNS = ("file", "issue", "log", "metric", "ticket", "page", "table", "branch",
 
 @dataclass(frozen=True, slots=True)
 class AgentWorkload:
-    """Builds the messages of each turn; see :meth:`system_prompt` and :meth:`user_message`."""
+    """Builds the messages of each turn; see :meth:`system_prompt` and :meth:`user_message`.
+
+    ``tokens_per_word`` is the server tokenizer's ratio for this vocabulary (measured with
+    ``/tokenize`` when the trial starts); None uses the spec's estimate.
+    """
 
     spec: SyntheticAgentSpec
+    tokens_per_word: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.tokens_per_word or self.spec.tokens_per_word
+
+    def _words(self, tokens: int) -> int:
+        return max(1, round(tokens / self.ratio))
+
+    def tool_tokens(self, conversation: int, turn: int) -> int:
+        """The tool result's size before ``turn`` in tokens (0: none)."""
+        spec = self.spec
+        if spec.tool_result_words:
+            return round(spec.tool_result_words * self.ratio)
+        t = spec.tool_result_tokens
+        if isinstance(t, tuple):
+            return self._rng("size", conversation, turn).randint(*t)
+        return t
 
     def conversation(self, index: int) -> Conversation:
-        """Conversation ``index``: system prompt, then per turn a tool result and a user line."""
+        """Conversation ``index``: system prompt, then per turn a tool result and a user line
+        (until ``turns``, or until the next prompt would pass ``context_tokens``)."""
         spec = self.spec
         salt = uuid.uuid4().hex if spec.salt_system_prompt else "shared"
-        turns = []
+        system = {"role": "system", "content": self.system_prompt(salt)}
+        context = self.estimate_tokens(system["content"])
+        turns: list[Turn] = []
         for turn in range(spec.turns):
             before: list[Message] = []
-            if turn and spec.tool_result_words:
-                before.append({"role": "user", "content": self.tool_result(index, turn)})
+            if turn and (size := self.tool_tokens(index, turn)):
+                before.append({"role": "user", "content": self.tool_result(index, turn, size)})
             before.append({"role": "user", "content": self.user_message(index, turn)})
+            grown = context + sum(self.estimate_tokens(m["content"]) for m in before)
+            if turns and spec.context_tokens and grown + spec.max_tokens > spec.context_tokens:
+                break
+            context = grown + spec.max_tokens  # the answer joins the history
             turns.append(Turn(tuple(before), None, spec.max_tokens))
-        system = {"role": "system", "content": self.system_prompt(salt)}
         return Conversation((system,), tuple(turns), None, prefix_key=salt)
+
+    def estimate_tokens(self, text: str) -> int:
+        """Tokens of a text this workload generated (words x the tokenizer's ratio)."""
+        return round(len(text.split()) * self.ratio)
+
+    def largest_prompt(self) -> int:
+        """Estimated tokens of the longest request (prompt + output) any conversation sends."""
+        worst = 0
+        for index in range(3):
+            c = self.conversation(index)
+            size = sum(self.estimate_tokens(str(m["content"])) for m in c.opening)
+            for t in c.turns:
+                size += sum(self.estimate_tokens(str(m["content"])) for m in t.before)
+                worst = max(worst, size + t.max_tokens)
+                size += t.max_tokens
+        return worst
 
     def _rng(self, *salt: object) -> random.Random:
         return random.Random(json.dumps([self.spec.seed, *salt]))
@@ -129,10 +182,11 @@ class AgentWorkload:
             f"# Tools\n{tools}\n# Instructions\n{instructions}"
         )
 
-    def tool_result(self, conversation: int, turn: int) -> str:
-        """A tool's output appended before turn ``turn`` (``tool_result_words`` words)."""
+    def tool_result(self, conversation: int, turn: int, tokens: int) -> str:
+        """A tool's output appended before turn ``turn``, about ``tokens`` tokens long."""
         rng = self._rng("tool", conversation, turn)
-        return f"Tool result {turn}: {self._text(rng, self.spec.tool_result_words)}"
+        words = self.spec.tool_result_words or self._words(tokens)
+        return f"Tool result {turn}: {self._text(rng, words)}"
 
     def user_message(self, conversation: int, turn: int) -> str:
         """The user's message of ``turn`` (the same text per turn index in every conversation)."""
@@ -143,8 +197,42 @@ class AgentWorkload:
 WORKLOADS: dict[str, Any] = {"synthetic_agent": AgentWorkload, "trace": TraceWorkload}
 
 
-def make_workload(spec: SyntheticAgentSpec | TraceSpec) -> Workload:
-    """The generator for ``spec.kind``."""
+def make_workload(
+    spec: SyntheticAgentSpec | TraceSpec, tokens_per_word: float | None = None
+) -> Workload:
+    """The generator for ``spec.kind`` (``tokens_per_word``: the server tokenizer's ratio)."""
+    if isinstance(spec, SyntheticAgentSpec):
+        return AgentWorkload(spec, tokens_per_word)
     factory = WORKLOADS[spec.kind]
     workload: Workload = factory(spec)
     return workload
+
+
+def check_fits(spec: SyntheticAgentSpec | TraceSpec, max_model_len: int | None) -> str | None:
+    """Why the workload cannot fit ``max_model_len`` (estimated tokens), or None when it fits.
+
+    Checked before any server starts: a conversation that outgrows the context would only
+    give HTTP 400s in every trial.
+    """
+    if not isinstance(spec, SyntheticAgentSpec) or not max_model_len:
+        return None
+    if spec.context_tokens and spec.context_tokens > max_model_len:
+        return (
+            f"workload.context_tokens {spec.context_tokens} is more than the server's "
+            f"max_model_len {max_model_len}"
+        )
+    worst = AgentWorkload(spec).largest_prompt()
+    if worst > max_model_len:
+        return (
+            f"the workload's longest request needs about {worst} tokens (system prompt, "
+            f"{spec.turns} turns of tool results and answers, at {spec.tokens_per_word} tokens "
+            f"per word) but max_model_len is {max_model_len}: lower turns or the tool result "
+            "size, or set context_tokens"
+        )
+    return None
+
+
+def vocabulary_sample(words: int = 2000) -> str:
+    """A text of the synthetic vocabulary, for measuring a tokenizer's tokens per word."""
+    rng = random.Random(0)
+    return " ".join(rng.choice(_WORDS) for _ in range(words))

@@ -29,6 +29,7 @@ from tuner.config.space import ParamValue, SearchSpace
 from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import ConfigError, StudyError
+from tuner.measure.workload import check_fits
 from tuner.study._duplicate import record_duplicate
 from tuner.study._fingerprint import differences, fingerprint
 from tuner.study._signals import sigterm_as_interrupt
@@ -241,6 +242,9 @@ class StudyRunner:
             return self._run()
 
     def _run(self) -> RunResult:
+        problem = check_fits(self.objective.workload, self.profile.server.max_model_len)
+        if problem:
+            raise ConfigError(problem)  # before any deployment: every trial would fail on it
         external_params = self._external_params() if self._external else None
         study = self.open_study()
         fail_stale(study)  # a RUNNING trial now belongs to a run killed hard
