@@ -6,6 +6,9 @@ with ``raise ... from exc``, so callers only need to know this tree::
     TunerError
      ├── ConfigError          bad YAML or value; names file, line and key
      ├── StudyError           storage / study state that cannot be used
+     ├── EnvironmentFault     the machine, not the configuration: port taken, name conflict,
+     │                        engine unreachable, disk full (reason = "env"; stops the study,
+     │                        the trial is retried on resume and never counts against a point)
      ├── DeployError          the server could not be brought up (has a failure ``reason``)
      │    ├── StartupTimeout  not healthy within the timeout     reason = "timeout"
      │    └── ServerExited    the process or container died       reason = crash | oom | invalid
@@ -22,6 +25,7 @@ from pathlib import Path
 __all__ = [
     "ConfigError",
     "DeployError",
+    "EnvironmentFault",
     "MeasureError",
     "ServerExited",
     "StartupTimeout",
@@ -61,6 +65,18 @@ class ConfigError(TunerError):
 
 class StudyError(TunerError):
     """The study (storage, folder, state) cannot be used as asked."""
+
+
+class EnvironmentFault(TunerError):
+    """What failed is the environment, not the configuration being measured.
+
+    A port another process holds, a container name in use, an unreachable Docker Engine or
+    server, a full disk: deploying the same flags elsewhere would work, so the point must not
+    be recorded as crashed. The study stops with this one line; the trial is marked ``env``
+    and retried when the study resumes.
+    """
+
+    reason = "env"
 
 
 class DeployError(TunerError):

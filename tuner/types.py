@@ -20,6 +20,7 @@ FAILURE_REASONS = (
     "hang",  # no token for the stall timeout while /health answered (a known vLLM failure)
     "overload",  # more requests failed than the workload allows at its load
     "interrupted",  # Ctrl-C / SIGTERM during the trial
+    "env",  # the environment failed (port taken, engine unreachable, disk full): retried
     "duplicate",  # the sampler proposed an already evaluated point (not deployed)
 )
 

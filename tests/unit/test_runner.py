@@ -157,7 +157,7 @@ class TestConstraints:
             seed(space, "prefix", enable_prefix_caching=True, enable_chunked_prefill=False),
         ]
         objective = objective.model_copy(
-            update={"workload": objective.workload.model_copy(update={"system_prompt_words": 6000})}
+            update={"workload": objective.workload.model_copy(update={"system_prompt_words": 2500})}
         )
         make_runner(tmp_path, space, s, objective, trials=2).run()
         study = load_study(StudyPaths.create("s", tmp_path))
@@ -273,6 +273,20 @@ class TestInterruptAndResume:
             by_seed(load_study(StudyPaths.create("s", tmp_path)))["b"].state == TrialState.COMPLETE
         )
 
+    def test_an_interrupted_seed_runs_first_on_resume(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
+        """Seeds a, b, c: Ctrl-C during b. On resume b runs before c (not after it)."""
+        s = [seed(space, "a"), seed(space, "b", max_num_seqs=64), seed(space, "c", max_num_seqs=32)]
+        make_runner(tmp_path, space, s[:1], objective, trials=1).run()
+        with pytest.raises(KeyboardInterrupt):
+            make_runner(tmp_path, space, s, objective, trials=3,
+                        deployer_factory=_Interrupting).run()  # fmt: skip
+        make_runner(tmp_path, space, s, objective, trials=3).run()
+        study = load_study(StudyPaths.create("s", tmp_path))
+        done = [t.user_attrs["seed_name"] for t in study.trials if t.state == TrialState.COMPLETE]
+        assert done == ["a", "b", "c"]
+
     def test_stale_running_trial_is_recovered(
         self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
     ) -> None:
@@ -293,6 +307,32 @@ class TestInterruptAndResume:
         other = SearchSpace("other", space.dimensions)
         with pytest.raises(StudyError, match="created with space 'seed_192'"):
             make_runner(tmp_path, other, [], objective, trials=1).run()
+
+
+class TestEnvironmentFaults:
+    @pytest.mark.parametrize("fault", ["port", "disk"])
+    def test_the_machines_fault_stops_the_study_and_is_retried(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile, fault: str
+    ) -> None:
+        """A taken port or a full disk on the first start: the study stops with one line, the
+        trial is `env` (not a deployment, nothing recorded against the point); the resumed
+        study deploys that same seed and reaches its target."""
+        from tuner.errors import EnvironmentFault
+
+        s = [seed(space, "a"), seed(space, "b", max_num_seqs=64)]
+        broken = fake_profile(env_faults=1, env_fault=fault)
+        with pytest.raises(EnvironmentFault, match="in use|disk full"):
+            make_runner(tmp_path, space, s, objective, profile=broken, trials=2).run()
+        study = load_study(StudyPaths.create("s", tmp_path))
+        (t,) = study.trials
+        assert t.state == TrialState.FAIL
+        assert t.user_attrs["reason"] == "env"
+        assert t.user_attrs["deployed"] is False
+        result = make_runner(tmp_path, space, s, objective, profile=broken, trials=2).run()
+        assert result.deployed == 2
+        study = load_study(StudyPaths.create("s", tmp_path))
+        assert by_seed(study)["a"].state == TrialState.COMPLETE
+        assert sum(1 for t in study.trials if t.state == TrialState.COMPLETE) == 2
 
 
 class TestSweep:

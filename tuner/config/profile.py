@@ -151,6 +151,10 @@ class FakeConfig(StrictModel):
     hang_when: list[dict[str, str | None]] = []
     error_when: list[dict[str, str | None]] = []  # chat requests answer HTTP 500
     flaky_crashes: int = Field(default=0, ge=0)  # the first N starts crash, whatever the flags
+    # the first N starts meet a broken environment: "port" (another server holds the port)
+    # or "disk" (no space left on device) - the machine's fault, not the flags'
+    env_faults: int = Field(default=0, ge=0)
+    env_fault: Literal["port", "disk"] = "port"
     health_timeout_s: float = Field(default=10.0, gt=0)
     crash_retries: int = Field(default=1, ge=0)
 

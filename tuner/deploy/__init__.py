@@ -17,6 +17,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from tuner.config.profile import Profile
+from tuner.deploy._identity import check_model
 from tuner.deploy.base import (
     FAILURE_REASONS,
     Deployer,
@@ -45,6 +46,7 @@ __all__ = [
     "FakeDeployer",
     "LocalDeployer",
     "ReplayDeployer",
+    "check_model",
     "classify_exit",
     "cleanup_stale",
     "make_deployer",

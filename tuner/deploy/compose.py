@@ -21,10 +21,17 @@ from tuner.config.profile import ComposeConfig, Profile
 from tuner.deploy.base import BaseDeployer, tail, wait_healthy
 from tuner.deploy.compose_file import backup_path, restore, write_flags
 from tuner.deploy.docker import container_exited, docker_client
-from tuner.errors import ConfigError, DeployError, ServerExited
+from tuner.errors import ConfigError, DeployError, EnvironmentFault, ServerExited
 from tuner.types import Endpoint
 
 __all__ = ["ComposeDeployer", "compose_command", "project_name"]
+
+# What compose says when the machine, not the flags, is at fault.
+_ENV_FAULT = re.compile(
+    r"is already in use by container|Conflict\.|address already in use|port is already allocated"
+    r"|Cannot connect to the Docker daemon|no space left on device",
+    re.IGNORECASE,
+)
 
 
 def compose_command(configured: list[str] | None = None) -> list[str]:
@@ -69,6 +76,10 @@ class ComposeDeployer(BaseDeployer):
         argv = [*compose_command(self._cfg.command), "-f", str(self._file), "-p", self._project]
         proc = subprocess.run([*argv, *args], capture_output=True, text=True, check=False)
         if check and proc.returncode != 0:
+            if _ENV_FAULT.search(proc.stderr):
+                raise EnvironmentFault(
+                    f"{' '.join(argv[:2])} {args[0]} failed: {tail(proc.stderr, 3)}"
+                )
             raise DeployError(
                 f"{' '.join(argv[:2])} {args[0]} failed: {tail(proc.stderr, 3)}",
                 reason="crash",

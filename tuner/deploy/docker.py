@@ -16,9 +16,10 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest
 
 from tuner.config.profile import DockerConfig, Profile
+from tuner.deploy._identity import check_port_free
 from tuner.deploy.base import BaseDeployer, classify_exit, tail
 from tuner.deploy.local import deferred_interrupts, free_port
-from tuner.errors import ConfigError, DeployError, ServerExited, TunerError
+from tuner.errors import ConfigError, DeployError, EnvironmentFault, ServerExited
 from tuner.types import Endpoint
 
 __all__ = ["LABEL", "DockerDeployer", "docker_client", "remove_containers"]
@@ -34,7 +35,7 @@ def docker_client(base_url: str | None = None) -> docker.DockerClient:
         client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
         client.ping()
     except docker.errors.DockerException as exc:
-        raise TunerError(f"cannot reach the Docker Engine: {exc}") from exc
+        raise EnvironmentFault(f"cannot reach the Docker Engine: {exc}") from exc
     return client
 
 
@@ -116,6 +117,8 @@ class DockerDeployer(BaseDeployer):
         extra_env = dict(env or {})
         self.stop()
         workdir.mkdir(parents=True, exist_ok=True)
+        if self._cfg.port:
+            check_port_free(self._cfg.host, self._cfg.port)
         port = self._cfg.port or free_port(self._cfg.host)
         args = self.server_args(flags, port)
         env = dict(self._cfg.env)
@@ -155,9 +158,13 @@ class DockerDeployer(BaseDeployer):
                 key="deployer.image",
             ) from exc
         except docker.errors.APIError as exc:
+            if exc.status_code == 409 or "Conflict" in str(exc):  # a name or port in use
+                raise EnvironmentFault(f"docker could not start the container: {exc}") from exc
             raise DeployError(
                 f"docker could not start the container: {exc}", reason="crash"
             ) from exc
+        except docker.errors.DockerException as exc:  # the engine went away mid-study
+            raise EnvironmentFault(f"cannot reach the Docker Engine: {exc}") from exc
         self._log_path = workdir / "server.log"
         self._pump = threading.Thread(
             target=self._stream_logs, args=(self._container,), daemon=True

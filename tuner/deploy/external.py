@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tuner.config.profile import ExternalConfig, Profile
 from tuner.deploy.base import BaseDeployer, wait_healthy
+from tuner.errors import EnvironmentFault, StartupTimeout
 from tuner.types import Endpoint
 
 __all__ = ["ExternalDeployer"]
@@ -35,9 +36,12 @@ class ExternalDeployer(BaseDeployer):
         )
 
     def wait_ready(self) -> float:
-        return wait_healthy(
-            self._cfg.url.rstrip("/"), timeout_s=self._cfg.health_timeout_s, alive=lambda: None
-        )
+        url = self._cfg.url.rstrip("/")
+        try:
+            return wait_healthy(url, timeout_s=self._cfg.health_timeout_s, alive=lambda: None)
+        except StartupTimeout as exc:
+            # Nothing the configuration did: the server the user runs does not answer.
+            raise EnvironmentFault(f"the external server at {url} is unreachable: {exc}") from exc
 
     def stop(self) -> None:
         return None  # not ours to stop

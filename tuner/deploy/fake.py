@@ -2,20 +2,22 @@
 
 For tests, demos and dry runs of the whole loop in seconds. Failures are scripted in the
 profile: ``crash_when`` / ``oom_when`` / ``hang_when`` / ``error_when`` match flags, and
-``flaky_crashes`` makes the first N starts of a study crash whatever the flags. The start count
+``flaky_crashes`` makes the first N starts of a study crash whatever the flags, ``env_faults``
+meet a broken environment (a taken port, a full disk). The start count
 lives in the study's trial folder (``trials/.fake-starts``), not in the process, so it spans
 deployer instances and survives a resume.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from tuner.config.profile import FakeConfig, Profile
 from tuner.config.rules import parse_flags
 from tuner.deploy.base import InProcessDeployer, wait_healthy
-from tuner.errors import ServerExited, StartupTimeout
+from tuner.errors import EnvironmentFault, ServerExited, StartupTimeout
 from tuner.schema import TrialFolder, write_json
 from tuner.simulate import ModelEngine, ServerModel, SimulatedServer, WallClock
 from tuner.types import Endpoint
@@ -70,6 +72,10 @@ class FakeDeployer(InProcessDeployer):
         write_json(folder.command, {"argv": ["fake-vllm", *args], "env": []})
         f = parse_flags(args)
         starts = _count_start(workdir)
+        if starts <= self._cfg.env_faults:
+            if self._cfg.env_fault == "disk":
+                raise OSError(errno.ENOSPC, "No space left on device (fake)", str(workdir))
+            raise EnvironmentFault("port 8000 is already in use (fake): nothing was started")
         self._log_path = folder.server_log
         log = [f"fake vLLM starting with {' '.join(args)}"]
         self._failure = None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from tuner.config.profile import LocalConfig, Profile
+from tuner.deploy._identity import check_port_free, check_served_by
 from tuner.deploy._records import forget, reclaim_processes, remember
 from tuner.deploy.base import BaseDeployer, classify_exit, tail
 from tuner.errors import DeployError, ServerExited
@@ -83,6 +84,7 @@ class LocalDeployer(BaseDeployer):
         self._log: IO[bytes] | None = None
         self._log_path: Path | None = None
         self._base_url = ""
+        self._port = 0
 
     def command(self, flags: Sequence[str], port: int) -> list[str]:
         """The exact argv the server is started with."""
@@ -108,7 +110,10 @@ class LocalDeployer(BaseDeployer):
         extra_env = dict(env or {})
         self.stop()
         workdir.mkdir(parents=True, exist_ok=True)
+        if self._cfg.port:
+            check_port_free(self._cfg.host, self._cfg.port)
         port = self._cfg.port or free_port(self._cfg.host)
+        self._port = port
         argv = self.command(flags, port)
         env = dict(os.environ)
         env.update(self._cfg.env)
@@ -165,7 +170,10 @@ class LocalDeployer(BaseDeployer):
             )
 
     def wait_ready(self) -> float:
-        return self._wait_with_log(self._base_url, self._cfg.health_timeout_s, self._alive)
+        took = self._wait_with_log(self._base_url, self._cfg.health_timeout_s, self._alive)
+        if self._proc is not None:
+            check_served_by(self._port, [self._proc.pid])
+        return took
 
     def _read_log(self) -> str:
         if self._log is not None:

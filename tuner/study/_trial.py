@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from tuner.config.objective import ObjectiveFile
 from tuner.config.profile import Profile
 from tuner.config.workload import SyntheticAgentSpec, TraceSpec
+from tuner.deploy import check_model
 from tuner.deploy.base import Deployer
 from tuner.errors import DeployError, MeasureError, ServerExited
 from tuner.measure import TrialMeasurement, measure
@@ -250,7 +251,8 @@ def deploy_and_measure(
     """Start the server, wait until healthy, run the workload; the server is always stopped.
 
     A crash gets ``crash_retries`` redeployments (the mission's procedure) before it counts; its
-    log is kept as ``server.attemptK.log``. KeyboardInterrupt propagates (after stopping).
+    log is kept as ``server.attemptK.log``. KeyboardInterrupt and EnvironmentFault (the
+    machine's fault, not the configuration's) propagate, after stopping.
     """
     attempt = 0
     with make_deployer(profile) as dep:
@@ -258,6 +260,7 @@ def deploy_and_measure(
             try:
                 endpoint = dep.start(flags, trial_dir, env)
                 startup_s = dep.wait_ready()
+                check_model(endpoint.base_url, endpoint.model)  # the server we started
                 m = measure(endpoint, workload, check_alive=dep.check_alive, enough=enough)
                 return Measured(m, startup_s, crash_retries=attempt)
             except DeployError as exc:

@@ -7,6 +7,8 @@ alone, in milliseconds) and duplicates (never deployed) do not count.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import logging
@@ -28,7 +30,7 @@ from tuner.config.seeds import Seed
 from tuner.config.space import ParamValue, SearchSpace
 from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
-from tuner.errors import ConfigError, StudyError
+from tuner.errors import ConfigError, EnvironmentFault, StudyError
 from tuner.measure.workload import check_fits
 from tuner.study._duplicate import record_duplicate
 from tuner.study._fingerprint import differences, fingerprint
@@ -48,7 +50,8 @@ __all__ = ["RunResult", "RunSettings", "StudyRunner", "sigterm_as_interrupt"]
 log = logging.getLogger("tuner.study")
 
 # Not "evaluated": an interrupted trial is retried on resume; a duplicate is only a pointer.
-_NOT_EVALUATED = ("interrupted", "duplicate")
+# Nor is a trial the environment failed (port taken, engine unreachable, disk full).
+_NOT_EVALUATED = ("interrupted", "duplicate", "env")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,7 @@ class StudyRunner:
         self.reclaimed: list[str] = []  # what cleanup of an earlier killed run removed
         # Point key -> its trial, for every point measured or rejected; and the valid points.
         self._evaluated: dict[str, FrozenTrial] = {}
+        self._pending_seeds: list[Seed] = []  # seeds not yet enqueued, in order
         self._valid: dict[str, dict[str, ParamValue]] = {}
         self._study: optuna.Study | None = None
         self._valid_codes: np.ndarray[Any, Any] | None = None
@@ -219,9 +223,20 @@ class StudyRunner:
             if _evaluated(t) or "duplicate_of" in t.user_attrs
         }
         waiting = {t.user_attrs.get("seed_name") for t in trials if t.state == TrialState.WAITING}
-        for seed in self.seeds:
-            if seed.name not in done and seed.name not in waiting:
-                study.enqueue_trial(dict(seed.params), user_attrs={"seed_name": seed.name})
+        # Enqueued one at a time, just before each ask (_next_seed), so that the seeds run in
+        # their file's order and a seed interrupted last time runs first on resume (Optuna
+        # pops WAITING trials oldest first: enqueued all at once, a retried seed went last).
+        self._pending_seeds = [
+            s for s in self.seeds if s.name not in done and s.name not in waiting
+        ]
+
+    def _next_seed(self, study: optuna.Study) -> None:
+        if not self._pending_seeds or study.get_trials(
+            deepcopy=False, states=(TrialState.WAITING,)
+        ):
+            return
+        seed = self._pending_seeds.pop(0)
+        study.enqueue_trial(dict(seed.params), user_attrs={"seed_name": seed.name})
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -355,6 +370,7 @@ class StudyRunner:
 
     def _one(self, study: optuna.Study, evaluated: dict[str, FrozenTrial]) -> TrialOutcome:
         t0 = time.perf_counter()
+        self._next_seed(study)
         trial = study.ask()
         params: dict[str, ParamValue] = {
             d.name: trial.suggest_categorical(d.name, list(d.values)) for d in self.space.dimensions
@@ -403,3 +419,21 @@ class StudyRunner:
             if _frozen(study, trial.number).state == TrialState.RUNNING:
                 record_failure(study, trial, "interrupted", "interrupted by Ctrl-C / SIGTERM")
             raise
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._env_fault(study, trial, f"disk full: {exc}")
+            raise EnvironmentFault(f"disk full while trial {trial.number} ran: {exc}") from exc
+        except EnvironmentFault as exc:
+            self._env_fault(study, trial, str(exc))
+            raise
+
+    @staticmethod
+    def _env_fault(study: optuna.Study, trial: optuna.Trial, message: str) -> None:
+        """Mark the trial ``env`` (retried on resume, never a deployment), if storage lets us:
+        on a full disk it may not, and the next run fails the RUNNING trial as interrupted."""
+        if _frozen(study, trial.number).state != TrialState.RUNNING:
+            return
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("deployed", False)
+            record_failure(study, trial, "env", message)
