@@ -109,11 +109,14 @@ def optimize(
     paths = StudyPaths.create(
         study if study is not None else f"{prof.name}-{sp.name}", studies_dir, storage
     )
-    runner = _run(paths, sp, seeds, objective, prof, settings)
-    if runner.reclaimed:
-        out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
-    if not no_validate and not isinstance(prof.deployer, ExternalConfig):
-        _validate(paths, sp, objective, prof, validate_top, validate_rounds, deadline)
+    try:
+        runner = _run(paths, sp, seeds, objective, prof, settings)
+        if runner.reclaimed:
+            out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
+        if not no_validate and not isinstance(prof.deployer, ExternalConfig):
+            _validate(paths, sp, objective, prof, validate_top, validate_rounds, deadline)
+    finally:
+        _hand_back(prof)  # finished, failed or interrupted: the user's service as it was
     if keep_best:
         _keep_best(prof, sp, paths)
     out.print(f"next: tuner report {paths.name}")
@@ -265,6 +268,16 @@ def sweep(
     out.print(f"next: tuner report {paths.name}")
 
 
+def _hand_back(prof: Profile) -> None:
+    from tuner.deploy import hand_back
+
+    try:
+        for line in hand_back(prof):
+            out.print(line)
+    except TunerError as exc:  # never hide the error that brought us here
+        out.print(f"[red]could not give the service back: {exc}[/red]")
+
+
 def _keep_best(prof: Profile, sp: SearchSpace, paths: StudyPaths) -> None:
     from tuner.config import ComposeConfig
     from tuner.deploy.compose_file import write_flags
@@ -284,6 +297,9 @@ def _keep_best(prof: Profile, sp: SearchSpace, paths: StudyPaths) -> None:
         f"`tuner restore {prof.deployer.file}` puts it back."
     )
     write_flags(prof.deployer.file, prof.deployer.service, flags, sp.managed_flags, note)
+    from tuner.deploy.compose import ComposeDeployer
+
+    ComposeDeployer.recreate(prof)
     out.print(
         f"{prof.deployer.file}: set to trial {rec.trial.number} ({rec.name}) {' '.join(flags)}"
     )

@@ -41,13 +41,15 @@ def cleanup(
 
 @app.command()
 def restore(file: Annotated[Path, typer.Argument(help="the compose file a study rewrote")]) -> None:
-    """Put a compose file back byte-for-byte from the backup the compose deployer made."""
+    """Put a compose file back byte-for-byte and its service as it was before the study."""
+    from tuner.deploy.compose import hand_back_file
     from tuner.deploy.compose_file import backup_path
-    from tuner.deploy.compose_file import restore as restore_file
 
-    if not restore_file(file):
+    done = hand_back_file(file)
+    if not done:
         raise TunerError(f"{file}: no backup {backup_path(file).name}: nothing to restore")
-    out.print(f"{file} restored")
+    for line in done:
+        out.print(line)
 
 
 @app.command("demo-model")

@@ -49,6 +49,7 @@ __all__ = [
     "check_model",
     "classify_exit",
     "cleanup_stale",
+    "hand_back",
     "make_deployer",
     "wait_healthy",
 ]
@@ -90,3 +91,8 @@ def cleanup_stale(profile: Profile, study: str, root: Path | None = None) -> lis
     """Remove what an earlier, hard-killed run of ``study`` (folder ``root``) left behind;
     what was removed."""
     return _class_of(profile).cleanup_stale(profile, study, root)
+
+
+def hand_back(profile: Profile) -> list[str]:
+    """Give the user's server back as it was before the study (compose); what was done."""
+    return _class_of(profile).hand_back(profile)

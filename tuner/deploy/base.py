@@ -144,7 +144,8 @@ class DeployerClass(Protocol):
     """A deployer implementation as the registry holds it: the class itself.
 
     Called with the profile (and the flags the search space manages) it gives a Deployer;
-    ``cleanup_stale`` removes what a hard-killed earlier run of a study left behind.
+    ``cleanup_stale`` removes what a hard-killed earlier run of a study left behind;
+    ``hand_back`` returns the user's server to its state before the study.
     """
 
     @property
@@ -158,6 +159,8 @@ class DeployerClass(Protocol):
     def cleanup_stale(
         self, profile: Profile, study: str, root: Path | None = None
     ) -> list[str]: ...
+
+    def hand_back(self, profile: Profile) -> list[str]: ...
 
 
 class BaseDeployer:
@@ -186,6 +189,13 @@ class BaseDeployer:
 
         Nothing by default: most kinds start nothing that outlives the tuner.
         """
+        return []
+
+    @classmethod
+    def hand_back(cls, profile: Profile) -> list[str]:
+        """At the end of a study (finished, failed or interrupted): give the user's server back
+        in the state it was in before the study; what was done. Nothing by default: only a
+        deployer that takes over a running service (compose) has anything to give back."""
         return []
 
     def stop(self) -> None:  # pragma: no cover - overridden

@@ -1,30 +1,47 @@
 """``compose`` deployer: the user's compose file, one service's flags rewritten per trial.
 
-Per trial: back the file up (once), rewrite the service's ``command``, ``up -d`` the service in a
-project of its own, wait healthy; on stop: ``down``, then put the file back byte-for-byte. A hard
-kill leaves the backup next to the file: ``tuner restore FILE`` (or the next run) puts it back.
+It works inside the user's own project (named as compose names it), on the tuned service only:
+other services are never restarted. Before the first trial it notes whether the service was
+running (a state file next to the compose file). Per trial: back the file up, rewrite the
+service's ``command``, ``up -d --no-deps --force-recreate SERVICE``, wait healthy (the service's
+own ``healthcheck:`` too, when it has one); on stop: ``stop`` + ``rm -f`` the service, then put
+the file back byte-for-byte. When the study ends, fails or is interrupted, :meth:`hand_back`
+brings the service back as it was (running its original configuration if it was running). A
+hard kill leaves the backup and the state file: ``tuner restore FILE`` (or the next run) does
+the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import docker.errors
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from tuner.config.profile import ComposeConfig, Profile
 from tuner.deploy.base import BaseDeployer, tail, wait_healthy
 from tuner.deploy.compose_file import backup_path, restore, write_flags
 from tuner.deploy.docker import container_exited, docker_client
-from tuner.errors import ConfigError, DeployError, EnvironmentFault, ServerExited
+from tuner.errors import (
+    ConfigError,
+    DeployError,
+    EnvironmentFault,
+    ServerExited,
+    StartupTimeout,
+)
 from tuner.types import Endpoint
 
-__all__ = ["ComposeDeployer", "compose_command", "project_name"]
+__all__ = ["ComposeDeployer", "compose_command", "project_name", "state_path"]
 
 # What compose says when the machine, not the flags, is at fault.
 _ENV_FAULT = re.compile(
@@ -48,9 +65,29 @@ def compose_command(configured: list[str] | None = None) -> list[str]:
 
 
 def project_name(cfg: ComposeConfig) -> str:
-    """The compose project the tuner runs the service in (the profile's, else its own)."""
-    base = cfg.project or f"vllm-tuner-{cfg.file.resolve().parent.name}"
-    return re.sub(r"[^a-z0-9_-]", "", base.lower()) or "vllm-tuner"
+    """The user's project, resolved as compose resolves it: the profile's ``project``, else
+    ``COMPOSE_PROJECT_NAME``, else the file's top-level ``name:``, else its folder's name."""
+    base = (
+        cfg.project
+        or os.environ.get("COMPOSE_PROJECT_NAME")
+        or _top_level_name(cfg.file)
+        or cfg.file.resolve().parent.name
+    )
+    return re.sub(r"[^a-z0-9_-]", "", base.lower()).lstrip("_-") or "default"
+
+
+def _top_level_name(file: Path) -> str | None:
+    with contextlib.suppress(OSError, YAMLError):
+        doc = YAML(typ="safe").load(file.read_text())
+        name = doc.get("name") if isinstance(doc, dict) else None
+        if isinstance(name, str):
+            return os.path.expandvars(name)
+    return None
+
+
+def state_path(file: Path) -> Path:
+    """Where the service's state before the study is kept while a study runs."""
+    return file.with_name(file.name + ".vllm-tuner.state.json")
 
 
 class ComposeDeployer(BaseDeployer):
@@ -101,6 +138,8 @@ class ComposeDeployer(BaseDeployer):
             raise ConfigError(f"compose file {self._file} not found", key="deployer.file")
         workdir.mkdir(parents=True, exist_ok=True)
         self._log_path = workdir / "server.log"
+        if not state_path(self._file).exists():
+            self._snapshot()  # before anything changes: what hand_back returns to
         write_flags(self._file, self._cfg.service, flags, self._managed)
         (workdir / "command.json").write_text(
             json.dumps(
@@ -158,35 +197,112 @@ class ComposeDeployer(BaseDeployer):
                 raise exited
 
     def wait_ready(self) -> float:
-        took = wait_healthy(
+        t0 = time.perf_counter()
+        wait_healthy(
             self._cfg.url.rstrip("/"), timeout_s=self._cfg.health_timeout_s, alive=self._alive
         )
+        self._wait_container_healthy(t0)
         self._save_logs()  # the start-up log now; the full log again at stop
-        return took
+        return time.perf_counter() - t0
+
+    def _wait_container_healthy(self, t0: float) -> None:
+        """With a ``healthcheck:`` in the file, also wait for compose's own verdict."""
+        while True:
+            cid = self._container_id()
+            health = None
+            if cid is not None:
+                with contextlib.suppress(docker.errors.DockerException):
+                    health = docker_client().containers.get(cid).attrs["State"].get("Health")
+            status = (health or {}).get("Status")
+            if status in (None, "healthy"):
+                return
+            if status == "unhealthy":
+                raise ServerExited(
+                    "the service's healthcheck reports unhealthy", reason="crash",
+                    log_tail=tail(self._save_logs()),
+                )  # fmt: skip
+            if time.perf_counter() - t0 > self._cfg.health_timeout_s:
+                raise StartupTimeout(
+                    f"healthcheck not healthy after {self._cfg.health_timeout_s:.0f} s"
+                )
+            self._alive()
+            time.sleep(0.5)
 
     def _read_log(self) -> str:
         return self._save_logs()
 
     @classmethod
     def cleanup_stale(cls, profile: Profile, study: str, root: Path | None = None) -> list[str]:
-        """The project a killed run left up brought down, the user's file restored."""
+        """A killed run's trial service stopped, the user's file and service given back."""
         cfg: ComposeConfig = cls._config_of(profile)
-        if not backup_path(cfg.file).exists():
+        if not backup_path(cfg.file).exists() and not state_path(cfg.file).exists():
             return []
-        cls(profile).reclaim()
-        return [f"{cfg.file} restored"]
+        return cls.hand_back(profile) or [f"{cfg.file} restored"]
 
-    def reclaim(self) -> None:
-        """Bring down the project an earlier, killed run left up; restore the file."""
-        self._started = True
-        self.stop()
+    def _snapshot(self) -> None:
+        cid = self._container_id()
+        running = False
+        if cid is not None:
+            with contextlib.suppress(docker.errors.DockerException):
+                running = bool(docker_client().containers.get(cid).attrs["State"].get("Running"))
+        state = {
+            "project": self._project,
+            "service": self._cfg.service,
+            "command": compose_command(self._cfg.command),
+            "was_running": running,
+            "container": cid,
+        }
+        state_path(self._file).write_text(json.dumps(state, indent=2))
+
+    @classmethod
+    def recreate(cls, profile: Profile) -> None:
+        """Run the service with what its file says now (``--keep-best``), others untouched."""
+        dep = cls(profile)
+        dep._compose("up", "-d", "--no-deps", "--force-recreate", dep._cfg.service)
+
+    @classmethod
+    def hand_back(cls, profile: Profile) -> list[str]:
+        """The file restored; the service stopped or running its original configuration, as it
+        was before the study's first trial."""
+        cfg: ComposeConfig = cls._config_of(profile)
+        return hand_back_file(cfg.file, cfg.stop_timeout_s)
 
     def stop(self) -> None:
+        """Stop and remove the tuned service only: never ``down``, never the other services."""
         if not self._started:
             return
         self._started = False
         try:
             self._save_logs()
-            self._compose("down", "-t", str(int(self._cfg.stop_timeout_s)), check=False)
+            t = str(int(self._cfg.stop_timeout_s))
+            self._compose("stop", "-t", t, self._cfg.service, check=False)
+            self._compose("rm", "-f", self._cfg.service, check=False)
         finally:
             restore(self._file)  # the user's file, byte-for-byte, whatever happened
+
+
+def hand_back_file(file: Path, stop_timeout_s: float = 10.0) -> list[str]:
+    """Give back what a study took over through ``file``: the file from its backup, and the
+    service as the state file describes it. What was done ([] when nothing was held)."""
+    file = file.resolve()
+    done = [f"{file} restored"] if restore(file) else []
+    sp = state_path(file)
+    if not sp.exists():
+        return done
+    st = json.loads(sp.read_text())
+    argv = [*st["command"], "-f", str(file), "-p", st["project"]]
+    service = st["service"]
+    run = functools.partial(subprocess.run, capture_output=True, text=True, check=False)
+    if st["was_running"]:
+        proc = run([*argv, "up", "-d", "--no-deps", "--force-recreate", service])
+        if proc.returncode != 0:
+            raise DeployError(
+                f"could not bring {service!r} back up: {tail(proc.stderr, 3)}", reason="crash"
+            )
+        done.append(f"service {service!r} running its original configuration again")
+    else:
+        run([*argv, "stop", "-t", str(int(stop_timeout_s)), service])
+        run([*argv, "rm", "-f", service])
+        done.append(f"service {service!r} left stopped, as it was")
+    sp.unlink()
+    return done
