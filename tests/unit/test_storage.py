@@ -57,6 +57,32 @@ def test_journal_file_round_trip(tmp_path: Path) -> None:
     assert [t.value for t in study.trials] == [0.0, 1.0]
 
 
+def test_a_truncated_journal_is_never_appended_to(tmp_path: Path) -> None:
+    """A journal cut mid-record: reading says so (journal_problem) and sees the complete part;
+    writing is refused with one line naming the cut, so the file stays readable."""
+    from tuner.study.storage import journal_problem
+
+    log = tmp_path / "j" / "study.log"
+    url = f"journal:///{log}"
+    _add_trials(open_storage(url), "j", 3)
+    data = log.read_bytes()
+    log.write_bytes(data[: len(data) - 10])  # the last record cut short
+    problem = journal_problem(url)
+    assert problem is not None
+    assert "ends mid-record" in problem
+    with pytest.raises(StudyError, match="ends mid-record"):
+        open_storage(url)
+    before = log.read_bytes()
+    study = load_study(StudyPaths.create("j", tmp_path, url))  # reading: what is complete
+    assert len(study.trials) == 3
+    assert log.read_bytes() == before  # untouched
+    keep = before.rfind(b"\n") + 1
+    log.write_bytes(before[:keep])  # the advice in the message: back to the last record
+    assert journal_problem(url) is None
+    _add_trials(open_storage(url), "j", 1)  # appending works again
+    assert len(load_study(StudyPaths.create("j", tmp_path, url)).trials) == 4
+
+
 def test_memory_storage_cannot_be_reopened(tmp_path: Path) -> None:
     assert open_storage(MEMORY) is None
     with pytest.raises(StudyError, match="in-memory"):

@@ -20,6 +20,7 @@ from tuner.cli._common import (
 from tuner.errors import TunerError
 from tuner.study import (
     StudyPaths,
+    journal_problem,
     load_study,
 )
 
@@ -73,6 +74,9 @@ def report(
     chosen = parse_rule(rule)
     paths = StudyPaths.create(study, studies_dir, storage)
     st = load_study(paths)
+    problem = journal_problem(paths.storage_url)
+    if problem:  # read anyway, but never in silence
+        out.print(f"[yellow]warning: {problem}; reporting what is complete[/yellow]")
     front, feasible = pareto_trials(st)
     if not front:
         out.print("no completed trial yet")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._trial import TrialOutcome
 from tuner.study.runner import RunResult, RunSettings, StudyRunner
-from tuner.study.storage import StudyPaths, load_study
+from tuner.study.storage import StudyPaths, journal_problem, load_study
 from tuner.study.validate import (
     ValidationResult,
     ValidationSettings,
@@ -22,6 +22,7 @@ __all__ = [
     "ValidationResult",
     "ValidationSettings",
     "Validator",
+    "journal_problem",
     "load_study",
     "sigterm_as_interrupt",
     "validation_name",

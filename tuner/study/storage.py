@@ -19,17 +19,51 @@ import sqlalchemy
 from tuner.errors import StudyError
 from tuner.schema import TrialFolder
 
-__all__ = ["MEMORY", "StudyPaths", "load_study", "open_storage", "redact", "study_lock"]
+__all__ = [
+    "MEMORY",
+    "StudyPaths",
+    "journal_problem",
+    "load_study",
+    "open_storage",
+    "redact",
+    "study_lock",
+]
 
 MEMORY = "memory://"  # Optuna's in-memory storage (benchmarks, dry runs)
 JOURNAL = "journal:///"
 SQLITE = "sqlite:///"  # journal:///path/to/file.log: Optuna's append-only journal file
 
 
-def open_storage(url: str) -> str | optuna.storages.BaseStorage | None:
+def journal_problem(url: str) -> str | None:
+    """Why the journal file behind ``url`` cannot take another record, or None.
+
+    Optuna's reader skips a last line without its newline (a file cut short, a full disk), so
+    a study reads as if the last operation never happened; the next append would glue a new
+    record to that fragment and make the whole file unreadable.
+    """
+    if not url.startswith(JOURNAL):
+        return None
+    path = Path("/" + url.removeprefix(JOURNAL))
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return None
+        data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    return (
+        f"journal file {path} ends mid-record (byte {len(data)}; the last complete record ends "
+        f"at byte {keep}): it was cut short, e.g. by a full disk. Appending would make it "
+        f"unreadable; keep a copy, then `truncate -s {keep} {path}` to continue from the last "
+        "complete record"
+    )
+
+
+def open_storage(url: str, *, writing: bool = True) -> str | optuna.storages.BaseStorage | None:
     """What ``optuna.create_study(storage=...)`` takes for ``url``: other RDB URLs pass through,
-    ``sqlite:///PATH`` gets WAL (below), ``journal:///PATH`` opens a JournalStorage on a file,
-    ``memory://`` is in-memory (None)."""
+    ``sqlite:///PATH`` gets WAL (below), ``journal:///PATH`` opens a JournalStorage on a file
+    (refused for ``writing`` when it ends mid-record), ``memory://`` is in-memory (None)."""
     if url == MEMORY:
         return None
     if url.startswith(SQLITE) and url != SQLITE + ":memory:":
@@ -38,8 +72,14 @@ def open_storage(url: str) -> str | optuna.storages.BaseStorage | None:
         from optuna.storages.journal import JournalFileBackend
 
         path = Path("/" + url.removeprefix(JOURNAL))
+        problem = journal_problem(url) if writing else None
+        if problem:
+            raise StudyError(problem)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        except ValueError as exc:  # a corrupt record in the middle
+            raise StudyError(f"journal file {path} is unreadable: {_first_line(exc)}") from exc
     try:
         return optuna.storages.RDBStorage(url)
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
@@ -113,15 +153,16 @@ class StudyPaths:
         return TrialFolder.of(self.root, number).path
 
 
-def load_study(paths: StudyPaths) -> optuna.Study:
-    """Open an existing study read/write; StudyError if it does not exist."""
+def load_study(paths: StudyPaths, *, writing: bool = False) -> optuna.Study:
+    """Open an existing study; StudyError if it does not exist. Reading (``writing`` False)
+    accepts a journal that ends mid-record (``journal_problem`` says so to the user)."""
     url = paths.storage_url
     # Never create an empty database while looking for a study: the file must be there.
     if url.startswith(SQLITE) and not Path(url.removeprefix(SQLITE)).exists():
         where = paths.root if url.endswith(f"{paths.name}/study.db") else redact(url)
         raise StudyError(f"no study {paths.name!r} in {where} (run `tuner optimize` first)")
     try:
-        storage = open_storage(paths.storage_url)
+        storage = open_storage(paths.storage_url, writing=writing)
         if storage is None:
             raise StudyError("an in-memory study cannot be reopened")
         return optuna.load_study(study_name=paths.name, storage=storage)
