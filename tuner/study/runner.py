@@ -32,6 +32,7 @@ from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import ConfigError, EnvironmentFault, StudyError
 from tuner.measure.workload import check_fits
+from tuner.study._coverage import Coverage
 from tuner.study._duplicate import record_duplicate
 from tuner.study._fingerprint import differences, fingerprint
 from tuner.study._signals import sigterm_as_interrupt
@@ -71,6 +72,10 @@ class RunSettings:
     deadline: float | None = None
     # Resume even when the space, objective or server differ from the study's (--force).
     force: bool = False
+    # Once the seeds are done, give never-deployed dimension values a try on the best point so
+    # far and carry a winner across the front (tuner.study._coverage), every other trial;
+    # the default sampler only.
+    cover_values: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,7 @@ class StudyRunner:
         # Point key -> its trial, for every point measured or rejected; and the valid points.
         self._evaluated: dict[str, FrozenTrial] = {}
         self._pending_seeds: list[Seed] = []  # seeds not yet enqueued, in order
+        self._coverage = Coverage(space)  # after the seeds: unseen values, carried winners
         self._valid: dict[str, dict[str, ParamValue]] = {}
         self._study: optuna.Study | None = None
         self._valid_codes: np.ndarray[Any, Any] | None = None
@@ -231,9 +237,16 @@ class StudyRunner:
         ]
 
     def _next_seed(self, study: optuna.Study) -> None:
-        if not self._pending_seeds or study.get_trials(
-            deepcopy=False, states=(TrialState.WAITING,)
-        ):
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return
+        if not self._pending_seeds:
+            # Alternate with the sampler: it learns from each try before the next one.
+            last = study.get_trials(deepcopy=False)[-1:]
+            took_turn = bool(last) and bool({"coverage", "carries"} & set(last[0].user_attrs))
+            if self.settings.cover_values and self.settings.sampler == "tpe" and not took_turn:
+                nxt = self._coverage.next_point(study, self._valid, self._evaluated)
+                if nxt is not None:
+                    study.enqueue_trial(dict(nxt[0]), user_attrs=nxt[1])
             return
         seed = self._pending_seeds.pop(0)
         study.enqueue_trial(dict(seed.params), user_attrs={"seed_name": seed.name})

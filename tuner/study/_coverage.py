@@ -1,0 +1,128 @@
+"""Try every value of every dimension once, and carry a winning value across the front.
+
+The seeds are the user's knowledge, and can all share a blind spot: none of the mission's 12 sets
+``max_num_batched_tokens``, so after them TPE has never seen a budget and little reason to try
+one, and under a concurrent load the best configuration may be exactly there. Once the seeds are
+done, each dimension value no deployment has had yet is tried once, as a one-flag change to the
+best point of the current front (on the first objective) where that change is valid and new;
+numeric values go extremes first (the largest, then the smallest), where effects show most, and
+the values between are tried only when an extreme landed on the front.
+
+A value whose try lands on the Pareto front is then carried to the other front points (one-flag
+changes) before anything else, farthest first in objective space: a front that moves to a new
+value moves as a whole, and TPE alone needs many draws to carry it across the other dimensions.
+Measured on ``benchmarks/sample_efficiency.py`` (``default`` against ``default_no_coverage``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial
+
+from tuner.config.space import ParamValue, SearchSpace
+from tuner.front import pareto_front
+
+__all__ = ["Coverage"]
+
+
+def _extremes_first(values: list[Any]) -> list[Any]:
+    """Numeric values: largest, smallest, then the rest from the middle; others as declared."""
+    nums = sorted(v for v in values if isinstance(v, int | float) and not isinstance(v, bool))
+    if len(nums) < 2:
+        return values
+    order = [nums[-1], nums[0], *nums[1:-1]]
+    return order + [v for v in values if v not in nums]
+
+
+class Coverage:
+    """The runner's next exploratory point after the seeds (None: leave it to the sampler)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.tried: set[tuple[str, str]] = set()  # (dimension, value) given their first try
+        self.carried: set[str] = set()  # points proposed to carry a winning value
+
+    def next_point(
+        self,
+        study: optuna.Study,
+        valid: dict[str, dict[str, ParamValue]],
+        evaluated: dict[str, FrozenTrial],
+    ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
+        """(params, user attributes) of the next coverage trial, or None."""
+        front, _ = pareto_front(study)
+        if not front:
+            return None
+        carry = self._carry(study, front, valid, evaluated)
+        return carry if carry is not None else self._unseen(study, front, valid, evaluated)
+
+    def _unseen(
+        self,
+        study: optuna.Study,
+        front: list[FrozenTrial],
+        valid: dict[str, dict[str, ParamValue]],
+        evaluated: dict[str, FrozenTrial],
+    ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
+        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+        bases = sorted(front, key=lambda t: sign * (t.values[0] if t.values else 0.0))
+        seen = {
+            (d.name, json.dumps(t.params.get(d.name)))
+            for t in evaluated.values()
+            if t.user_attrs.get("deployed")
+            for d in self.space.dimensions
+        }
+        on_front = {tuple(t.user_attrs["coverage"]) for t in front if "coverage" in t.user_attrs}
+        for d in self.space.dimensions:
+            order = _extremes_first(list(d.values))  # over all values: fixed extremes
+            extremes = {(d.name, json.dumps(x)) for x in order[:2]}
+            for k, v in enumerate(order):
+                pair = (d.name, json.dumps(v))
+                if pair in seen or pair in self.tried:
+                    continue
+                if k >= 2 and not extremes & on_front:
+                    continue  # both extremes lost: the values between them are not tried
+
+                self.tried.add(pair)
+                for base in bases:
+                    key = self.space.key({**base.params, d.name: v})
+                    if key in valid and key not in evaluated:
+                        return valid[key], {"coverage": [d.name, json.dumps(v)]}
+        return None
+
+    def _carry(
+        self,
+        study: optuna.Study,
+        front: list[FrozenTrial],
+        valid: dict[str, dict[str, ParamValue]],
+        evaluated: dict[str, FrozenTrial],
+    ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
+        values = np.array([t.values for t in front], dtype=float)
+        span = np.ptp(values, axis=0)
+        norm = (values - values.min(axis=0)) / np.where(span > 0, span, 1.0)
+        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+        # Per dimension, only the best coverage try on the front (first objective) is carried:
+        # a second value that is merely on the front by noise is not worth a front's worth.
+        best: dict[str, int] = {}
+        for i, t in enumerate(front):
+            mark = t.user_attrs.get("coverage")
+            if mark and (
+                mark[0] not in best or sign * t.values[0] < sign * front[best[mark[0]]].values[0]
+            ):
+                best[mark[0]] = i
+        for i in best.values():
+            name, value = (
+                front[i].user_attrs["coverage"][0],
+                json.loads(front[i].user_attrs["coverage"][1]),
+            )
+            # Farthest from the front points that already have the value: spread it.
+            have = [j for j, t in enumerate(front) if t.params.get(name) == value] or [i]
+            dist = np.min(np.linalg.norm(norm[:, None, :] - norm[None, have, :], axis=2), axis=1)
+            for j in np.argsort(-dist):
+                key = self.space.key({**front[int(j)].params, name: value})
+                if key in valid and key not in evaluated and key not in self.carried:
+                    self.carried.add(key)
+                    return valid[key], {"carries": front[i].user_attrs["coverage"]}
+        return None
