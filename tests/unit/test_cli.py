@@ -239,3 +239,27 @@ def test_kill_9_then_cleanup_leaves_no_orphan(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "the orphan is still running"
         time.sleep(0.1)
     assert not record.exists()
+
+
+def test_soak_reports_drift_windows(tmp_path: Path) -> None:
+    """`optimize --soak 2s` after a fake study: the pick is kept under the workload window after
+    window, the verdict printed, stored with the study and shown in report.md; a bad duration
+    is one line and exit 2."""
+    fake = str(ROOT / "configs/profiles/fake.yaml")
+    r = run("optimize", "--trials", "2", "--study", "sk", "--profile", fake, "--no-validate",
+            "--soak", "2s", "--studies-dir", str(tmp_path))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "soak: trial" in r.stdout
+    assert "window 1 at" in r.stdout  # at least two windows in 2 s on the fake
+    st = optuna.load_study(study_name="sk", storage=f"sqlite:///{tmp_path / 'sk' / 'study.db'}")
+    soak = st.user_attrs["soak"]
+    assert len(soak["windows"]) >= 2
+    assert soak["seconds"] >= 2.0
+    lo, hi = soak["drift_interval"]
+    assert lo <= soak["drift_ms"] <= hi
+    rep = run("report", "sk", "--studies-dir", str(tmp_path))
+    assert rep.returncode == 0, rep.stderr
+    assert "## Soak" in (tmp_path / "sk" / "report.md").read_text()
+    bad = run("soak", "sk", "--duration", "ten", "--studies-dir", str(tmp_path))
+    assert bad.returncode == 2
+    assert "a duration like 90s" in bad.stderr

@@ -91,8 +91,15 @@ def optimize(
     force: Annotated[
         bool, typer.Option("--force", help="resume even if space/objective/server changed")
     ] = False,
+    soak: Annotated[
+        str | None,
+        typer.Option("--soak", help="then keep the pick under the workload this long (10m)"),
+    ] = None,
 ) -> None:
     """Create or resume a study, run trials until it holds TRIALS deployments, then validate."""
+    from tuner.cli.soak import parse_duration
+
+    soak_s = parse_duration(soak) if soak else None
     sp = load_space(space)
     prof = load_profile(profile)
     objective = _objective_path(objective, prof)
@@ -115,6 +122,10 @@ def optimize(
             out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
         if not no_validate and not isinstance(prof.deployer, ExternalConfig):
             _validate(paths, sp, objective, prof, validate_top, validate_rounds, deadline)
+        if soak_s:
+            from tuner.cli.soak import run_soak
+
+            run_soak(paths, prof, objective, soak_s)
     finally:
         _hand_back(prof)  # finished, failed or interrupted: the user's service as it was
     if keep_best:
