@@ -87,3 +87,18 @@ def test_memory_storage_cannot_be_reopened(tmp_path: Path) -> None:
     assert open_storage(MEMORY) is None
     with pytest.raises(StudyError, match="in-memory"):
         load_study(StudyPaths.create("m", tmp_path, MEMORY))
+
+
+def test_a_corrupted_database_is_one_line_and_untouched(tmp_path: Path) -> None:
+    """A study.db overwritten with garbage: reading and writing both refuse with one line
+    naming the file; its bytes stay as they were."""
+    paths = StudyPaths.create("c", tmp_path)
+    paths.root.mkdir(parents=True)
+    db = paths.root / "study.db"
+    db.write_bytes(b"not a database, " * 1000)
+    before = db.read_bytes()
+    with pytest.raises(StudyError, match=r"cannot open study database .*not a database"):
+        load_study(paths)
+    with pytest.raises(StudyError, match="nothing was changed"):
+        open_storage(paths.storage_url)
+    assert db.read_bytes() == before

@@ -112,7 +112,15 @@ def _sqlite_storage(url: str) -> optuna.storages.RDBStorage:
     if not path.exists() and path.parent.is_dir():
         with contextlib.closing(sqlite3.connect(path)) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-    storage = optuna.storages.RDBStorage(url)
+    try:
+        storage = optuna.storages.RDBStorage(url)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        # Not a database (overwritten, cut short), or not readable: never touch it further.
+        why = _first_line(getattr(exc, "orig", None) or exc)
+        raise StudyError(
+            f"cannot open study database {path}: {why}; nothing was changed (restore it from "
+            "a copy, or use another --study)"
+        ) from exc
 
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
