@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import optuna
 import psutil
 import pytest
@@ -263,3 +265,57 @@ def test_soak_reports_drift_windows(tmp_path: Path) -> None:
     bad = run("soak", "sk", "--duration", "ten", "--studies-dir", str(tmp_path))
     assert bad.returncode == 2
     assert "a duration like 90s" in bad.stderr
+
+
+def test_kill_9_of_the_server_mid_measurement(tmp_path: Path) -> None:
+    """The server is killed (SIGKILL) while the workload runs: that trial fails (`oom`: a
+    SIGKILL is what the kernel's OOM killer sends), the study goes on to the next trial, and
+    nothing is left running."""
+    (tmp_path / "p.yaml").write_text(
+        "name: local\nserver: {model: fake-model, max_model_len: 4096}\n"
+        "deployer: {kind: local, module: tuner.simulate, health_timeout_s: 60}\n"
+    )
+    (tmp_path / "o.yaml").write_text(
+        "name: long\nobjectives: [{name: ttft_hit_ms}]\ncriteria: null\n"
+        "workload: {system_prompt_words: 300, tools: 1, turns: 4, conversations: 60,"
+        " max_tokens: 50}\n"
+    )
+    args = ["optimize", "--trials", "2", "--study", "ks", "--no-validate", "--objective",
+            str(tmp_path / "o.yaml"), "--profile", str(tmp_path / "p.yaml"),
+            "--studies-dir", str(tmp_path)]  # fmt: skip
+    tuner = subprocess.Popen([*TUNER, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    trial = tmp_path / "ks" / "trials" / "0000"
+
+    def serving() -> bool:  # the workload's requests have reached the server
+        if not (trial / "process.json").exists() or not (trial / "command.json").exists():
+            return False
+        argv = json.loads((trial / "command.json").read_text())["argv"]
+        port = argv[argv.index("--port") + 1]
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return False
+        return "vllm:prefix_cache_queries_total" in text and " 0.0\n" not in text.split(
+            "vllm:prefix_cache_queries_total", 1)[1][:80]  # fmt: skip
+
+    try:
+        deadline = time.monotonic() + 60
+        while not serving():
+            assert time.monotonic() < deadline, "the workload never started"
+            time.sleep(0.05)
+        os.kill(json.loads((trial / "process.json").read_text())["pid"], signal.SIGKILL)
+    except BaseException:
+        tuner.kill()
+        tuner.communicate()
+        raise
+    out, _ = tuner.communicate(timeout=240)
+    assert tuner.returncode == 0, out
+    st = optuna.load_study(study_name="ks", storage=f"sqlite:///{tmp_path / 'ks' / 'study.db'}")
+    first, second = st.trials[0], st.trials[1]
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["reason"] == "oom"
+    assert second.state == TrialState.COMPLETE
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if "tuner.simulate" in " ".join(p.info["cmdline"] or [])
+                and str(tmp_path) in " ".join(p.info["cmdline"] or [])]  # fmt: skip
