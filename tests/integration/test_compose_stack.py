@@ -201,3 +201,25 @@ def test_study_sigterm_and_kill_hand_the_stack_back(stack: Any) -> None:
                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert restore.returncode == 0, restore.stdout + restore.stderr
     _handed_back(client, before, compose, sha, port)
+
+
+def test_a_container_name_conflict_is_the_machines_fault(stack: Any) -> None:
+    """Pointed at another project, the tuned service's `container_name:` collides with the
+    running stack: one line and exit 2 (not a crashed configuration), the trial is `env`, the
+    file is back and the running stack was not touched."""
+    client, compose, port, tmp = stack
+    sha, before = _sha(compose), _state(client)
+    prof = tmp / "profile.yaml"
+    prof.write_text(prof.read_text() + "  project: otherproj\n")
+    run = subprocess.run(_tuner(tmp, "nc"), capture_output=True, text=True, timeout=300,
+                         check=False)  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    err = run.stderr.strip().splitlines()
+    assert len(err) == 1
+    assert "already in use" in err[0] or "Conflict" in err[0]
+    import optuna
+
+    st = optuna.load_study(study_name="nc", storage=f"sqlite:///{tmp / 'studies/nc/study.db'}")
+    assert [t.user_attrs.get("reason") for t in st.trials] == ["env"]
+    assert _sha(compose) == sha
+    assert _state(client) == before

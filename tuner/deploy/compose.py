@@ -110,15 +110,18 @@ class ComposeDeployer(BaseDeployer):
         self._log_path: Path | None = None
 
     def _compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [*compose_command(self._cfg.command), "-f", str(self._file), "-p", self._project]
+        cmd = compose_command(self._cfg.command)
+        argv = [*cmd, "-f", str(self._file), "-p", self._project]
         proc = subprocess.run([*argv, *args], capture_output=True, text=True, check=False)
         if check and proc.returncode != 0:
-            if _ENV_FAULT.search(proc.stderr):
-                raise EnvironmentFault(
-                    f"{' '.join(argv[:2])} {args[0]} failed: {tail(proc.stderr, 3)}"
-                )
+            what = f"{' '.join(cmd)} {args[0]} (project {self._project})"
+            fault = next(
+                (ln.strip() for ln in proc.stderr.splitlines() if _ENV_FAULT.search(ln)), None
+            )
+            if fault is not None:  # the one line that says what is in the way
+                raise EnvironmentFault(f"{what} failed: {fault}")
             raise DeployError(
-                f"{' '.join(argv[:2])} {args[0]} failed: {tail(proc.stderr, 3)}",
+                f"{what} failed: {tail(proc.stderr, 3)}",
                 reason="crash",
                 log_tail=tail(proc.stderr),
             )
