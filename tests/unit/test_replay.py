@@ -150,3 +150,19 @@ def test_hypervolume_hand_computed() -> None:
     # normalisation: the same front in other units gives the same value
     assert normalised_hypervolume([[50, 0, 0], [0, 5, 0]], lo, [100, 10, 1]) == pytest.approx(1.056)
     assert normalised_hypervolume([], lo, hi) == 0.0
+
+
+def test_a_surface_of_another_space_is_refused_before_any_trial(
+    tmp_path: Path, objective: ObjectiveFile
+) -> None:
+    """The CPU surface replayed over the mission's space: no point of one is in the other, so
+    the study stops with one line before any trial instead of recording 'crash' for all."""
+    space = load_space(ROOT / "search_spaces" / "seed_192.yaml")
+    runner = StudyRunner(
+        paths=StudyPaths.create("other", tmp_path), space=space, seeds=(),
+        objective=objective, settings=RunSettings(n_trials=2),
+        profile=replay_profile(ROOT / "benchmarks" / "data" / "cpu_48.json"),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="holds no configuration of space 'seed_192'"):
+        runner.run()
+    assert not (tmp_path / "other" / "trials").exists()

@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config.objective import ObjectiveFile
-from tuner.config.profile import ExternalConfig, Profile, deployment_hints
+from tuner.config.profile import ExternalConfig, Profile, ReplayConfig, deployment_hints
 from tuner.config.rules import violations
 from tuner.config.seeds import Seed
 from tuner.config.space import ParamValue, SearchSpace
@@ -32,6 +32,7 @@ from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import ConfigError, EnvironmentFault, StudyError
 from tuner.measure.workload import check_fits
+from tuner.schema import load_surface, point_key
 from tuner.study._coverage import Coverage
 from tuner.study._duplicate import record_duplicate
 from tuner.study._fingerprint import differences, fingerprint
@@ -273,6 +274,7 @@ class StudyRunner:
         problem = check_fits(self.objective.workload, self.profile.server.max_model_len)
         if problem:
             raise ConfigError(problem)  # before any deployment: every trial would fail on it
+        self._check_surface()
         external_params = self._external_params() if self._external else None
         study = self.open_study()
         fail_stale(study)  # a RUNNING trial now belongs to a run killed hard
@@ -319,6 +321,20 @@ class StudyRunner:
                     study.enqueue_trial(self._neighbour(), user_attrs={"fallback": True})
                     streak = 0
         return self._result(study, deployed, outcomes, exhausted=False)
+
+    def _check_surface(self) -> None:
+        """A replayed surface must hold points of this space, or every trial would 'crash'."""
+        cfg = self.profile.deployer
+        if not isinstance(cfg, ReplayConfig):
+            return
+        points = load_surface(cfg.surface).by_key()
+        sp = self.space
+        if not any(point_key(sp.to_flags(p), sp.to_env(p)) in points for p in sp.points()):
+            raise ConfigError(
+                f"the surface {cfg.surface} holds no configuration of space {sp.name!r}: it "
+                "was recorded over another space",
+                key="deployer.surface",
+            )
 
     def _neighbour(self) -> dict[str, ParamValue]:
         """An unexplored valid point at the smallest Hamming distance from the current front."""
