@@ -38,6 +38,11 @@ def _extremes_first(values: list[Any]) -> list[Any]:
     return order + [v for v in values if v not in nums]
 
 
+def _sign(study: optuna.Study) -> float:
+    """+1 when the first objective is minimised: ``sign * value`` sorts best first."""
+    return 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+
+
 class Coverage:
     """The runner's next exploratory point after the seeds (None: leave it to the sampler)."""
 
@@ -66,7 +71,7 @@ class Coverage:
         valid: dict[str, dict[str, ParamValue]],
         evaluated: dict[str, FrozenTrial],
     ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
-        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+        sign = _sign(study)
         bases = sorted(front, key=lambda t: sign * (t.values[0] if t.values else 0.0))
         seen = {
             (d.name, json.dumps(t.params.get(d.name)))
@@ -84,7 +89,6 @@ class Coverage:
                     continue
                 if k >= 2 and not extremes & on_front:
                     continue  # both extremes lost: the values between them are not tried
-
                 self.tried.add(pair)
                 for base in bases:
                     key = self.space.key({**base.params, d.name: v})
@@ -102,7 +106,7 @@ class Coverage:
         values = np.array([t.values for t in front], dtype=float)
         span = np.ptp(values, axis=0)
         norm = (values - values.min(axis=0)) / np.where(span > 0, span, 1.0)
-        sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+        sign = _sign(study)
         # Per dimension, only the best coverage try on the front (first objective) is carried:
         # a second value that is merely on the front by noise is not worth a front's worth.
         best: dict[str, int] = {}
