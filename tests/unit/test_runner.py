@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -405,3 +406,25 @@ class TestResumeUnderOtherSettings:
         forced = make_runner(tmp_path, space, (), longer, trials=2)
         forced.settings = RunSettings(n_trials=2, sampler_seed=1, force=True)
         assert forced.run().deployed == 2
+
+
+class TestCoverage:
+    def test_after_the_seeds_an_unseen_value_gets_its_try(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
+        """The seeds leave values unseen (memory 0.90, every token budget): right after them,
+        one is tried (memory's extreme first) as a one-flag change of a seed on the front; then
+        the sampler gets its turn (they alternate)."""
+        s = [seed(space, "a"), seed(space, "b", enable_prefix_caching=True)]
+        make_runner(tmp_path, space, s, objective, trials=4).run()
+        study = load_study(StudyPaths.create("s", tmp_path))
+        third, fourth = study.trials[2], study.trials[3]
+        name, value = third.user_attrs["coverage"]
+        assert (name, json.loads(value)) == ("gpu_memory_utilization", 0.9)
+        assert all(t.params[name] != 0.9 for t in study.trials[:2])
+        diffs = [
+            {k for k in third.params if third.params[k] != t.params[k]} for t in study.trials[:2]
+        ]
+        assert {name} in diffs  # one flag away from a seed
+        assert "coverage" not in fourth.user_attrs
+        assert "carries" not in fourth.user_attrs
