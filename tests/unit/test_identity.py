@@ -66,3 +66,26 @@ def test_local_deployer_measures_its_own_server(tmp_path: Path) -> None:
         ep = dep.start([], tmp_path / "t")
         dep.wait_ready()
         check_model(ep.base_url, "m")
+
+
+# docker-py leaks its socket when its constructor's version probe fails (inside the library,
+# before a client exists to close); the error path is what is tested here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_unreachable_engine_and_external_server_are_the_machines_fault(tmp_path: Path) -> None:
+    """A Docker Engine that does not answer, an external server that does not answer: `env`,
+    never a crash of the configuration being measured."""
+    from tuner.config import ExternalConfig
+    from tuner.deploy.docker import docker_client
+    from tuner.deploy.local import free_port
+
+    with pytest.raises(EnvironmentFault, match="cannot reach the Docker Engine"):
+        docker_client(f"unix://{tmp_path}/no-docker.sock")
+    prof = Profile(
+        name="ext",
+        server=ServerArgs(model="m"),
+        deployer=ExternalConfig(url=f"http://127.0.0.1:{free_port()}", health_timeout_s=0.5),
+    )
+    with make_deployer(prof) as dep:
+        dep.start([], tmp_path / "t")
+        with pytest.raises(EnvironmentFault, match="unreachable"):
+            dep.wait_ready()

@@ -30,11 +30,14 @@ TRIAL_LABEL = "io.vllm-tuner.trial"
 
 
 def docker_client(base_url: str | None = None) -> docker.DockerClient:
-    """A client for the engine; a TunerError (one line) when it cannot be reached."""
+    """A client for the engine; an EnvironmentFault (one line) when it cannot be reached."""
+    client: docker.DockerClient | None = None
     try:
         client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
         client.ping()
     except docker.errors.DockerException as exc:
+        if client is not None:
+            client.close()  # its connection pool would outlive the error
         raise EnvironmentFault(f"cannot reach the Docker Engine: {exc}") from exc
     return client
 
