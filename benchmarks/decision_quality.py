@@ -132,11 +132,14 @@ def run_one(job: tuple[str, int, int, float]) -> dict[str, Any]:
     seeds = load_seeds(ROOT / seeds_file, space) if seeds_file else ()
     objective = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
     objective = objective.model_copy(update={"criteria": None})
-    profile = Profile(name="dq", server=ServerArgs(model="m", max_model_len=max_len),
-                      deployer=ReplayConfig(surface=ROOT / "benchmarks" / "data" / "cpu_48.json"))  # fmt: skip
     rng = random.Random(f"{name}:{seed}:{rep}")
     evaluate = _evaluator(surface, rng, noise)
     with tempfile.TemporaryDirectory() as tmp:
+        # The replay profile names the surface the study is over (the runner checks that it
+        # holds points of the space); the evaluator draws from it without any server.
+        (Path(tmp) / "surface.json").write_text(json.dumps(surface.to_json()))
+        profile = Profile(name="dq", server=ServerArgs(model="m", max_model_len=max_len),
+                          deployer=ReplayConfig(surface=Path(tmp) / "surface.json"))  # fmt: skip
         paths = StudyPaths.create("dq", Path(tmp))
         runner = StudyRunner(paths=paths, space=space, seeds=tuple(seeds), objective=objective,
                              profile=profile, settings=RunSettings(n_trials=BUDGET, sampler_seed=seed),

@@ -21,7 +21,7 @@ from typing import Any
 
 import optuna
 
-from tuner.config import Profile, ReplayConfig, ServerArgs, load_objective, load_space
+from tuner.config import FakeConfig, Profile, ServerArgs, load_objective, load_space
 from tuner.schema import write_json
 from tuner.study import RunSettings, StudyPaths, StudyRunner
 from tuner.study.sampling import FreshSampler, SamplerContext, make_sampler
@@ -95,8 +95,8 @@ def run(storage: str, n: int, tmp: Path) -> tuple[list[float], list[float]]:
         space=space,
         seeds=(),
         objective=objective.model_copy(update={"criteria": None}),
-        profile=Profile(name="o", server=ServerArgs(model="m", max_model_len=1024),
-                        deployer=ReplayConfig(surface=tmp / "none.json")),  # fmt: skip
+        profile=Profile(name="o", server=ServerArgs(model="m", max_model_len=2048),
+                        deployer=FakeConfig()),  # fmt: skip  (never started: the evaluator is a formula)
         settings=RunSettings(n_trials=n, sampler_seed=0),
         evaluator=evaluate,
         sampler_factory=timed,
