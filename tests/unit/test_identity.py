@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -80,6 +81,7 @@ def test_unreachable_engine_and_external_server_are_the_machines_fault(tmp_path:
 
     with pytest.raises(EnvironmentFault, match="cannot reach the Docker Engine"):
         docker_client(f"unix://{tmp_path}/no-docker.sock")
+    gc.collect()  # reap docker-py's leaked socket here, under this test's filter, not later
     prof = Profile(
         name="ext",
         server=ServerArgs(model="m"),
