@@ -23,12 +23,16 @@ def docker_engine() -> Any:
     """A Docker client with the test image present; skip (fail in CI) without one."""
     import docker
 
+    from tuner.deploy.docker import docker_client
+    from tuner.errors import EnvironmentFault
+
+    client = None
     try:
-        client = docker.from_env()
-        client.ping()
+        client = docker_client()  # the library's own check: reachable, or one EnvironmentFault
         client.images.get(HOST_ENV_IMAGE)
-    except docker.errors.DockerException as exc:
-        client.close() if "client" in locals() else None
+    except (EnvironmentFault, docker.errors.DockerException) as exc:
+        if client is not None:
+            client.close()
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the docker tests (bash scripts/docker.sh): {exc}")
         pytest.skip(f"no Docker Engine or no {HOST_ENV_IMAGE} (bash scripts/docker.sh): {exc}")

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from tuner.config import Profile
 from tuner.study import (
     TrialOutcome,
 )
@@ -37,6 +38,11 @@ ObjectiveOpt = Annotated[
 ]
 ProfileOpt = Annotated[Path, typer.Option("--profile", help="deploy profile YAML")]
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")]
+
+
+def objective_path(given: Path | None, prof: Profile) -> Path:
+    """--objective, else the profile's own objective file, else the default one."""
+    return given or prof.objective or OBJECTIVE
 
 
 # Column titles of metrics; dimensions are titled by the labels stored with the study.

@@ -10,7 +10,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tuner.cli._common import (
-    OBJECTIVE,
     PROFILE,
     SEEDS,
     SPACE,
@@ -22,6 +21,7 @@ from tuner.cli._common import (
     StorageOpt,
     StudiesOpt,
     app,
+    objective_path,
     out,
     trial_line,
 )
@@ -102,7 +102,7 @@ def optimize(
     soak_s = parse_duration(soak) if soak else None
     sp = load_space(space)
     prof = load_profile(profile)
-    objective = _objective_path(objective, prof)
+    objective = objective_path(objective, prof)
     deadline = time.monotonic() + timeout if timeout else None
     settings = RunSettings(
         n_trials=trials,
@@ -131,11 +131,6 @@ def optimize(
     if keep_best:
         _keep_best(prof, sp, paths)
     out.print(f"next: tuner report {paths.name}")
-
-
-def _objective_path(given: Path | None, prof: Profile) -> Path:
-    """--objective, else the profile's own objective file, else the default one."""
-    return given or prof.objective or OBJECTIVE
 
 
 def _run(
@@ -246,7 +241,7 @@ def validate(
     deadline = time.monotonic() + timeout if timeout else None
     with sigterm_as_interrupt():
         prof = load_profile(profile)
-        path = _objective_path(objective, prof)
+        path = objective_path(objective, prof)
         _validate(paths, load_space(space), path, prof, top, rounds, deadline)
     out.print(f"next: tuner report {paths.name}")
 
@@ -265,7 +260,7 @@ def sweep(
     """Evaluate every valid point of the space (Optuna GridSampler); resumable. Ground truth."""
     sp = load_space(space)
     prof = load_profile(profile)
-    objective = _objective_path(objective, prof)
+    objective = objective_path(objective, prof)
     fixed = prof.server.to_args()
     valid = [p for p in sp.points() if not violations([*fixed, *sp.to_flags(p)])]
     out.print(f"{sp.name}: {len(valid)} valid points of {sp.size}")

@@ -16,6 +16,7 @@ from tuner.cli._common import (
     StorageOpt,
     StudiesOpt,
     app,
+    objective_path,
     out,
 )
 from tuner.config import Profile, load_objective, load_profile
@@ -66,9 +67,7 @@ def soak(
     storage: StorageOpt = None,
 ) -> None:
     """Deploy the recommendation once and measure it window after window; report drift."""
-    from tuner.cli.optimize import _objective_path
-
     seconds = parse_duration(duration)
     prof = load_profile(profile)
     run_soak(StudyPaths.create(study, studies_dir, storage), prof,
-             _objective_path(objective, prof), seconds)  # fmt: skip
+             objective_path(objective, prof), seconds)  # fmt: skip

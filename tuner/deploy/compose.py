@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 from ruamel.yaml import YAML
@@ -30,7 +31,7 @@ from ruamel.yaml.error import YAMLError
 
 from tuner.config.profile import ComposeConfig, Profile
 from tuner.deploy.base import BaseDeployer, tail, wait_healthy
-from tuner.deploy.compose_file import backup_path, restore, write_flags
+from tuner.deploy.compose_file import restore, write_flags
 from tuner.deploy.docker import container_exited, docker_client
 from tuner.errors import (
     ConfigError,
@@ -83,6 +84,25 @@ def _top_level_name(file: Path) -> str | None:
         if isinstance(name, str):
             return os.path.expandvars(name)
     return None
+
+
+def _recreate(service: str) -> list[str]:
+    """Compose arguments that (re)create the tuned service alone: its dependencies untouched."""
+    return ["up", "-d", "--no-deps", "--force-recreate", service]
+
+
+def _remove(service: str, stop_timeout_s: float) -> list[list[str]]:
+    """Compose arguments that stop and remove the tuned service alone (never ``down``)."""
+    return [["stop", "-t", str(int(stop_timeout_s)), service], ["rm", "-f", service]]
+
+
+def _state_of(cid: str | None) -> dict[str, Any]:
+    """The container's ``State`` (empty when there is none or the engine cannot say)."""
+    if cid is not None:
+        with contextlib.suppress(docker.errors.DockerException):
+            state: dict[str, Any] = docker_client().containers.get(cid).attrs["State"]
+            return state
+    return {}
 
 
 def state_path(file: Path) -> Path:
@@ -157,7 +177,7 @@ class ComposeDeployer(BaseDeployer):
         )
         (workdir / "compose.yml").write_text(self._file.read_text())
         self._started = True
-        self._compose("up", "-d", "--force-recreate", "--no-deps", self._cfg.service)
+        self._compose(*_recreate(self._cfg.service))
         cid = self._container_id()
         return Endpoint(
             base_url=self._cfg.url.rstrip("/"),
@@ -171,12 +191,8 @@ class ComposeDeployer(BaseDeployer):
         return out[0] if out else None
 
     def _pids(self, cid: str | None) -> tuple[int, ...]:
-        if cid is None:
-            return ()
-        with contextlib.suppress(docker.errors.DockerException):
-            pid = int(docker_client().containers.get(cid).attrs["State"].get("Pid") or 0)
-            return (pid,) if pid else ()
-        return ()
+        pid = int(_state_of(cid).get("Pid") or 0)
+        return (pid,) if pid else ()
 
     def _save_logs(self) -> str:
         log = self._compose("logs", "--no-color", self._cfg.service, check=False).stdout
@@ -211,12 +227,7 @@ class ComposeDeployer(BaseDeployer):
     def _wait_container_healthy(self, t0: float) -> None:
         """With a ``healthcheck:`` in the file, also wait for compose's own verdict."""
         while True:
-            cid = self._container_id()
-            health = None
-            if cid is not None:
-                with contextlib.suppress(docker.errors.DockerException):
-                    health = docker_client().containers.get(cid).attrs["State"].get("Health")
-            status = (health or {}).get("Status")
+            status = (_state_of(self._container_id()).get("Health") or {}).get("Status")
             if status in (None, "healthy"):
                 return
             if status == "unhealthy":
@@ -237,17 +248,11 @@ class ComposeDeployer(BaseDeployer):
     @classmethod
     def cleanup_stale(cls, profile: Profile, study: str, root: Path | None = None) -> list[str]:
         """A killed run's trial service stopped, the user's file and service given back."""
-        cfg: ComposeConfig = cls._config_of(profile)
-        if not backup_path(cfg.file).exists() and not state_path(cfg.file).exists():
-            return []
-        return cls.hand_back(profile) or [f"{cfg.file} restored"]
+        return cls.hand_back(profile)  # [] when no earlier run held the file
 
     def _snapshot(self) -> None:
         cid = self._container_id()
-        running = False
-        if cid is not None:
-            with contextlib.suppress(docker.errors.DockerException):
-                running = bool(docker_client().containers.get(cid).attrs["State"].get("Running"))
+        running = bool(_state_of(cid).get("Running"))
         state = {
             "project": self._project,
             "service": self._cfg.service,
@@ -261,7 +266,7 @@ class ComposeDeployer(BaseDeployer):
     def recreate(cls, profile: Profile) -> None:
         """Run the service with what its file says now (``--keep-best``), others untouched."""
         dep = cls(profile)
-        dep._compose("up", "-d", "--no-deps", "--force-recreate", dep._cfg.service)
+        dep._compose(*_recreate(dep._cfg.service))
 
     @classmethod
     def hand_back(cls, profile: Profile) -> list[str]:
@@ -277,9 +282,8 @@ class ComposeDeployer(BaseDeployer):
         self._started = False
         try:
             self._save_logs()
-            t = str(int(self._cfg.stop_timeout_s))
-            self._compose("stop", "-t", t, self._cfg.service, check=False)
-            self._compose("rm", "-f", self._cfg.service, check=False)
+            for args in _remove(self._cfg.service, self._cfg.stop_timeout_s):
+                self._compose(*args, check=False)
         finally:
             restore(self._file)  # the user's file, byte-for-byte, whatever happened
 
@@ -297,15 +301,15 @@ def hand_back_file(file: Path, stop_timeout_s: float = 10.0) -> list[str]:
     service = st["service"]
     run = functools.partial(subprocess.run, capture_output=True, text=True, check=False)
     if st["was_running"]:
-        proc = run([*argv, "up", "-d", "--no-deps", "--force-recreate", service])
+        proc = run([*argv, *_recreate(service)])
         if proc.returncode != 0:
             raise DeployError(
                 f"could not bring {service!r} back up: {tail(proc.stderr, 3)}", reason="crash"
             )
         done.append(f"service {service!r} running its original configuration again")
     else:
-        run([*argv, "stop", "-t", str(int(stop_timeout_s)), service])
-        run([*argv, "rm", "-f", service])
+        for args in _remove(service, stop_timeout_s):
+            run([*argv, *args])
         done.append(f"service {service!r} left stopped, as it was")
     sp.unlink()
     return done

@@ -102,23 +102,21 @@ class TrialMeasurement:
     def throughput_tok_s(self) -> float:
         """Output tokens of the measured requests / wall time from the first sent to the last
         answered (tokens/s); not a per-request rate, which bundled chunks inflate."""
-        measured = self._measured()
-        if not measured:
-            return 0.0
-        start = min(s.started_s for s in measured)
-        end = max(s.started_s + s.total_ms / 1000.0 for s in measured)
-        tokens = sum(s.completion_tokens for s in measured)
-        return tokens / (end - start) if end > start else 0.0
+        return self._per_second(sum(s.completion_tokens for s in self._measured()))
 
     @property
     def requests_s(self) -> float:
         """Measured requests answered / wall time from the first sent to the last answered."""
+        return self._per_second(len(self._measured()))
+
+    def _per_second(self, count: float) -> float:
+        """``count`` over the measured phase's wall time (first request sent to last answered)."""
         measured = self._measured()
         if not measured:
             return 0.0
         start = min(s.started_s for s in measured)
         end = max(s.started_s + s.total_ms / 1000.0 for s in measured)
-        return len(measured) / (end - start) if end > start else 0.0
+        return count / (end - start) if end > start else 0.0
 
     @property
     def cached_share_hit(self) -> float | None:

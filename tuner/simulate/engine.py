@@ -284,10 +284,11 @@ class ModelEngine(EngineCounters):
         f = parse_flags(flags)
         self.model = model or ServerModel()
         self.cfg = SchedulerConfig.from_flags(f, self.model.kv_tokens)
-        self.scheduler = Scheduler(self.cfg, self.model.cost())
+        cost = self.model.cost()
+        self.scheduler = Scheduler(self.cfg, cost)
         self.max_model_len = int(f.get("--max-model-len") or 0)
-        self.kv_bytes = int(float(f.get("--gpu-memory-utilization") or 0.9) * 1000) << 20
-        self.decode_s = self.model.cost().seconds(0, 1)
+        self.kv_bytes = int(self.cfg.gpu_memory_utilization * 1000) << 20
+        self.decode_s = cost.seconds(0, 1)
         self.fail_chat = fail_chat
         self._cv = threading.Condition(self.lock)
         self._thread: threading.Thread | None = None

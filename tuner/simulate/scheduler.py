@@ -72,6 +72,7 @@ class SchedulerConfig:
     chunked: bool = True
     prefix: bool = True
     kv_blocks: int = 1 << 20
+    gpu_memory_utilization: float = 0.9  # what sized kv_blocks (the fake reports memory by it)
 
     @classmethod
     def from_flags(cls, f: Mapping[str, str | None], kv_tokens_at_full: int) -> SchedulerConfig:
@@ -87,6 +88,7 @@ class SchedulerConfig:
             chunked=chunked,
             prefix="--no-enable-prefix-caching" not in f,
             kv_blocks=max(1, int(util * kv_tokens_at_full) // BLOCK),
+            gpu_memory_utilization=util,
         )
 
 

@@ -54,7 +54,8 @@ class SoakResult:
     drift_interval: tuple[float, float] | None  # 95 % bootstrap interval of that difference
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As stored with the study; the verdict in words too, so readers need not redo it."""
+        return {**asdict(self), "verdict": self.verdict}
 
     @property
     def verdict(self) -> str:
