@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import httpx
 import pytest
 
@@ -118,6 +119,17 @@ def _wait(pred: Any, timeout: float = 90) -> None:
 
 def _state(client: Any) -> dict[str, tuple[str, str, list[str], bool]]:
     """Per service of the project: container id, start time, command, running."""
+    # The list is a listing then one inspect per container: a trial's container
+    # removed between the two raises NotFound, so the snapshot is taken again.
+    for _ in range(20):
+        try:
+            return _snapshot(client)
+        except docker.errors.NotFound:
+            time.sleep(0.2)
+    return _snapshot(client)
+
+
+def _snapshot(client: Any) -> dict[str, tuple[str, str, list[str], bool]]:
     out = {}
     for c in client.containers.list(
         all=True, filters={"label": "com.docker.compose.project=mystack"}
