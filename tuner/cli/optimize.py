@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tuner.cli._common import (
@@ -25,6 +26,7 @@ from tuner.cli._common import (
     out,
     trial_line,
 )
+from tuner.cli.workers import GpusOpt, GraceOpt, HeartbeatOpt, parse_gpus, run_workers
 from tuner.config import (
     ExternalConfig,
     Profile,
@@ -37,13 +39,17 @@ from tuner.config import (
 )
 from tuner.errors import TunerError
 from tuner.study import (
+    Heartbeat,
     RunSettings,
     StudyPaths,
     StudyRunner,
     TrialOutcome,
     load_study,
+    plan_slots,
     sigterm_as_interrupt,
+    slot_profile,
 )
+from tuner.study.storage import study_lock
 
 
 @app.command()
@@ -95,6 +101,12 @@ def optimize(
         str | None,
         typer.Option("--soak", help="then keep the pick under the workload this long (10m)"),
     ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="worker processes sharing the study")
+    ] = 1,
+    gpus: GpusOpt = None,
+    heartbeat: HeartbeatOpt = 10,
+    grace: GraceOpt = 60,
 ) -> None:
     """Create or resume a study, run trials until it holds TRIALS deployments, then validate."""
     from tuner.cli.soak import parse_duration
@@ -102,6 +114,8 @@ def optimize(
     soak_s = parse_duration(soak) if soak else None
     sp = load_space(space)
     prof = load_profile(profile)
+    gpu_ids = parse_gpus(gpus)
+    slots = plan_slots(workers, gpu_ids, prof)  # refuses --workers 2 on compose, at once
     objective = objective_path(objective, prof)
     deadline = time.monotonic() + timeout if timeout else None
     settings = RunSettings(
@@ -112,14 +126,20 @@ def optimize(
         sampler=sampler,
         deadline=deadline,
         force=force,
+        heartbeat=Heartbeat(heartbeat, grace),
     )
     paths = StudyPaths.create(
         study if study is not None else f"{prof.name}-{sp.name}", studies_dir, storage
     )
     try:
-        runner = _run(paths, sp, seeds, objective, prof, settings)
-        if runner.reclaimed:
-            out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
+        if workers > 1:
+            with study_lock(paths):
+                files = (space, seeds, objective, profile)
+                run_workers(paths, sp, files, prof, settings, workers, gpu_ids)
+        else:
+            runner = _run(paths, sp, seeds, objective, slot_profile(prof, slots[0]), settings)
+            if runner.reclaimed:
+                out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
         if not no_validate and not isinstance(prof.deployer, ExternalConfig):
             _validate(paths, sp, objective, prof, validate_top, validate_rounds, deadline)
         if soak_s:
@@ -140,10 +160,22 @@ def _run(
     objective: Path,
     prof: Profile,
     settings: RunSettings,
+    *,
+    plain: str | None = None,
 ) -> StudyRunner:
-    """Run the study with a progress bar and one line per trial; the runner, for its result."""
+    """Run the study with a progress bar and one line per trial; the runner, for its result.
+    ``plain``: no progress bar, each line prefixed with it (a worker beside others)."""
     sd = load_seeds(seeds, sp) if settings.enqueue_seeds else ()
     obj = load_objective(objective)
+    if plain is not None:
+        runner = StudyRunner(
+            paths=paths, space=sp, seeds=tuple(sd), objective=obj, profile=prof,
+            settings=settings, on_trial_end=lambda o: out.print(f"{escape(plain)} {trial_line(o)}"),
+        )  # fmt: skip
+        result = runner.run()
+        out.print(f"{escape(plain)} done: {len(result.outcomes)} trials; the study holds "
+                  f"{result.deployed} deployments")  # fmt: skip
+        return runner
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

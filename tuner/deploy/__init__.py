@@ -87,10 +87,12 @@ def make_deployer(profile: Profile, managed_flags: Collection[str] = ()) -> Depl
     return _class_of(profile)(profile, managed_flags)
 
 
-def cleanup_stale(profile: Profile, study: str, root: Path | None = None) -> list[str]:
-    """Remove what an earlier, hard-killed run of ``study`` (folder ``root``) left behind;
-    what was removed."""
-    return _class_of(profile).cleanup_stale(profile, study, root)
+def cleanup_stale(
+    profile: Profile, study: str, root: Path | None = None, keep: Collection[Path] = ()
+) -> list[str]:
+    """Remove what an earlier, hard-killed run of ``study`` (folder ``root``) left behind,
+    but nothing of the trial folders in ``keep`` (running now); what was removed."""
+    return _class_of(profile).cleanup_stale(profile, study, root, keep)
 
 
 def hand_back(profile: Profile) -> list[str]:

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import psutil
@@ -62,11 +63,17 @@ def _stop_group(pgid: int, grace_s: float) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def reclaim_processes(study_root: Path, grace_s: float = 10.0) -> list[str]:
+def reclaim_processes(
+    study_root: Path, grace_s: float = 10.0, keep: Collection[Path] = ()
+) -> list[str]:
     """Stop every recorded server under ``study_root`` that is still the process recorded;
-    drop every record. Returns what was stopped."""
+    drop every record. Trial folders in ``keep`` (trials running now, another worker's) are
+    left alone. Returns what was stopped."""
     stopped: list[str] = []
+    kept = {p.resolve() for p in keep}
     for record in sorted(study_root.glob(f"**/trials/*/{RECORD}")):
+        if record.parent.resolve() in kept:
+            continue
         try:
             data = json.loads(record.read_text())
         except (OSError, ValueError):

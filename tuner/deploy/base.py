@@ -157,7 +157,7 @@ class DeployerClass(Protocol):
     def __call__(self, profile: Profile, managed_flags: Collection[str] = ()) -> Deployer: ...
 
     def cleanup_stale(
-        self, profile: Profile, study: str, root: Path | None = None
+        self, profile: Profile, study: str, root: Path | None = None, keep: Collection[Path] = ()
     ) -> list[str]: ...
 
     def hand_back(self, profile: Profile) -> list[str]: ...
@@ -183,9 +183,11 @@ class BaseDeployer:
         return profile.deployer
 
     @classmethod
-    def cleanup_stale(cls, profile: Profile, study: str, root: Path | None = None) -> list[str]:
+    def cleanup_stale(
+        cls, profile: Profile, study: str, root: Path | None = None, keep: Collection[Path] = ()
+    ) -> list[str]:
         """Remove what a hard-killed earlier run of ``study`` (folder ``root``) left; what was
-        removed.
+        removed. ``keep``: trial folders whose trials run now (other workers'): never touched.
 
         Nothing by default: most kinds start nothing that outlives the tuner.
         """

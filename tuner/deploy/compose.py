@@ -246,7 +246,9 @@ class ComposeDeployer(BaseDeployer):
         return self._save_logs()
 
     @classmethod
-    def cleanup_stale(cls, profile: Profile, study: str, root: Path | None = None) -> list[str]:
+    def cleanup_stale(
+        cls, profile: Profile, study: str, root: Path | None = None, keep: Collection[Path] = ()
+    ) -> list[str]:
         """A killed run's trial service stopped, the user's file and service given back."""
         return cls.hand_back(profile)  # [] when no earlier run held the file
 

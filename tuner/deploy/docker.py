@@ -42,14 +42,21 @@ def docker_client(base_url: str | None = None) -> docker.DockerClient:
     return client
 
 
-def remove_containers(client: docker.DockerClient, study: str | None = None) -> list[str]:
-    """Force-remove the containers this tool started (of one study, or all); their names."""
+def remove_containers(
+    client: docker.DockerClient, study: str | None = None, keep: Collection[str] = ()
+) -> list[str]:
+    """Force-remove the containers this tool started (of one study, or all) but those of the
+    trial folders named in ``keep``; their names."""
     labels = [f"{LABEL}=true"] + ([f"{STUDY_LABEL}={study}"] if study else [])
     removed = []
-    for c in client.containers.list(all=True, filters={"label": labels}):
+    # The listing's own fields (the low-level API): a container removed meanwhile by its
+    # worker must not fail the listing with NotFound.
+    for c in client.api.containers(all=True, filters={"label": labels}):
+        if (c.get("Labels") or {}).get(TRIAL_LABEL) in keep:
+            continue
         with contextlib.suppress(docker.errors.NotFound):
-            c.remove(force=True)
-            removed.append(str(c.name))
+            client.api.remove_container(c["Id"], force=True)
+            removed.append(str((c.get("Names") or [c["Id"][:12]])[0]).lstrip("/"))
     return removed
 
 
@@ -97,10 +104,13 @@ class DockerDeployer(BaseDeployer):
         self._base_url = ""
 
     @classmethod
-    def cleanup_stale(cls, profile: Profile, study: str, root: Path | None = None) -> list[str]:
-        """The study's labelled containers a killed run left behind, removed."""
+    def cleanup_stale(
+        cls, profile: Profile, study: str, root: Path | None = None, keep: Collection[Path] = ()
+    ) -> list[str]:
+        """The study's labelled containers a killed run left behind, removed (not those of
+        trials in ``keep``: another worker's)."""
         cfg: DockerConfig = cls._config_of(profile)
-        return remove_containers(docker_client(cfg.docker_host), study)
+        return remove_containers(docker_client(cfg.docker_host), study, {p.name for p in keep})
 
     @property
     def client(self) -> docker.DockerClient:

@@ -190,10 +190,12 @@ class LocalDeployer(BaseDeployer):
         self._close_log()
 
     @classmethod
-    def cleanup_stale(cls, profile: Profile, study: str, root: Path | None = None) -> list[str]:
+    def cleanup_stale(
+        cls, profile: Profile, study: str, root: Path | None = None, keep: Collection[Path] = ()
+    ) -> list[str]:
         """Servers a hard-killed run of the study left running, stopped (identity checked)."""
         cfg: LocalConfig = cls._config_of(profile)
-        return reclaim_processes(root, cfg.stop_timeout_s) if root is not None else []
+        return reclaim_processes(root, cfg.stop_timeout_s, keep) if root is not None else []
 
     def _close_log(self) -> None:
         if self._log is not None:

@@ -5,15 +5,17 @@ from __future__ import annotations
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._trial import TrialOutcome
 from tuner.study.runner import RunResult, RunSettings, StudyRunner
-from tuner.study.storage import StudyPaths, journal_problem, load_study
+from tuner.study.storage import Heartbeat, StudyPaths, journal_problem, load_study
 from tuner.study.validate import (
     ValidationResult,
     ValidationSettings,
     Validator,
     validation_name,
 )
+from tuner.study.workers import WorkerSlot, plan_slots, slot_profile
 
 __all__ = [
+    "Heartbeat",
     "RunResult",
     "RunSettings",
     "StudyPaths",
@@ -22,8 +24,11 @@ __all__ = [
     "ValidationResult",
     "ValidationSettings",
     "Validator",
+    "WorkerSlot",
     "journal_problem",
     "load_study",
+    "plan_slots",
     "sigterm_as_interrupt",
+    "slot_profile",
     "validation_name",
 ]

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config.objective import ObjectiveFile
@@ -37,7 +38,8 @@ from tuner.study._coverage import Coverage
 from tuner.study._duplicate import record_duplicate
 from tuner.study._fingerprint import differences, fingerprint
 from tuner.study._signals import sigterm_as_interrupt
-from tuner.study._trial import TrialOutcome, evaluate, fail_stale, record_failure
+from tuner.study._survey import Survey, evaluated, survey
+from tuner.study._trial import TrialOutcome, evaluate, record_failure
 from tuner.study.sampling import (
     SamplerContext,
     SamplerFactory,
@@ -45,15 +47,14 @@ from tuner.study.sampling import (
     default_sampler,
     front_params,
 )
-from tuner.study.storage import StudyPaths, open_storage, study_lock
+from tuner.study.storage import Heartbeat, StudyPaths, open_storage, study_lock
+from tuner.study.workers import lost_trials, retry_lost, worker_lease
 
 __all__ = ["RunResult", "RunSettings", "StudyRunner", "sigterm_as_interrupt"]
 
 log = logging.getLogger("tuner.study")
 
-# Not "evaluated": an interrupted trial is retried on resume; a duplicate is only a pointer.
-# Nor is a trial the environment failed (port taken, engine unreachable, disk full).
-_NOT_EVALUATED = ("interrupted", "duplicate", "env")
+_POLL_S = 1.0  # how often a worker waiting for the others' deployments looks again
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,14 @@ class RunSettings:
     # far and carry a winner across the front (tuner.study._coverage), every other trial;
     # the default sampler only.
     cover_values: bool = True
+    # This process holds the study's lock (``tuner optimize``); False for ``tuner worker``,
+    # one of several processes sharing the study through its storage.
+    exclusive: bool = True
+    # Optuna's heartbeats on RDB storages (PostgreSQL, SQLite): a dead worker's trial is
+    # failed after the grace period and its point retried. None: off.
+    heartbeat: Heartbeat | None = Heartbeat()
+    # Which slot of `--workers N --gpus ...` this process is (shown in the dashboard).
+    slot: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +103,6 @@ class RunResult:
 def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
     # Trial numbers index the study's trials; deepcopy=False avoids copying the whole history.
     return study.get_trials(deepcopy=False)[number]
-
-
-def _evaluated(t: FrozenTrial) -> bool:
-    if t.state == TrialState.COMPLETE:
-        return "duplicate_of" not in t.user_attrs
-    return t.state == TrialState.FAIL and t.user_attrs.get("reason") not in _NOT_EVALUATED
 
 
 class StudyRunner:
@@ -139,6 +142,8 @@ class StudyRunner:
         self.reclaimed: list[str] = []  # what cleanup of an earlier killed run removed
         # Point key -> its trial, for every point measured or rejected; and the valid points.
         self._evaluated: dict[str, FrozenTrial] = {}
+        self._running_keys: set[str] = set()  # points other workers are deploying now
+        self.run_id = ""  # this worker's id (tuner.study.workers), set by run()
         self._pending_seeds: list[Seed] = []  # seeds not yet enqueued, in order
         self._coverage = Coverage(space)  # after the seeds: unseen values, carried winners
         self._valid: dict[str, dict[str, ParamValue]] = {}
@@ -168,7 +173,7 @@ class StudyRunner:
         self.paths.root.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(
             study_name=self.paths.name,
-            storage=open_storage(self.paths.storage_url),
+            storage=open_storage(self.paths.storage_url, heartbeat=self.settings.heartbeat),
             directions=directions,
             sampler=sampler,
             load_if_exists=True,
@@ -200,6 +205,8 @@ class StudyRunner:
         # The fixed arguments (model, max_model_len, ...) the recommendation's command line needs;
         # never the environment, which may carry secrets.
         server_args = self.profile.server.to_args()
+        if not self.settings.exclusive:
+            return study  # a worker's profile is confined to its slot: the hints are the study's
         if study.user_attrs.get("server_args") != server_args:
             study.set_user_attr("server_args", server_args)
         deployment = deployment_hints(self.profile)
@@ -227,7 +234,7 @@ class StudyRunner:
         done = {
             t.user_attrs.get("seed_name")
             for t in trials
-            if _evaluated(t) or "duplicate_of" in t.user_attrs
+            if evaluated(t) or "duplicate_of" in t.user_attrs
         }
         waiting = {t.user_attrs.get("seed_name") for t in trials if t.state == TrialState.WAITING}
         # Enqueued one at a time, just before each ask (_next_seed), so that the seeds run in
@@ -236,6 +243,18 @@ class StudyRunner:
         self._pending_seeds = [
             s for s in self.seeds if s.name not in done and s.name not in waiting
         ]
+
+    def queue_seeds(self) -> int:
+        """For ``--workers N``, before the workers start (under the study's lock): create or
+        resume the study, take back the points of dead workers, and queue every seed not yet
+        measured, once, whatever the number of workers. How many seeds were queued."""
+        study = self.open_study()
+        self._reap(study)
+        self._enqueue_seeds(study)
+        pending, self._pending_seeds = self._pending_seeds, []
+        for seed in pending:
+            study.enqueue_trial(dict(seed.params), user_attrs={"seed_name": seed.name})
+        return len(pending)
 
     def _next_seed(self, study: optuna.Study) -> None:
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -256,7 +275,10 @@ class StudyRunner:
     def run(self) -> RunResult:
         """Seeds first, then the sampler, until the study holds ``n_trials`` deployments.
 
-        Holds the study's lock (``study_lock``) throughout: a second process refuses to start.
+        ``tuner optimize`` (``exclusive``) holds the study's lock throughout: a second one on
+        this host refuses to start. Workers (``exclusive`` False) share the study through its
+        storage: each counts what storage holds, never deploys a point another one measured or
+        is deploying, and takes over the point of a worker that died.
 
         Resumes where an earlier run stopped; returns early when every valid point of the
         space has been evaluated. KeyboardInterrupt (or SIGTERM) stops the server, marks the
@@ -267,7 +289,9 @@ class StudyRunner:
             ...             settings=RunSettings(n_trials=4)).run().deployed  # doctest: +SKIP
             4
         """
-        with study_lock(self.paths):
+        lock = study_lock(self.paths) if self.settings.exclusive else contextlib.nullcontext()
+        with lock, worker_lease(self.paths.root) as run_id:
+            self.run_id = run_id
             return self._run()
 
     def _run(self) -> RunResult:
@@ -277,25 +301,19 @@ class StudyRunner:
         self._check_surface()
         external_params = self._external_params() if self._external else None
         study = self.open_study()
-        fail_stale(study)  # a RUNNING trial now belongs to a run killed hard
-        # Containers (or a rewritten compose file) a hard-killed earlier run left behind.
-        self.reclaimed = cleanup_stale(self.profile, self.paths.name, self.paths.root)
+        self._reap(study)  # RUNNING trials of workers that died (a run killed hard)
+        # Containers or processes a hard-killed earlier run left behind; never those of the
+        # trials other workers are running now.
+        keep = [self.paths.trial_dir(t.number) for t in self._running(study)]
+        self.reclaimed = cleanup_stale(self.profile, self.paths.name, self.paths.root, keep)
         if self.settings.enqueue_seeds:
             self._enqueue_seeds(study)
         trials = study.get_trials(deepcopy=False)
         if external_params is not None and not any(
-            _evaluated(t) or t.state == TrialState.WAITING for t in trials
+            evaluated(t) or t.state == TrialState.WAITING for t in trials
         ):
             study.enqueue_trial(external_params, user_attrs={"external": True})
         target = 1 if self._external else self.settings.n_trials
-
-        evaluated = self._evaluated
-        evaluated.clear()
-        deployed = 0
-        for t in study.get_trials(deepcopy=False):
-            if _evaluated(t):
-                evaluated.setdefault(self.space.key(t.params), t)
-                deployed += int(bool(t.user_attrs.get("deployed")))
         # Keyed once: the exhaustion check and the fallback run every loop.
         valid = {self.space.key(p): p for p in self.space.points() if not self._invalid(p)}
         self._valid, self._study = valid, study
@@ -303,24 +321,60 @@ class StudyRunner:
         outcomes: list[TrialOutcome] = []
         streak = 0
         with sigterm_as_interrupt():
-            while deployed < target:
-                if not self._external and valid.keys() <= evaluated.keys():
-                    return self._result(study, deployed, outcomes, exhausted=True)
+            while True:
+                self._reap(study)  # a worker that died meanwhile: its point back in the queue
+                now = self._look(study)
+                if now.deployed >= target:
+                    break
+                if not self._external and valid.keys() <= now.evaluated.keys():
+                    return self._result(study, now, outcomes, exhausted=True)
                 if self.settings.deadline is not None and time.monotonic() > self.settings.deadline:
-                    return self._result(study, deployed, outcomes, exhausted=False, late=True)
-                out = self._one(study, evaluated)
+                    return self._result(study, now, outcomes, exhausted=False, late=True)
+                if now.deployed + now.deploying >= target or (
+                    not self._external and valid.keys() <= (now.evaluated | now.running).keys()
+                ):
+                    # Other workers' deployments may reach the target: wait for them (one
+                    # may fail, or its worker die, and its point come back to the queue).
+                    time.sleep(_POLL_S)
+                    continue
+                out = self._one(study)
                 outcomes.append(out)
                 if self._on_end is not None:
                     self._on_end(out)
-                if out.deployed:
-                    deployed += 1
-                streak = streak + 1 if out.reason == "duplicate" else 0
+                streak = streak + 1 if out.reason in ("duplicate", "taken") else 0
                 if streak >= self.settings.max_duplicate_streak:
                     # TPE keeps re-proposing known points (greedy in a small discrete space):
                     # re-sample an unexplored valid point next to the current front.
                     study.enqueue_trial(self._neighbour(), user_attrs={"fallback": True})
                     streak = 0
-        return self._result(study, deployed, outcomes, exhausted=False)
+        return self._result(study, self._look(study), outcomes, exhausted=False)
+
+    def _look(self, study: optuna.Study, besides: int | None = None) -> Survey:
+        """The study as storage holds it; the sampler's view of taken points follows it."""
+        now = survey(study, self.space.key, len(self.space.dimensions), besides=besides)
+        self._evaluated, self._running_keys = now.evaluated, set(now.running)
+        return now
+
+    @staticmethod
+    def _running(study: optuna.Study) -> list[FrozenTrial]:
+        return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    def _reap(self, study: optuna.Study) -> None:
+        """Fail the trials of dead workers and put their points back in the queue: on this
+        host at once (their locks are free), elsewhere once their heartbeats stop."""
+        for t in lost_trials(study, self.paths.root, exclusive=self.settings.exclusive):
+            who = t.user_attrs.get("worker", "an earlier run")
+            try:
+                record_failure(
+                    study, optuna.Trial(study, t._trial_id), "interrupted",
+                    f"the worker holding this trial ({who}) was killed",
+                )  # fmt: skip
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker got there first, and retried it
+            retry_lost(study, t)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # heartbeats; the callback retries
 
     def _check_surface(self) -> None:
         """A replayed surface must hold points of this space, or every trial would 'crash'."""
@@ -346,7 +400,10 @@ class StudyRunner:
                 len(valid), len(self.space.dimensions)
             )
         keys = list(valid)
-        mask = np.fromiter((k not in evaluated for k in keys), dtype=bool, count=len(keys))
+        taken = self._running_keys
+        mask = np.fromiter(
+            (k not in evaluated and k not in taken for k in keys), dtype=bool, count=len(keys)
+        )
         front = front_params(study)
         if not front:
             return valid[self._rng.choice([k for k, m in zip(keys, mask, strict=True) if m])]
@@ -366,18 +423,20 @@ class StudyRunner:
     # FreshSampler's hooks: the runner knows which points are measured or invalid.
     def _is_fresh(self, params: dict[str, ParamValue]) -> bool:
         key = self.space.key(params)
-        return key in self._valid and key not in self._evaluated
+        return key in self._valid and key not in self._evaluated and key not in self._running_keys
 
     def _result(
         self,
         study: optuna.Study,
-        deployed: int,
+        now: Survey,
         outcomes: list[TrialOutcome],
         *,
         exhausted: bool,
         late: bool = False,
     ) -> RunResult:
-        return RunResult(self.paths.name, deployed, len(outcomes), exhausted, tuple(outcomes), late)
+        return RunResult(
+            self.paths.name, now.deployed, len(outcomes), exhausted, tuple(outcomes), late
+        )
 
     def _external_params(self) -> dict[str, ParamValue]:
         assert isinstance(self.profile.deployer, ExternalConfig)
@@ -397,10 +456,23 @@ class StudyRunner:
     def _invalid(self, params: dict[str, ParamValue]) -> list[str]:
         return violations(self._server_args(params))
 
-    def _one(self, study: optuna.Study, evaluated: dict[str, FrozenTrial]) -> TrialOutcome:
+    def _one(self, study: optuna.Study) -> TrialOutcome:
         t0 = time.perf_counter()
         self._next_seed(study)
-        trial = study.ask()
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for Study.optimize; this loop is ask/tell
+            # and runs the same heartbeat thread optimize runs, below.
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = study.ask()
+        # Beats while the trial runs (RDB storages): a worker that dies stops beating, and
+        # after the grace period any other worker fails the trial and retries its point.
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            return self._attempt(study, trial, t0)
+
+    def _attempt(self, study: optuna.Study, trial: optuna.Trial, t0: float) -> TrialOutcome:
+        trial.set_user_attr("worker", self.run_id)
+        if self.settings.slot:
+            trial.set_user_attr("slot", self.settings.slot)
         params: dict[str, ParamValue] = {
             d.name: trial.suggest_categorical(d.name, list(d.values)) for d in self.space.dimensions
         }
@@ -414,24 +486,26 @@ class StudyRunner:
         if self._on_start is not None:
             self._on_start(trial.number, params, seed)
         try:
-            if key in evaluated:
-                return record_duplicate(study, trial, evaluated[key], params, t0)
+            # Read after this trial's parameters are stored: of two workers that drew the same
+            # point at once, at least the later one sees the other's (both may step back).
+            now = self._look(study, besides=trial.number)
+            while seed and key in now.running and key not in now.evaluated:
+                # Two seeds of one point (the file names both): wait for the other worker's
+                # measurement and point to it, as one worker alone would.
+                time.sleep(_POLL_S)
+                now = self._look(study, besides=trial.number)
+            if key in now.evaluated:
+                return record_duplicate(study, trial, now.evaluated[key], params, t0)
+            if key in now.running:
+                other = now.running[key]
+                why = f"trial {other.number} ({other.user_attrs.get('worker', '?')}) deploys it"
+                return self._not_deployed(study, trial, params, "taken", why, t0)
             problems = self._invalid(params) if self.settings.precheck else []
             if problems:
-                record_failure(study, trial, "invalid", "; ".join(problems))
-                evaluated[key] = _frozen(study, trial.number)
-                return TrialOutcome(
-                    trial.number,
-                    params,
-                    "fail",
-                    "invalid",
-                    seed,
-                    duration_s=time.perf_counter() - t0,
-                    attrs=dict(trial.user_attrs),
-                )
+                return self._not_deployed(study, trial, params, "invalid", "; ".join(problems), t0)
             trial.set_user_attr("deployed", True)
             trial.set_user_attr("trial_dir", str(self.paths.trial_dir(trial.number)))
-            out = self._evaluate(
+            return self._evaluate(
                 study,
                 trial,
                 flags=flags,
@@ -442,8 +516,6 @@ class StudyRunner:
                 crash_retries=getattr(self.profile.deployer, "crash_retries", 0),
                 env=env,
             )
-            evaluated[key] = _frozen(study, trial.number)
-            return out
         except KeyboardInterrupt:
             if _frozen(study, trial.number).state == TrialState.RUNNING:
                 record_failure(study, trial, "interrupted", "interrupted by Ctrl-C / SIGTERM")
@@ -456,6 +528,27 @@ class StudyRunner:
         except EnvironmentFault as exc:
             self._env_fault(study, trial, str(exc))
             raise
+
+    def _not_deployed(
+        self,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        params: dict[str, ParamValue],
+        reason: str,
+        message: str,
+        t0: float,
+    ) -> TrialOutcome:
+        """Fail ``trial`` without deploying: an invalid point, or one another worker deploys."""
+        record_failure(study, trial, reason, message)
+        return TrialOutcome(
+            trial.number,
+            params,
+            "fail",
+            reason,
+            trial.user_attrs.get("seed_name"),
+            duration_s=time.perf_counter() - t0,
+            attrs=dict(trial.user_attrs),
+        )
 
     @staticmethod
     def _env_fault(study: optuna.Study, trial: optuna.Trial, message: str) -> None:

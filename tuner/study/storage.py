@@ -8,6 +8,7 @@ import os
 import re
 import sqlite3
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from tuner.schema import TrialFolder
 
 __all__ = [
     "MEMORY",
+    "Heartbeat",
     "StudyPaths",
     "journal_problem",
     "load_study",
@@ -60,14 +62,37 @@ def journal_problem(url: str) -> str | None:
     )
 
 
-def open_storage(url: str, *, writing: bool = True) -> str | optuna.storages.BaseStorage | None:
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Optuna's heartbeats on an RDB storage: a worker's RUNNING trial beats every
+    ``interval_s``; one silent for ``grace_s`` is failed and its point retried."""
+
+    interval_s: int = 10
+    grace_s: int = 60
+
+    def kwargs(self) -> dict[str, Any]:
+        from tuner.study.workers import retry_lost
+
+        return {
+            "heartbeat_interval": self.interval_s,
+            "grace_period": self.grace_s,
+            "heartbeat_stale_trial_callback": retry_lost,
+        }
+
+
+def open_storage(
+    url: str, *, writing: bool = True, heartbeat: Heartbeat | None = None
+) -> str | optuna.storages.BaseStorage | None:
     """What ``optuna.create_study(storage=...)`` takes for ``url``: other RDB URLs pass through,
     ``sqlite:///PATH`` gets WAL (below), ``journal:///PATH`` opens a JournalStorage on a file
-    (refused for ``writing`` when it ends mid-record), ``memory://`` is in-memory (None)."""
+    (refused for ``writing`` when it ends mid-record), ``memory://`` is in-memory (None).
+    ``heartbeat`` turns Optuna's heartbeats on for RDB storages (the journal has none: on one
+    host the workers' locks tell a dead worker, ``tuner.study.workers``)."""
     if url == MEMORY:
         return None
+    extra = heartbeat.kwargs() if heartbeat is not None else {}
     if url.startswith(SQLITE) and url != SQLITE + ":memory:":
-        return _sqlite_storage(url)
+        return _sqlite_storage(url, extra)
     if url.startswith(JOURNAL):
         from optuna.storages.journal import JournalFileBackend
 
@@ -81,7 +106,7 @@ def open_storage(url: str, *, writing: bool = True) -> str | optuna.storages.Bas
         except ValueError as exc:  # a corrupt record in the middle
             raise StudyError(f"journal file {path} is unreadable: {_first_line(exc)}") from exc
     try:
-        return optuna.storages.RDBStorage(url)
+        return _rdb(url, extra)
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
         raise StudyError(f"cannot open storage {redact(url)}: {_first_line(exc)}") from exc
 
@@ -98,7 +123,14 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _sqlite_storage(url: str) -> optuna.storages.RDBStorage:
+def _rdb(url: str, extra: dict[str, Any]) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():
+        # heartbeat_interval is marked experimental (since Optuna 2.9); it is what we want.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, **extra)
+
+
+def _sqlite_storage(url: str, extra: dict[str, Any]) -> optuna.storages.RDBStorage:
     """A new study database is created in WAL mode, and WAL databases commit without fsync.
 
     Optuna commits every attribute, parameter and state change on its own; in SQLite's default
@@ -113,7 +145,7 @@ def _sqlite_storage(url: str) -> optuna.storages.RDBStorage:
         with contextlib.closing(sqlite3.connect(path)) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
     try:
-        storage = optuna.storages.RDBStorage(url)
+        storage = _rdb(url, extra)
     except sqlalchemy.exc.SQLAlchemyError as exc:
         # Not a database (overwritten, cut short), or not readable: never touch it further.
         why = _first_line(getattr(exc, "orig", None) or exc)

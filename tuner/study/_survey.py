@@ -1,0 +1,71 @@
+"""What the study holds right now, read from storage (never one process's memory).
+
+Several workers may share a study, so every decision that depends on other trials (is this
+point measured already? deployed by someone now? how many deployments are done?) reads the
+storage again. The read is one ``get_trials`` per trial of the loop: milliseconds against the
+minutes of a deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["NOT_EVALUATED", "Survey", "evaluated", "survey"]
+
+# Not "evaluated": an interrupted trial is retried on resume; a duplicate is only a pointer;
+# a trial the environment failed (port taken, engine unreachable, disk full) says nothing of
+# its point, nor does one whose point another worker was deploying ("taken").
+NOT_EVALUATED = ("interrupted", "duplicate", "env", "taken")
+
+
+def evaluated(t: FrozenTrial) -> bool:
+    """The trial measured (or rejected) its point: it counts, and its point is not redone."""
+    if t.state == TrialState.COMPLETE:
+        return "duplicate_of" not in t.user_attrs
+    # A FAIL without a reason was failed by Optuna's heartbeat check: its worker died.
+    reason = t.user_attrs.get("reason")
+    return t.state == TrialState.FAIL and reason is not None and reason not in NOT_EVALUATED
+
+
+@dataclass(slots=True)
+class Survey:
+    """Evaluated points (first trial of each), deployments done, and the points deploying now."""
+
+    evaluated: dict[str, FrozenTrial] = field(default_factory=dict)
+    deployed: int = 0
+    running: dict[str, FrozenTrial] = field(default_factory=dict)  # deployed, RUNNING
+
+    @property
+    def deploying(self) -> int:
+        """Deployments under way now (other workers')."""
+        return sum(bool(t.user_attrs.get("deployed")) for t in self.running.values())
+
+    def taken(self, key: str) -> FrozenTrial | None:
+        """The trial that measured or is deploying the point ``key``, if any."""
+        return self.evaluated.get(key) or self.running.get(key)
+
+
+def survey(
+    study: optuna.Study,
+    key_of: Callable[[dict[str, Any]], str],
+    n_params: int,
+    *,
+    besides: int | None = None,
+) -> Survey:
+    """The study as storage holds it now; ``besides``: a trial number to leave out (the
+    caller's own). A RUNNING trial counts as deploying once all its ``n_params`` are set."""
+    out = Survey()
+    for t in study.get_trials(deepcopy=False):
+        if t.number == besides:
+            continue
+        if evaluated(t):
+            out.evaluated.setdefault(key_of(t.params), t)
+            out.deployed += int(bool(t.user_attrs.get("deployed")))
+        elif t.state == TrialState.RUNNING and len(t.params) == n_params:
+            out.running.setdefault(key_of(t.params), t)
+    return out

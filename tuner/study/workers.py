@@ -1,0 +1,201 @@
+"""Several workers on one study: who is alive, whose trial was lost, and which GPUs each owns.
+
+Optuna's distributed mode is the model: every worker runs its own ask/tell loop against the
+shared storage (PostgreSQL across hosts, the journal file or SQLite on one host). What Optuna
+leaves to the caller lives here:
+
+- **Liveness on one host.** Each worker holds an exclusive ``flock`` on
+  ``STUDY/.workers/RUN_ID.lock`` for as long as it runs and tags its trials ``worker=RUN_ID``.
+  The kernel drops the lock when the process dies, kill -9 included, so a RUNNING trial whose
+  worker's lock can be taken is lost *now*: no grace period, and no storage support needed (the
+  journal file has no heartbeats).
+- **Liveness across hosts.** RDB storages get Optuna's heartbeats (``heartbeat_interval``,
+  ``grace_period``); ``optuna.storages.fail_stale_trials`` fails a trial whose worker stopped
+  beating, and :func:`retry_lost` (the storage's stale-trial callback) puts its point back.
+- **Slots.** ``--workers N --gpus 0,1,2,3`` gives worker *i* a disjoint slice of the GPUs, as
+  wide as the profile's tensor parallel size, and its own port when the profile fixes one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.config.profile import (
+    ComposeConfig,
+    DockerConfig,
+    ExternalConfig,
+    LocalConfig,
+    Profile,
+)
+from tuner.errors import ConfigError
+
+__all__ = [
+    "RETRY_ATTRS",
+    "WorkerSlot",
+    "alive",
+    "lost_trials",
+    "plan_slots",
+    "retry_lost",
+    "slot_profile",
+    "worker_lease",
+]
+
+# The user attributes that describe *which point* a trial is (kept by its retry); the rest
+# (deployed, trial_dir, flags, worker) describe one attempt and are written again by the next.
+RETRY_ATTRS = ("seed_name", "coverage", "carries", "fallback", "external")
+
+
+def _workers_dir(root: Path) -> Path:
+    return root / ".workers"
+
+
+@contextlib.contextmanager
+def worker_lease(root: Path) -> Iterator[str]:
+    """This process as a worker of the study in ``root``: a fresh run id, its lock held.
+
+    The run id names the host and pid for people reading the dashboard, and a random part so
+    that a recycled pid never passes for a dead worker.
+    """
+    folder = _workers_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    run_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path = folder / f"{run_id}.lock"
+    # Locked under a temporary name, then renamed: nobody ever sees the file unlocked.
+    tmp = folder / f".{run_id}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}".encode())
+        tmp.replace(path)
+        yield run_id
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # before the close: a reader never takes the lock of a live worker
+        os.close(fd)
+
+
+def alive(root: Path, run_id: str) -> bool | None:
+    """True if worker ``run_id`` runs on this host, False if it ran here and died, None if it
+    never ran here (another host: only heartbeats can tell)."""
+    path = _workers_dir(root) / f"{run_id}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the lock just taken
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # its worker is gone: the next look answers None, and is cheaper
+    return False
+
+
+def lost_trials(study: optuna.Study, root: Path, *, exclusive: bool) -> list[FrozenTrial]:
+    """RUNNING trials whose worker is known dead.
+
+    ``exclusive``: the caller holds the study's lock (``tuner optimize`` on one host), so a
+    RUNNING trial of a worker not running here, or of no recorded worker, is lost as well.
+    Otherwise such trials are left to the heartbeats.
+    """
+    lost = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        state = alive(root, str(worker)) if worker else None
+        # A trial of no recorded worker predates workers (or its worker died right after
+        # ask): under the study's lock it can only be a dead run's.
+        if state is False or (state is None and exclusive and (not worker or not _beating(study))):
+            lost.append(t)
+    return lost
+
+
+def _beating(study: optuna.Study) -> bool:
+    # With heartbeats on, a trial of another host is failed by fail_stale_trials after its
+    # grace period; without them, the study lock is the only evidence there is.
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
+
+
+def retry_lost(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Put a lost trial's point back in the queue for whichever worker asks next.
+
+    Optuna's ``RetryFailedTrialCallback`` does the same but copies every user attribute, and
+    here those of the lost attempt (``deployed``, ``trial_dir``) would pass for the retry's.
+    """
+    attrs = {k: trial.user_attrs[k] for k in RETRY_ATTRS if k in trial.user_attrs}
+    attrs["retry_of"] = trial.number
+    if trial.params:
+        study.enqueue_trial(dict(trial.params), user_attrs=attrs, skip_if_exists=False)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """What worker ``index`` owns: its GPUs (None: the profile's own) and port offset."""
+
+    index: int
+    gpus: tuple[str, ...] | None = None
+
+    def label(self) -> str:
+        gpus = f" GPUs {','.join(self.gpus)}" if self.gpus else ""
+        return f"worker {self.index}{gpus}"
+
+
+def plan_slots(workers: int, gpus: list[str] | None, profile: Profile) -> list[WorkerSlot]:
+    """One slot per worker: disjoint GPU slices as wide as the tensor parallel size.
+
+    ConfigError when the deployer tunes a single server (compose, external), or when the GPUs
+    cannot be split (4 GPUs, TP 2: at most 2 workers).
+    """
+    cfg = profile.deployer
+    if workers > 1 and isinstance(cfg, ComposeConfig | ExternalConfig):
+        raise ConfigError(
+            f"the {cfg.kind} deployer tunes one server ({_what(cfg)}): it cannot run "
+            f"{workers} workers; use --workers 1, or a docker/local profile",
+            key="deployer.kind",
+        )
+    if not gpus:
+        return [WorkerSlot(i) for i in range(workers)]
+    tp = profile.server.tensor_parallel_size
+    if workers * tp > len(gpus):
+        raise ConfigError(
+            f"{workers} workers at tensor parallel size {tp} need {workers * tp} GPUs; "
+            f"--gpus names {len(gpus)} ({','.join(gpus)})"
+        )
+    return [WorkerSlot(i, tuple(gpus[i * tp : (i + 1) * tp])) for i in range(workers)]
+
+
+def _what(cfg: ComposeConfig | ExternalConfig) -> str:
+    if isinstance(cfg, ComposeConfig):
+        return f"service {cfg.service!r} of {cfg.file}"
+    return cfg.url
+
+
+def slot_profile(profile: Profile, slot: WorkerSlot) -> Profile:
+    """``profile`` confined to ``slot``: its GPUs (``CUDA_VISIBLE_DEVICES`` for ``local``,
+    ``device_ids`` for ``docker``) and, when the profile fixes a port, port + index."""
+    cfg = profile.deployer
+    update: dict[str, object] = {}
+    if isinstance(cfg, LocalConfig | DockerConfig) and cfg.port:
+        update["port"] = cfg.port + slot.index
+    if slot.gpus is not None:
+        if isinstance(cfg, LocalConfig):
+            update["env"] = {**cfg.env, "CUDA_VISIBLE_DEVICES": ",".join(slot.gpus)}
+        elif isinstance(cfg, DockerConfig):
+            update["gpus"] = list(slot.gpus)
+    if not update:
+        return profile
+    return profile.model_copy(update={"deployer": cfg.model_copy(update=update)})
