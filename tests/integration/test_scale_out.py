@@ -9,6 +9,7 @@ killed worker's point retried by another one, and the same points as one worker 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -228,3 +229,24 @@ def test_storage_url_password_never_shown(pg: str) -> None:
     assert "hunter2" not in str(info.value)
     assert "***" in str(info.value)
     assert 'database "nodb" does not exist' in str(info.value)
+
+
+def test_report_from_another_host_fetches_the_trials_files(tmp_path: Path, pg: str) -> None:
+    """Workers on two "hosts" (their own study folders) with one PostgreSQL: the trials'
+    files go to the study's artifact store, so a report from a third folder has them all."""
+    (tmp_path / "fake.yaml").write_text(FAKE % 0.2)
+    name = _study_name(tmp_path)
+    common = ["--storage", pg, "--profile", str(tmp_path / "fake.yaml")]
+    r = _tuner("optimize", "--trials", "2", "--study", name, "--studies-dir",
+               str(tmp_path / "a"), "--no-validate", *common)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    w = _tuner("worker", name, "--trials", "4", "--studies-dir", str(tmp_path / "b"), *common)
+    assert w.returncode == 0, w.stdout + w.stderr
+    rep = _tuner("report", name, "--storage", pg, "--studies-dir", str(tmp_path / "c"))
+    assert rep.returncode == 0, rep.stderr
+    assert f"from {tmp_path / 'a' / name / 'artifacts'}" in rep.stdout
+    for t in _deployed(_trials(name, tmp_path / "c", pg)):
+        folder = tmp_path / "c" / name / "trials" / f"{t.number:04d}"
+        assert json.loads((folder / "measurements.json").read_text())["trial"] == t.number
+        assert (folder / "server.log").exists()
+    assert "recommended:" in rep.stdout

@@ -26,7 +26,7 @@ from tuner.cli._common import (
     out,
     trial_line,
 )
-from tuner.cli.workers import GpusOpt, GraceOpt, HeartbeatOpt, parse_gpus, run_workers
+from tuner.cli.workers import ArtifactsOpt, GpusOpt, GraceOpt, HeartbeatOpt, parse_gpus, run_workers
 from tuner.config import (
     ExternalConfig,
     Profile,
@@ -107,6 +107,7 @@ def optimize(
     gpus: GpusOpt = None,
     heartbeat: HeartbeatOpt = 10,
     grace: GraceOpt = 60,
+    artifacts: ArtifactsOpt = None,
 ) -> None:
     """Create or resume a study, run trials until it holds TRIALS deployments, then validate."""
     from tuner.cli.soak import parse_duration
@@ -127,6 +128,7 @@ def optimize(
         deadline=deadline,
         force=force,
         heartbeat=Heartbeat(heartbeat, grace),
+        artifacts=artifacts,
     )
     paths = StudyPaths.create(
         study if study is not None else f"{prof.name}-{sp.name}", studies_dir, storage

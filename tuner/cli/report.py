@@ -23,6 +23,7 @@ from tuner.study import (
     journal_problem,
     load_study,
 )
+from tuner.study.artifacts import fetch_missing, open_store, store_of
 
 RuleOpt = Annotated[
     str,
@@ -74,6 +75,7 @@ def report(
     chosen = parse_rule(rule)
     paths = StudyPaths.create(study, studies_dir, storage)
     st = load_study(paths)
+    _fetch(st, paths)
     problem = journal_problem(paths.storage_url)
     if problem:  # read anyway, but never in silence
         out.print(f"[yellow]warning: {problem}; reporting what is complete[/yellow]")
@@ -135,8 +137,12 @@ def dashboard(
     url = storage or StudyPaths.create(study or "", studies_dir, None).storage_url
     if study is not None:
         load_study(StudyPaths.create(study, studies_dir, storage))  # a clear error if missing
+    store = None
+    if study is not None:
+        where = store_of(load_study(StudyPaths.create(study, studies_dir, storage)))
+        store = open_store(where) if where else None  # trial pages list the trials' files
     out.print(f"optuna-dashboard on http://{host}:{port}/  storage {url}  (Ctrl-C stops it)")
-    optuna_dashboard.run_server(url, host=host, port=port)
+    optuna_dashboard.run_server(url, host=host, port=port, artifact_store=store)
 
 
 @app.command("export-surface")
@@ -155,8 +161,17 @@ def export_surface_cmd(
     from tuner.report.surface import export_surface
 
     paths = StudyPaths.create(study, studies_dir, storage)
-    surface = export_surface(load_study(paths), paths.root, description)
+    st = load_study(paths)
+    _fetch(st, paths)
+    surface = export_surface(st, paths.root, description)
     target = output or paths.root / "surface.json"
     target.write_text(json.dumps(surface.to_json(), indent=1))
     ok = sum(p.status == "ok" for p in surface.points)
     out.print(f"wrote {target}: {ok} measured and {len(surface.points) - ok} failed configurations")
+
+
+def _fetch(st: optuna.Study, paths: StudyPaths) -> None:
+    """Trials run on other hosts: their files from the artifact store, into this study folder."""
+    n = fetch_missing(st, paths.root)
+    if n:
+        out.print(f"fetched {n} files of trials run on other hosts from {store_of(st)}")

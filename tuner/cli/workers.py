@@ -52,6 +52,12 @@ GraceOpt = Annotated[
     int,
     typer.Option("--grace", min=1, help="seconds without a heartbeat before a trial is retried"),
 ]
+ArtifactsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--artifacts", help="the trials' files: a folder, or s3://BUCKET (default STUDY/artifacts)"
+    ),
+]
 GpusOpt = Annotated[
     str | None, typer.Option("--gpus", help="GPU ids to use, e.g. 0,1,2,3 (split among workers)")
 ]
@@ -87,6 +93,7 @@ def worker(
     ] = None,
     heartbeat: HeartbeatOpt = 10,
     grace: GraceOpt = 60,
+    artifacts: ArtifactsOpt = None,
 ) -> None:
     """Join a study as one more worker: deploy what the sampler proposes until it holds TRIALS."""
     sp = load_space(space)
@@ -102,6 +109,7 @@ def worker(
         exclusive=False,
         heartbeat=Heartbeat(heartbeat, grace),
         slot=ws.label(),
+        artifacts=artifacts,
     )
     from tuner.cli.optimize import _run
 
@@ -150,6 +158,8 @@ def run_workers(
                 ]  # fmt: skip
                 if s.gpus:
                     cmd += ["--gpus", ",".join(s.gpus)]
+                if settings.artifacts:
+                    cmd += ["--artifacts", settings.artifacts]
                 procs.append(subprocess.Popen(cmd))
             codes = [p.wait() for p in procs]
         except KeyboardInterrupt:

@@ -29,6 +29,7 @@ from tuner.errors import DeployError, MeasureError, ServerExited
 from tuner.measure import TrialMeasurement, measure
 from tuner.metrics import METRICS
 from tuner.schema import MeasurementsDoc, TrialFolder
+from tuner.study.artifacts import ArtifactStore, upload_files
 
 __all__ = [
     "Failure",
@@ -92,8 +93,10 @@ def record_failure(
     log_tail: str = "",
     trial_dir: Path | None = None,
     extra: Mapping[str, Any] | None = None,
+    artifacts: ArtifactStore | None = None,
 ) -> None:
-    """FAIL the trial with ``reason``; the message and log tail go to its user attributes."""
+    """FAIL the trial with ``reason``; the message and log tail go to its user attributes,
+    the trial folder's files to ``artifacts``."""
     trial.set_user_attr("reason", reason)
     trial.set_user_attr("error", message[:500])
     if log_tail:
@@ -102,6 +105,7 @@ def record_failure(
         trial.set_user_attr(k, v)
     if trial_dir is not None:
         TrialFolder(trial_dir).write_failure(reason, message, log_tail)
+        _upload(study, trial, trial_dir, artifacts)
     study.tell(trial, state=TrialState.FAIL)
     log.info("trial=%d state=fail reason=%s error=%s", trial.number, reason, message)
 
@@ -294,8 +298,10 @@ def record(
     env: dict[str, str] | None,
     trial_dir: Path,
     started: float,
+    artifacts: ArtifactStore | None = None,
 ) -> TrialOutcome:
-    """Tell Optuna what ``result`` means for ``trial``; write the trial's files."""
+    """Tell Optuna what ``result`` means for ``trial``; write the trial's files (and upload
+    them to ``artifacts``)."""
     params = dict(trial.params)
     seed = trial.user_attrs.get("seed_name")
     if result.crash_retries:
@@ -319,7 +325,8 @@ def record(
     m = result.measurement
     if m is None:
         f = result.failure or Failure("crash", "no measurement")
-        record_failure(study, trial, f.reason, f.message, log_tail=f.log_tail, trial_dir=trial_dir)
+        record_failure(study, trial, f.reason, f.message, log_tail=f.log_tail, trial_dir=trial_dir,
+                       artifacts=artifacts)  # fmt: skip
         return outcome("fail", f.reason)
     # The bootstrap intervals and the summary feed both the attributes and measurements.json:
     # computed once.
@@ -343,10 +350,12 @@ def record(
     )
     if not all(math.isfinite(v) for v in values):
         message = f"non-finite objective values {values}"
-        record_failure(study, trial, "request_error", message, trial_dir=trial_dir)
+        record_failure(study, trial, "request_error", message, trial_dir=trial_dir,
+                       artifacts=artifacts)  # fmt: skip
         return outcome("fail", "request_error")
     set_constraints(study, trial, objective, m)
     set_bounds(trial, objective, attrs)
+    _upload(study, trial, trial_dir, artifacts)
     study.tell(trial, values)
     log.info("trial=%d state=complete values=%s", trial.number, values)
     return outcome("complete", None, tuple(values))
@@ -363,6 +372,7 @@ def evaluate(
     make_deployer: Callable[[Profile], Deployer],
     crash_retries: int,
     env: dict[str, str] | None = None,
+    artifacts: ArtifactStore | None = None,
 ) -> TrialOutcome:
     """Deploy ``flags`` and ``env``, measure, tell Optuna; KeyboardInterrupt propagates."""
     started = time.perf_counter()
@@ -378,5 +388,19 @@ def evaluate(
     )
     return record(
         study, trial, result, objective=objective, flags=flags, env=env, trial_dir=trial_dir,
-        started=started,
+        started=started, artifacts=artifacts,
     )  # fmt: skip
+
+
+def _upload(
+    study: optuna.Study, trial: optuna.Trial, folder: Path, store: ArtifactStore | None
+) -> None:
+    """The trial's files to the artifact store; a store that fails is noted on the trial, and
+    never costs the measurement (the files stay in the trial folder)."""
+    if store is None:
+        return
+    try:
+        upload_files(study, trial, folder, store)
+    except Exception as exc:  # any store: a bucket, a full or read-only disk
+        trial.set_user_attr("artifact_error", f"{type(exc).__name__}: {exc}"[:300])
+        log.warning("trial=%d artifacts not stored: %s", trial.number, exc)

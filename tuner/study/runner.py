@@ -40,6 +40,7 @@ from tuner.study._fingerprint import differences, fingerprint
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._survey import Survey, evaluated, survey
 from tuner.study._trial import TrialOutcome, evaluate, record_failure
+from tuner.study.artifacts import STORE_ATTR, ArtifactStore, open_store, store_of
 from tuner.study.sampling import (
     SamplerContext,
     SamplerFactory,
@@ -47,7 +48,7 @@ from tuner.study.sampling import (
     default_sampler,
     front_params,
 )
-from tuner.study.storage import Heartbeat, StudyPaths, open_storage, study_lock
+from tuner.study.storage import MEMORY, Heartbeat, StudyPaths, open_storage, study_lock
 from tuner.study.workers import lost_trials, retry_lost, worker_lease
 
 __all__ = ["RunResult", "RunSettings", "StudyRunner", "sigterm_as_interrupt"]
@@ -86,6 +87,9 @@ class RunSettings:
     heartbeat: Heartbeat | None = Heartbeat()
     # Which slot of `--workers N --gpus ...` this process is (shown in the dashboard).
     slot: str | None = None
+    # The artifact store for the trials' files (a folder or s3://bucket); None: the study's
+    # own, else STUDY/artifacts (tuner.study.artifacts). In-memory studies keep none.
+    artifacts: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +148,7 @@ class StudyRunner:
         self._evaluated: dict[str, FrozenTrial] = {}
         self._running_keys: set[str] = set()  # points other workers are deploying now
         self.run_id = ""  # this worker's id (tuner.study.workers), set by run()
+        self._store: ArtifactStore | None = None  # set by open_study()
         self._pending_seeds: list[Seed] = []  # seeds not yet enqueued, in order
         self._coverage = Coverage(space)  # after the seeds: unseen values, carried winners
         self._valid: dict[str, dict[str, ParamValue]] = {}
@@ -202,6 +207,7 @@ class StudyRunner:
                 f"and objectives {want}"
             )
         self._check_fingerprint(study)
+        self._open_artifacts(study)
         # The fixed arguments (model, max_model_len, ...) the recommendation's command line needs;
         # never the environment, which may carry secrets.
         server_args = self.profile.server.to_args()
@@ -213,6 +219,17 @@ class StudyRunner:
         if study.user_attrs.get("deployment") != deployment:
             study.set_user_attr("deployment", deployment)
         return study
+
+    def _open_artifacts(self, study: optuna.Study) -> None:
+        """Where the trials' files go: ``--artifacts``, else where the study keeps them."""
+        if self.paths.storage_url == MEMORY:
+            return
+        where = self.settings.artifacts or store_of(study)
+        if where is None:
+            where = str((self.paths.root / "artifacts").resolve())
+        if self.settings.exclusive and store_of(study) != where:
+            study.set_user_attr(STORE_ATTR, where)
+        self._store = open_store(where)
 
     def _check_fingerprint(self, study: optuna.Study) -> None:
         """Refuse to resume under other settings (space, objective, server) unless forced."""
@@ -515,6 +532,8 @@ class StudyRunner:
                 make_deployer=self._factory,
                 crash_retries=getattr(self.profile.deployer, "crash_retries", 0),
                 env=env,
+                # only when there is a store: the benchmarks' evaluators take no such argument
+                **({"artifacts": self._store} if self._store is not None else {}),
             )
         except KeyboardInterrupt:
             if _frozen(study, trial.number).state == TrialState.RUNNING:
