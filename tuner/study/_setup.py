@@ -1,0 +1,135 @@
+"""What a study is made with, stored once and checked on every resume; where its files go;
+the checks a profile gets before the first trial.
+
+A new study stores what the report needs to read it back without the YAML files: objectives
+and units, the space's dimensions and labels, the criteria, the fixed server arguments and the
+deployment hints (never environment values). A resumed one is refused when it was made with
+another space, other objectives or other settings (``tuner.study._fingerprint``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import optuna
+
+from tuner.config.objective import ObjectiveFile
+from tuner.config.profile import ExternalConfig, Profile, ReplayConfig, deployment_hints
+from tuner.config.space import ParamValue, SearchSpace
+from tuner.errors import ConfigError, StudyError
+from tuner.schema import load_surface, point_key
+from tuner.study._fingerprint import differences, fingerprint
+from tuner.study.artifacts import STORE_ATTR, ArtifactStore, open_store, store_of
+from tuner.study.storage import MEMORY, StudyPaths
+
+if TYPE_CHECKING:
+    from tuner.study.runner import RunSettings
+
+__all__ = ["artifact_store", "check_surface", "describe", "external_params"]
+
+
+def describe(
+    study: optuna.Study,
+    name: str,
+    space: SearchSpace,
+    objective: ObjectiveFile,
+    profile: Profile,
+    *,
+    force: bool,
+    exclusive: bool,
+) -> None:
+    """Store what a new study is made with; refuse to resume one made otherwise.
+
+    ``exclusive`` False (a worker): the server arguments and deployment hints are left as the
+    study has them, since a worker's profile is confined to its slot (its GPUs, its port).
+    """
+    want: list[str] = [str(o.name) for o in objective.objectives]
+    have = study.user_attrs.get("objectives")
+    if have is None:
+        with warnings.catch_warnings():
+            # set_metric_names is marked experimental; the dashboard shows the names.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(want)
+        study.set_user_attr("objectives", want)
+        study.set_user_attr("units", {o.name: o.unit for o in objective.objectives})
+        study.set_user_attr("space", space.name)
+        study.set_user_attr("dimensions", list(space.names))
+        study.set_user_attr("dimension_labels", space.labels)
+        study.set_user_attr("profile", profile.name)
+        study.set_user_attr("objective_file", objective.name)
+        if objective.criteria is not None:
+            study.set_user_attr("criteria", objective.criteria.model_dump())
+    elif have != want or study.user_attrs.get("space") != space.name:
+        raise StudyError(
+            f"study {name!r} was created with space {study.user_attrs.get('space')!r} "
+            f"and objectives {have}; use another --study name for space {space.name!r} "
+            f"and objectives {want}"
+        )
+    _check_fingerprint(study, name, fingerprint(space, objective, profile), force)
+    if not exclusive:
+        return
+    # The fixed arguments (model, max_model_len, ...) the recommendation's command line needs;
+    # never the environment, which may carry secrets.
+    server_args = profile.server.to_args()
+    if study.user_attrs.get("server_args") != server_args:
+        study.set_user_attr("server_args", server_args)
+    deployment = deployment_hints(profile)
+    if study.user_attrs.get("deployment") != deployment:
+        study.set_user_attr("deployment", deployment)
+
+
+def _check_fingerprint(study: optuna.Study, name: str, now: dict[str, object], force: bool) -> None:
+    """Refuse to resume under other settings (space, objective, server) unless forced."""
+    was = study.user_attrs.get("fingerprint")
+    if was is not None and was != now and not force:
+        diffs = "; ".join(differences(was, now))
+        raise StudyError(
+            f"study {name!r} was created with other settings ({diffs}): its trials would not "
+            "be comparable; use another --study, or --force to resume"
+        )
+    if was != now:
+        study.set_user_attr("fingerprint", now)
+
+
+def artifact_store(
+    study: optuna.Study, paths: StudyPaths, settings: RunSettings
+) -> ArtifactStore | None:
+    """Where the trials' files go: ``--artifacts``, else where the study keeps them, else
+    ``STUDY/artifacts``; an in-memory study keeps none."""
+    if paths.storage_url == MEMORY:
+        return None
+    where = settings.artifacts or store_of(study)
+    if where is None:
+        where = str((paths.root / "artifacts").resolve())
+    if settings.exclusive and store_of(study) != where:
+        study.set_user_attr(STORE_ATTR, where)
+    return open_store(where)
+
+
+def check_surface(profile: Profile, space: SearchSpace) -> None:
+    """A replayed surface must hold points of this space, or every trial would 'crash'."""
+    cfg = profile.deployer
+    if not isinstance(cfg, ReplayConfig):
+        return
+    points = load_surface(cfg.surface).by_key()
+    if not any(point_key(space.to_flags(p), space.to_env(p)) in points for p in space.points()):
+        raise ConfigError(
+            f"the surface {cfg.surface} holds no configuration of space {space.name!r}: it "
+            "was recorded over another space",
+            key="deployer.surface",
+        )
+
+
+def external_params(profile: Profile, space: SearchSpace) -> dict[str, ParamValue]:
+    """The configuration the external server runs (``deployer.params``), checked."""
+    assert isinstance(profile.deployer, ExternalConfig)
+    params = profile.deployer.params
+    if params is None:
+        raise ConfigError(
+            "the external deployer measures one running server: set deployer.params to the "
+            "configuration it runs",
+            key="deployer.params",
+        )
+    space.check(params, where="deployer.params")
+    return dict(params)
