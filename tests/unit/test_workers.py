@@ -189,3 +189,17 @@ def test_heartbeat_warning_is_only_ours_to_silence() -> None:
         warnings.simplefilter("always")
         study.ask()
     assert any("Heartbeat of storage" in str(w.message) for w in caught)
+
+
+def test_cleanup_refuses_while_a_worker_runs(tmp_path: Path) -> None:
+    """`tuner cleanup` stops what dead runs left; a live worker's server is not its to stop."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "tuner.cli", "cleanup", "--studies-dir", str(tmp_path)]
+    with worker_lease(tmp_path / "s1") as run_id:
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert r.returncode == 2
+        assert f"workers are running: {run_id} (s1)" in r.stderr
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr

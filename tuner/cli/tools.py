@@ -26,6 +26,11 @@ def cleanup(
     roots = (
         [studies_dir / study] if study else sorted(p for p in studies_dir.glob("*") if p.is_dir())
     )
+    from tuner.study.workers import live_workers
+
+    running = [f"{w} ({root.name})" for root in roots if root.is_dir() for w in live_workers(root)]
+    if running:  # their servers are theirs: a worker stops its own
+        raise TunerError(f"workers are running: {', '.join(running)}; stop them first")
     stopped = [s for root in roots if root.is_dir() for s in reclaim_processes(root)]
     out.print(f"stopped {len(stopped)} server(s)" + (f": {', '.join(stopped)}" if stopped else ""))
     try:

@@ -45,6 +45,7 @@ __all__ = [
     "RETRY_ATTRS",
     "WorkerSlot",
     "alive",
+    "live_workers",
     "lost_trials",
     "plan_slots",
     "reap",
@@ -104,6 +105,13 @@ def alive(root: Path, run_id: str) -> bool | None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # its worker is gone: the next look answers None, and is cheaper
     return False
+
+
+def live_workers(root: Path) -> list[str]:
+    """Run ids of the workers of the study in ``root`` running on this host now."""
+    folder = _workers_dir(root)
+    ids = sorted(p.stem for p in folder.glob("*.lock")) if folder.is_dir() else []
+    return [i for i in ids if alive(root, i)]
 
 
 def lost_trials(study: optuna.Study, root: Path, *, exclusive: bool) -> list[FrozenTrial]:
