@@ -12,7 +12,7 @@
    values of the points found over the true front's), median [p25-p75] over seeds, 4 workers vs 1.
 
 Usage: python benchmarks/scale_out.py [--seeds 10] [--trials 24] [--time-scale 0.02]
-Writes benchmarks/results/scale_out.json.
+Writes benchmarks/results/scale_out_TIMESCALE.json.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=24, help="deployments per throughput run")
     ap.add_argument("--time-scale", type=float, default=0.02)
-    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=10, help="search-quality seeds (0: skip it)")
     ap.add_argument("--draw-s", type=float, default=0.05)
     ap.add_argument("--surface", default="synthetic_concurrent")
     args = ap.parse_args()
@@ -151,12 +151,12 @@ def main() -> None:
             print(f"  {n} worker(s): {wall:6.1f} s wall, {per_hour:6.0f} deployments/hour, "
                   f"{per_hour / base:.2f}x one worker")  # fmt: skip
     print(f"search quality: {args.surface}, 40 deployments, {args.seeds} seeds")
-    for n in (1, 4):
+    for n in (1, 4) if args.seeds else ():
         ratios = [quality(args.surface, n, s, args.draw_s, 40) for s in range(args.seeds)]
         results["quality"][n] = ratios
         print(f"  {n} worker(s): hypervolume ratio {statistics.median(ratios):.3f} "
               f"[{_q(ratios, 0.25):.3f}-{_q(ratios, 0.75):.3f}]")  # fmt: skip
-    out = ROOT / "benchmarks" / "results" / "scale_out.json"
+    out = ROOT / "benchmarks" / "results" / f"scale_out_{args.time_scale:g}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
 

@@ -12,6 +12,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -94,6 +95,9 @@ def worker(
     heartbeat: HeartbeatOpt = 10,
     grace: GraceOpt = 60,
     artifacts: ArtifactsOpt = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=1, help="seconds; no new deployment after")
+    ] = None,
 ) -> None:
     """Join a study as one more worker: deploy what the sampler proposes until it holds TRIALS."""
     sp = load_space(space)
@@ -110,6 +114,7 @@ def worker(
         heartbeat=Heartbeat(heartbeat, grace),
         slot=ws.label(),
         artifacts=artifacts,
+        deadline=time.monotonic() + timeout if timeout else None,
     )
     from tuner.cli.optimize import _run
 
@@ -160,6 +165,8 @@ def run_workers(
                     cmd += ["--gpus", ",".join(s.gpus)]
                 if settings.artifacts:
                     cmd += ["--artifacts", settings.artifacts]
+                if settings.deadline is not None:  # --timeout covers the workers too
+                    cmd += ["--timeout", f"{max(1.0, settings.deadline - time.monotonic()):.0f}"]
                 procs.append(subprocess.Popen(cmd))
             codes = [p.wait() for p in procs]
         except KeyboardInterrupt:

@@ -83,9 +83,13 @@ def make_sampler(name: str, space: SearchSpace, seed: int | None) -> optuna.samp
             # `gamma` is deprecated since Optuna 4.9 with no replacement yet (removal in 6.0,
             # hence the <6 pin): without it, 3-objective TPE models "good" as 3 of 30 trials.
             warnings.simplefilter("ignore", FutureWarning)
+            # constant_liar (Optuna 5's default, named because scale-out relies on it): points
+            # RUNNING on other workers count as measured at their worst, so that workers do not
+            # crowd one region; with one worker nothing runs elsewhere.
             return optuna.samplers.TPESampler(
-                seed=seed, multivariate=True, gamma=_sqrt_gamma, n_ei_candidates=8
-            )
+                seed=seed, multivariate=True, gamma=_sqrt_gamma, n_ei_candidates=8,
+                constant_liar=True,
+            )  # fmt: skip
     if name == "tpe-independent":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "grid":
