@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Runs ON the lent GPU machine, in the repository root (the device tool copies the working tree there).
-#   receive          move the staged parts carried in .stage/ to /root/stage
-#   install          untar, pip-install the wheels the machine lacks, build the 6.3 B test model
-#   study N          tuner optimize over the mission's space until the study holds N deployments
+#   receive          move the staged part(s) carried in .stage/parts/ to /root/stage (one per call:
+#                    the device tool carries at most 64 MiB; benchmarks/gpu/stage.py makes them)
+#   install          untar, pip-install the wheels the machine lacks, build the test model
+#                    (MODEL_ARGS="hidden layers heads kv_heads vocab", default "4096 32 16 8 32000":
+#                    the 6.3 B model of the first study; MODEL_DIR, default /root/model6b)
+#   study NAME N [PROFILE [OBJECTIVE [SEEDS]]]
+#                    tuner optimize until study NAME holds N deployments (resumes it); defaults:
+#                    benchmarks/gpu/h100.yaml, benchmarks/gpu/agent_long.yaml, configs/strategic_12.yaml.
+#                    RESUME=DIR starts a fresh machine from a committed study folder (copied once).
+#                    EXTRA="..." more `tuner optimize` options (e.g. --no-validate, --validate-top 3)
 #   failures         two configurations that must fail for real (invalid flags; GPU memory held)
-# Every step copies the study folders (database, trial folders, reports) to $OUT.
+# Every step copies every study folder under /root/studies (database, trial folders, reports) to $OUT.
 set -u
 S=/root/stage
 ST=/root/studies
@@ -13,8 +20,9 @@ mkdir -p "$OUT" "$ST"
 export PYTHONPATH=$PWD VLLM_USE_FLASHINFER_SAMPLER=0
 tuner() { python3 -m tuner.cli "$@"; }
 collect() {
-  for s in h100 h100-failures; do
-    [ -d "$ST/$s" ] || continue
+  for d in "$ST"/*/; do
+    s=$(basename "$d")
+    [ -e "$d/study.db" ] || continue
     tuner report "$s" --studies-dir "$ST" > "$OUT/report_$s.txt" 2>&1
     tar czf "$OUT/study_$s.tgz" -C "$ST" "$s"
   done
@@ -22,7 +30,7 @@ collect() {
 }
 case "${1:-}" in
 receive)
-  mkdir -p "$S" && mv .stage/part_* "$S"/ && ls -l "$S"
+  mkdir -p "$S" && mv .stage/parts/part_* "$S"/ && ls -l "$S"
   ;;
 install)
   cd "$S" || exit 1
@@ -42,20 +50,25 @@ PY
   fi
   cd - > /dev/null
   python3 -c 'import vllm, optuna, torch, pynvml; print("vllm", vllm.__version__, "optuna", optuna.__version__, "torch", torch.__version__)'
-  if [ ! -f /root/model6b/config.json ]; then
+  M=${MODEL_DIR:-/root/model6b}
+  if [ ! -f "$M/config.json" ]; then
     t0=$(date +%s)
-    python3 benchmarks/gpu/make_model.py /root/model6b 4096 32 2>&1 | tail -2
+    # shellcheck disable=SC2086  # MODEL_ARGS is a list of numbers
+    python3 benchmarks/gpu/make_model.py "$M" ${MODEL_ARGS:-4096 32 16 8 32000} 2>&1 | tail -2
     echo "model built in $(( $(date +%s) - t0 )) s"
   fi
-  du -sh /root/model6b
+  du -sh "$M"
   ;;
 study)
-  # A fresh machine resumes the committed study (its database and trial folders).
-  [ -d "$ST/h100" ] || cp -r benchmarks/results/gpu/h100 "$ST/"
+  name=${2:?usage: device.sh study NAME N [PROFILE [OBJECTIVE [SEEDS]]]}
+  # A fresh machine resumes a committed study (its database and trial folders) when asked to.
+  if [ ! -d "$ST/$name" ] && [ -n "${RESUME:-}" ]; then cp -r "$RESUME" "$ST/$name"; fi
   # SIGTERM before the device tool's 600 s limit: the running trial is stopped and recorded
   # `interrupted`, the server is killed, and the next call resumes the study.
-  timeout -s TERM "${BUDGET_S:-500}" python3 -m tuner.cli optimize --trials "${2:-40}" --study h100 \
-    --studies-dir "$ST" --profile benchmarks/gpu/h100.yaml --objective benchmarks/gpu/agent_long.yaml
+  # shellcheck disable=SC2086  # EXTRA is a list of options
+  timeout -s TERM "${BUDGET_S:-500}" python3 -m tuner.cli optimize --trials "${3:-40}" --study "$name" \
+    --studies-dir "$ST" --profile "${4:-benchmarks/gpu/h100.yaml}" \
+    --objective "${5:-benchmarks/gpu/agent_long.yaml}" --seeds "${6:-configs/strategic_12.yaml}" ${EXTRA:-}
   echo "optimize rc=$?"
   collect
   ;;
@@ -71,5 +84,5 @@ failures)
   kill $hog; wait $hog 2>/dev/null
   collect
   ;;
-*) echo "usage: device.sh receive|install|study N|failures" >&2; exit 2 ;;
+*) echo "usage: device.sh receive|install|study NAME N [PROFILE [OBJECTIVE [SEEDS]]]|failures" >&2; exit 2 ;;
 esac

@@ -4,7 +4,10 @@ The lent GPU machine has Python 3.12, torch 2.11.0+cu130 and transformers, but n
 This downloads, on a machine with PyPI, every wheel the GPU side lacks, then tars and splits them into
 parts small enough for one transfer each (the device tool carries at most 64 MiB per call).
 
-Usage: python benchmarks/gpu/stage.py [DIR]   (default .stage/) -> DIR/part_aa, part_ab, ...
+Usage: python benchmarks/gpu/stage.py [DIR]   (default .stage/)
+  DIR/work/    the downloads (vLLM wheel, wh/, report.json, pins.txt): kept to re-stage quickly
+  DIR/parts/   part_00, part_01, ... and nothing else: carry ONE per device call, e.g.
+               carry [".stage/parts/part_03"], command `bash benchmarks/gpu/device.sh receive`
 """
 
 from __future__ import annotations
@@ -50,9 +53,15 @@ def pip(*args: str) -> None:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else ".stage")
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else ".stage")
+    out, parts = root / "work", root / "parts"
     wh = out / "wh"
     wh.mkdir(parents=True, exist_ok=True)
+    # Only the parts in parts/: a folder carried whole must stay under the 64 MiB per call.
+    if parts.exists():
+        for old in parts.glob("part_*"):
+            old.unlink()
+    parts.mkdir(parents=True, exist_ok=True)
     pip("download", "--no-deps", "-d", str(out), VLLM)
     wheel = next(out.glob("vllm-0.25.0-*.whl"))
     with zipfile.ZipFile(wheel) as z:
@@ -83,9 +92,11 @@ def main() -> None:
     data = tar_path.read_bytes()
     for i in range(0, len(data), PART_BYTES):
         idx = i // PART_BYTES
-        (out / f"part_{idx:02d}").write_bytes(data[i : i + PART_BYTES])
+        (parts / f"part_{idx:02d}").write_bytes(data[i : i + PART_BYTES])
     tar_path.unlink()
-    print(f"{len(pins)} dependency wheels + vLLM, {len(data) / 1e6:.0f} MB in {-(-len(data) // PART_BYTES)} parts")
+    n = -(-len(data) // PART_BYTES)
+    print(f"{len(pins)} dependency wheels + vLLM, {len(data) / 1e6:.0f} MB in {n} parts in {parts}/")
+    print("carry one per call: " + ", ".join(f'"{parts}/part_{i:02d}"' for i in range(n)))
 
 
 if __name__ == "__main__":
