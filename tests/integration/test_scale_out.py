@@ -135,7 +135,7 @@ def test_kill_9_of_a_worker_its_point_is_retried_by_another(
     point is deployed again by the surviving worker, and the study reaches its target."""
     if hosts == 2 and storage.startswith("journal"):
         pytest.skip("the journal file is for one host: it has no heartbeats")
-    (tmp_path / "fake.yaml").write_text(FAKE % 3.0)
+    (tmp_path / "fake.yaml").write_text(FAKE % 2.0)
     name, studies = _study_name(tmp_path), tmp_path / "a"
     common = ["--storage", storage, "--profile", str(tmp_path / "fake.yaml")]
     first = _tuner("optimize", "--trials", "1", "--study", name, "--studies-dir", str(studies),

@@ -203,7 +203,7 @@ class StudyRunner:
         resume the study, take back the points of dead workers, and queue every seed not yet
         measured, once, whatever the number of workers. How many seeds were queued."""
         study = self.open_study()
-        reap(study, self.paths.root, exclusive=self.settings.exclusive)
+        self._reap(study)
         self._enqueue_seeds(study)
         pending, self._pending_seeds = self._pending_seeds, []
         for seed in pending:
@@ -255,9 +255,7 @@ class StudyRunner:
         check_surface(self.profile, self.space)
         fixed = external_params(self.profile, self.space) if self._external else None
         study = self.open_study()
-        reap(
-            study, self.paths.root, exclusive=self.settings.exclusive
-        )  # RUNNING trials of workers that died (a run killed hard)
+        self._reap(study)  # RUNNING trials of workers that died (a run killed hard)
         # Containers or processes a hard-killed earlier run left behind; never those of the
         # trials other workers are running now.
         keep = [self.paths.trial_dir(t.number) for t in self._running(study)]
@@ -278,9 +276,7 @@ class StudyRunner:
         streak = 0
         with sigterm_as_interrupt():
             while True:
-                reap(
-                    study, self.paths.root, exclusive=self.settings.exclusive
-                )  # a worker that died meanwhile: its point back in the queue
+                self._reap(study)  # a worker that died meanwhile: its point back in the queue
                 now = self._look(study)
                 if now.deployed >= target:
                     break
@@ -318,6 +314,7 @@ class StudyRunner:
         return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
     def _reap(self, study: optuna.Study) -> None:
+        """Dead workers' trials failed, their points re-queued (``tuner.study.workers``)."""
         reap(study, self.paths.root, exclusive=self.settings.exclusive)
 
     def _neighbour(self) -> dict[str, ParamValue]:
