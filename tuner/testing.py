@@ -15,7 +15,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from tuner.config.objective import WorkloadSpec
 from tuner.config.profile import FakeConfig, Profile, ServerArgs
 from tuner.deploy.fake import fake_starts
+from tuner.deploy.local import free_port
 from tuner.simulate import Clock, ModelEngine, ServerModel, SimulatedServer
 
 __all__ = [
@@ -95,12 +95,6 @@ def pg_bin() -> Path:
     raise PostgresUnavailable("no PostgreSQL server binaries (apt-get install postgresql)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def postgres_server(database: str = "tuner") -> Iterator[str]:
     """Start a server, create ``database``, yield its SQLAlchemy URL; stop and delete it."""
@@ -115,7 +109,7 @@ def postgres_server(database: str = "tuner") -> Iterator[str]:
         os.chown(folder, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     data, log = folder / "data", folder / "server.log"
-    port = _free_port()
+    port = free_port("127.0.0.1")
 
     def run(*cmd: str) -> None:
         done = subprocess.run([*as_user, *cmd], capture_output=True, text=True, check=False)

@@ -137,7 +137,7 @@ def optimize(
         if workers > 1:
             with study_lock(paths):
                 files = (space, seeds, objective, profile)
-                run_workers(paths, sp, files, prof, settings, workers, gpu_ids)
+                run_workers(paths, sp, files, prof, settings, slots)
         else:
             runner = _run(paths, sp, seeds, objective, slot_profile(prof, slots[0]), settings)
             if runner.reclaimed:

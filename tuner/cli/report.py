@@ -135,12 +135,11 @@ def dashboard(
     if study is None and storage is None:
         raise TunerError("name a study (or give --storage URL)")
     url = storage or StudyPaths.create(study or "", studies_dir, None).storage_url
-    if study is not None:
-        load_study(StudyPaths.create(study, studies_dir, storage))  # a clear error if missing
     store = None
     if study is not None:
+        # A clear error if it is missing; its artifact store lists the trials' files.
         where = store_of(load_study(StudyPaths.create(study, studies_dir, storage)))
-        store = open_store(where) if where else None  # trial pages list the trials' files
+        store = open_store(where) if where else None
     out.print(f"optuna-dashboard on http://{host}:{port}/  storage {url}  (Ctrl-C stops it)")
     optuna_dashboard.run_server(url, host=host, port=port, artifact_store=store)
 

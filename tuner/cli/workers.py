@@ -41,7 +41,6 @@ from tuner.study import (
     StudyRunner,
     WorkerSlot,
     load_study,
-    plan_slots,
     sigterm_as_interrupt,
     slot_profile,
 )
@@ -127,16 +126,14 @@ def run_workers(
     spaces: tuple[Path, Path, Path, Path],
     prof: Profile,
     settings: RunSettings,
-    workers: int,
-    gpus: list[str] | None,
+    slots: list[WorkerSlot],
 ) -> None:
-    """Queue the seeds once, start ``workers`` worker processes on their slots, wait for all.
+    """Queue the seeds once, start one worker process per slot (``plan_slots``), wait for all.
 
     ``spaces``: the space, seeds, objective and profile files the workers load again. Ctrl-C
     or SIGTERM stops every worker (each stops its server and marks its trial interrupted).
     """
     space, seeds, objective, profile = spaces
-    slots = plan_slots(workers, gpus, prof)
     sd = tuple(load_seeds(seeds, sp)) if settings.enqueue_seeds else ()
     runner = StudyRunner(
         paths=paths,
@@ -148,7 +145,7 @@ def run_workers(
     )
     queued = runner.queue_seeds()
     hb = settings.heartbeat or Heartbeat()
-    out.print(f"study {paths.name}: {queued} seeds queued; {workers} workers on {_where(slots)}")
+    out.print(f"study {paths.name}: {queued} seeds queued; {len(slots)} workers on {_where(slots)}")
     procs: list[subprocess.Popen[bytes]] = []
     with sigterm_as_interrupt():
         try:

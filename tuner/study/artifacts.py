@@ -48,7 +48,8 @@ def open_store(where: str) -> ArtifactStore:
             from optuna.artifacts import Boto3ArtifactStore
         except ImportError as exc:
             raise ConfigError(
-                f"artifact store {where}: needs boto3 (pip install boto3)", key="--artifacts"
+                f"artifact store {where}: needs boto3 (pip install 'vllm-bayes-tuner[s3]')",
+                key="--artifacts",
             ) from exc
         bucket = where.removeprefix("s3://").strip("/")
         if not bucket or "/" in bucket:
