@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from tuner.config.space import SearchSpace
 from tuner.deploy.fake import FakeDeployer
 from tuner.errors import StudyError
 from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
+from tuner.study.workers import worker_lease
 from tuner.testing import fake_profile, study_starts
 
 
@@ -431,3 +433,33 @@ class TestCoverage:
         assert {name} in diffs  # one flag away from a seed
         assert "coverage" not in fourth.user_attrs
         assert "carries" not in fourth.user_attrs
+
+    def test_a_worker_waits_for_a_trial_under_way_that_may_fill_the_target(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
+        """Another live worker has drawn its point and not yet said it deploys: with one
+        deployment to go, this worker waits for it instead of deploying a second one."""
+        runner = make_runner(tmp_path, space, [], objective, trials=1)
+        runner.settings = RunSettings(n_trials=1, sampler_seed=1, exclusive=False)
+        runner.open_study()
+        study = load_study(runner.paths)  # the other worker's view, with a plain sampler
+        with worker_lease(runner.paths.root) as other, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # heartbeats outside optimize
+            trial = study.ask()
+            trial.set_user_attr("worker", other)
+            for d in space.dimensions:
+                trial.suggest_categorical(d.name, list(d.values))
+
+            def deploys_and_ends() -> None:
+                trial.set_user_attr("deployed", True)
+                study.tell(trial, [1.0] * len(study.directions))
+
+            timer = threading.Timer(0.5, deploys_and_ends)
+            timer.start()
+            try:
+                result = runner.run()
+            finally:
+                timer.join()
+        assert result.deployed == 1
+        assert result.outcomes == ()
+        assert [t.number for t in load_study(runner.paths).trials] == [trial.number]

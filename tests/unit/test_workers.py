@@ -126,6 +126,23 @@ def test_a_heartbeat_failed_trial_is_not_evaluated() -> None:
     assert evaluated(study.trials[1])
 
 
+def test_of_two_claims_at_once_the_earlier_trial_wins() -> None:
+    """Two workers drew their points at once for the last deployment of the target: each
+    sees the other RUNNING, undecided. The earlier-numbered one goes on; the later steps back
+    (were both to count only decided deployments, both would deploy: one too many)."""
+    study = _study()
+    done = _running(study, "x", a=3)
+    done.set_user_attr("deployed", True)
+    study.tell(done, 1.0)
+    first, second = _running(study, "w1", a=1), _running(study, "w2", a=2)
+    key = lambda p: repr(sorted(p.items()))  # noqa: E731
+    target = 2
+    assert survey(study, key, 1, besides=first.number).ahead_of(first.number) < target
+    assert survey(study, key, 1, besides=second.number).ahead_of(second.number) >= target
+    # A third target slot: both go on.
+    assert survey(study, key, 1, besides=second.number).ahead_of(second.number) < target + 1
+
+
 def test_survey_sees_running_points_of_others() -> None:
     study = _study()
     mine = _running(study, "me", a=1)
@@ -137,7 +154,7 @@ def test_survey_sees_running_points_of_others() -> None:
     study.tell(done, 1.0)
     now = survey(study, lambda p: repr(sorted(p.items())), 1, besides=mine.number)
     assert [t.number for t in now.running.values()] == [other.number]
-    assert now.deploying == 1
+    assert now.under_way == 2  # ``partial`` too: drawn, maybe about to deploy
     assert now.deployed == 1
     assert now.taken(repr([("a", 2)])) is not None
     assert partial.number not in {t.number for t in now.running.values()}

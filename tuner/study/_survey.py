@@ -19,8 +19,9 @@ __all__ = ["NOT_EVALUATED", "Survey", "evaluated", "survey"]
 
 # Not "evaluated": an interrupted trial is retried on resume; a duplicate is only a pointer;
 # a trial the environment failed (port taken, engine unreachable, disk full) says nothing of
-# its point, nor does one whose point another worker was deploying ("taken").
-NOT_EVALUATED = ("interrupted", "duplicate", "env", "taken")
+# its point, nor does one whose point another worker was deploying ("taken"), nor one that
+# stepped back because earlier trials already fill the target ("surplus").
+NOT_EVALUATED = ("interrupted", "duplicate", "env", "taken", "surplus")
 
 
 def evaluated(t: FrozenTrial) -> bool:
@@ -39,11 +40,19 @@ class Survey:
     evaluated: dict[str, FrozenTrial] = field(default_factory=dict)
     deployed: int = 0
     running: dict[str, FrozenTrial] = field(default_factory=dict)  # deployed, RUNNING
+    # Every RUNNING trial's number, its parameters drawn or not: one that may still deploy.
+    running_numbers: list[int] = field(default_factory=list)
 
     @property
-    def deploying(self) -> int:
-        """Deployments under way now (other workers')."""
-        return sum(bool(t.user_attrs.get("deployed")) for t in self.running.values())
+    def under_way(self) -> int:
+        """Trials under way now (other workers'): deploying, or drawn and about to decide."""
+        return len(self.running_numbers)
+
+    def ahead_of(self, number: int) -> int:
+        """Deployments done, plus the RUNNING trials numbered below ``number`` (any of them may
+        deploy): the storage numbers trials in order, so of several workers that claim the
+        last deployments at once, the earlier trials win and the later ones step back."""
+        return self.deployed + sum(n < number for n in self.running_numbers)
 
     def taken(self, key: str) -> FrozenTrial | None:
         """The trial that measured or is deploying the point ``key``, if any."""
@@ -66,6 +75,8 @@ def survey(
         if evaluated(t):
             out.evaluated.setdefault(key_of(t.params), t)
             out.deployed += int(bool(t.user_attrs.get("deployed")))
-        elif t.state == TrialState.RUNNING and len(t.params) == n_params:
-            out.running.setdefault(key_of(t.params), t)
+        elif t.state == TrialState.RUNNING:
+            out.running_numbers.append(t.number)
+            if len(t.params) == n_params:
+                out.running.setdefault(key_of(t.params), t)
     return out

@@ -151,6 +151,7 @@ class StudyRunner:
         self._valid: dict[str, dict[str, ParamValue]] = {}
         self._study: optuna.Study | None = None
         self._near: Neighbours | None = None  # the duplicate fallback, set by run()
+        self._target = 0  # deployments the study aims at, set by run()
 
     # -- study set-up -------------------------------------------------------------------
     def open_study(self) -> optuna.Study:
@@ -267,7 +268,7 @@ class StudyRunner:
             evaluated(t) or t.state == TrialState.WAITING for t in trials
         ):
             study.enqueue_trial(fixed, user_attrs={"external": True})
-        target = 1 if self._external else self.settings.n_trials
+        target = self._target = 1 if self._external else self.settings.n_trials
         # Keyed once: the exhaustion check and the fallback run every loop.
         valid = {self.space.key(p): p for p in self.space.points() if not self._invalid(p)}
         self._valid, self._study = valid, study
@@ -284,10 +285,10 @@ class StudyRunner:
                     return self._result(study, now, outcomes, exhausted=True)
                 if self.settings.deadline is not None and time.monotonic() > self.settings.deadline:
                     return self._result(study, now, outcomes, exhausted=False, late=True)
-                if now.deployed + now.deploying >= target or (
+                if now.deployed + now.under_way >= target or (
                     not self._external and valid.keys() <= (now.evaluated | now.running).keys()
                 ):
-                    # Other workers' deployments may reach the target: wait for them (one
+                    # Other workers' trials under way may reach the target: wait for them (one
                     # may fail, or its worker die, and its point come back to the queue).
                     time.sleep(_POLL_S)
                     continue
@@ -391,6 +392,9 @@ class StudyRunner:
                 other = now.running[key]
                 why = f"trial {other.number} ({other.user_attrs.get('worker', '?')}) deploys it"
                 return self._not_deployed(study, trial, params, "taken", why, t0)
+            if now.ahead_of(trial.number) >= self._target:
+                why = f"earlier trials fill the target of {self._target} deployments"
+                return self._not_deployed(study, trial, params, "surplus", why, t0)
             problems = self._invalid(params) if self.settings.precheck else []
             if problems:
                 return self._not_deployed(study, trial, params, "invalid", "; ".join(problems), t0)
