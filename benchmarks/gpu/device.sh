@@ -10,6 +10,9 @@
 #                    benchmarks/gpu/h100.yaml, benchmarks/gpu/agent_long.yaml, configs/strategic_12.yaml.
 #                    RESUME=DIR starts a fresh machine from a committed study folder (copied once).
 #                    EXTRA="..." more `tuner optimize` options (e.g. --no-validate, --validate-top 3)
+#   remeasure NAME TRIALS ROUNDS [PROFILE [OBJECTIVE]]
+#                    re-deploy trials (e.g. 36,2,10) of study NAME in interleaved validation rounds
+#                    on held-out conversations (benchmarks/gpu/remeasure.py); RESUME=DIR as above
 #   failures         two configurations that must fail for real (invalid flags; GPU memory held)
 # Every step copies every study folder under /root/studies (database, trial folders, reports) to $OUT.
 set -u
@@ -64,12 +67,21 @@ study)
   # A fresh machine resumes a committed study (its database and trial folders) when asked to.
   if [ ! -d "$ST/$name" ] && [ -n "${RESUME:-}" ]; then cp -r "$RESUME" "$ST/$name"; fi
   # SIGTERM before the device tool's 600 s limit: the running trial is stopped and recorded
-  # `interrupted`, the server is killed, and the next call resumes the study.
+  # `interrupted`, the server is killed, and the next call resumes the study. Stopping vLLM
+  # took up to 61 s and the collection ~20 s: keep BUDGET_S at 500 or less.
   # shellcheck disable=SC2086  # EXTRA is a list of options
   timeout -s TERM "${BUDGET_S:-500}" python3 -m tuner.cli optimize --trials "${3:-40}" --study "$name" \
     --studies-dir "$ST" --profile "${4:-benchmarks/gpu/h100.yaml}" \
     --objective "${5:-benchmarks/gpu/agent_long.yaml}" --seeds "${6:-configs/strategic_12.yaml}" ${EXTRA:-}
   echo "optimize rc=$?"
+  collect
+  ;;
+remeasure)
+  name=${2:?usage: device.sh remeasure NAME TRIALS ROUNDS [PROFILE [OBJECTIVE]]}
+  if [ ! -d "$ST/$name" ] && [ -n "${RESUME:-}" ]; then cp -r "$RESUME" "$ST/$name"; fi
+  timeout -s TERM "${BUDGET_S:-500}" python3 benchmarks/gpu/remeasure.py "$ST" "$name" "${3:?TRIALS}" \
+    "${4:-2}" "$(( ${BUDGET_S:-500} - 80 ))" "${5:-benchmarks/gpu/h100.yaml}" "${6:-benchmarks/gpu/agent_long.yaml}"
+  echo "remeasure rc=$?"
   collect
   ;;
 failures)
@@ -84,5 +96,5 @@ failures)
   kill $hog; wait $hog 2>/dev/null
   collect
   ;;
-*) echo "usage: device.sh receive|install|study NAME N [PROFILE [OBJECTIVE [SEEDS]]]|failures" >&2; exit 2 ;;
+*) echo "usage: device.sh receive|install|study NAME N [PROFILE [OBJECTIVE [SEEDS]]]|remeasure NAME TRIALS ROUNDS|failures" >&2; exit 2 ;;
 esac

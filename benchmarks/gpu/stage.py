@@ -38,6 +38,8 @@ EXTRA = [
     # the tuner itself
     "optuna>=5.0", "httpx>=0.27", "pydantic>=2.7", "ruamel.yaml>=0.18", "pandas>=2.0", "typer>=0.12",
     "rich>=13", "prometheus-client>=0.20", "psutil>=5.9", "nvidia-ml-py>=12", "plotly>=5",
+    # imported by the tuner at start-up (the deployers, the dashboard): missing, nothing runs
+    "docker>=7", "optuna-dashboard>=0.17", "sqlalchemy>=2.0",
 ]
 PART_BYTES = 62_000_000
 

@@ -1,6 +1,6 @@
-"""Print the H100 study as a markdown table: client vs vLLM server-side TTFT, KV-cache size, spread.
+"""Print a GPU study as a markdown table: client vs vLLM server-side TTFT, ITL, KV cache, spread.
 
-Usage: python benchmarks/gpu/summarize.py benchmarks/results/gpu/h100
+Usage: python benchmarks/gpu/summarize.py benchmarks/results/gpu/h100  (or .../h100c8)
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def main() -> None:
     study = optuna.load_study(study_name=root.name, storage=f"sqlite:///{root / 'study.db'}")
     print(
         "| trial | config | mem | prefix | chunked | seqs | tokens | startup s | MISS ms [min-max] "
-        "| HIT ms [min-max] | MISS/HIT | hit rate | server MISS / HIT ms | client-server HIT ms "
-        "| KV tokens | VRAM MiB |"
+        "| HIT ms [min-max] | ITL p90 ms | hit rate | server MISS / HIT ms | KV tokens | KV peak "
+        "| VRAM MiB |"
     )
     print("|" + "---|" * 16)
     for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
@@ -37,14 +37,20 @@ def main() -> None:
             f"| {t.number} | {a.get('seed_name') or '(TPE)'} | {p['gpu_memory_utilization']} "
             f"| {onoff[p['enable_prefix_caching']]} | {onoff[p['enable_chunked_prefill']]} "
             f"| {p['max_num_seqs'] or '–'} | {p['max_num_batched_tokens'] or '–'} "
-            f"| {a['startup_s']:.0f} "
-            f"| {a['ttft_miss_ms']:.1f} [{a['ttft_miss_min_ms']:.0f}-{a['ttft_miss_max_ms']:.0f}] "
-            f"| {a['ttft_hit_ms']:.1f} [{a['ttft_hit_min_ms']:.0f}-{a['ttft_hit_max_ms']:.0f}] "
-            f"| {a['speedup']:.2f} | {a['hit_rate_hit']:.3f} "
-            f"| {a['server_ttft_miss_ms']:.1f} / {a['server_ttft_hit_ms']:.1f} "
-            f"| {a['ttft_hit_ms'] - a['server_ttft_hit_ms']:+.1f} | {kv} | {a['vram_mib']:.0f} |"
+            f"| {_f(a.get('startup_s'), '.0f')} "
+            f"| {_f(a.get('ttft_miss_ms'))} [{_f(a.get('ttft_miss_min_ms'), '.0f')}-"
+            f"{_f(a.get('ttft_miss_max_ms'), '.0f')}] "
+            f"| {_f(a.get('ttft_hit_ms'))} [{_f(a.get('ttft_hit_min_ms'), '.0f')}-"
+            f"{_f(a.get('ttft_hit_max_ms'), '.0f')}] "
+            f"| {_f(a.get('itl_p90_ms'))} | {_f(a.get('hit_rate_hit'), '.3f')} "
+            f"| {_f(a.get('server_ttft_miss_ms'))} / {_f(a.get('server_ttft_hit_ms'))} "
+            f"| {kv} | {_f(a.get('kv_peak'), '.2f')} | {_f(a.get('vram_mib'), '.0f')} |"
         )
 
+
+def _f(v: object, fmt: str = ".1f") -> str:
+    """A number as ``fmt``; "–" where the trial has none (e.g. server TTFT under load)."""
+    return format(v, fmt) if isinstance(v, int | float) else "–"
 
 if __name__ == "__main__":
     main()

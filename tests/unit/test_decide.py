@@ -16,7 +16,7 @@ from optuna.trial import create_trial
 from tuner.config import load_objective
 from tuner.measure import measure
 from tuner.metrics import bootstrap_diff, bootstrap_interval
-from tuner.report import parse_rule, recommend
+from tuner.report import parse_rule, recommend, validation_candidates
 from tuner.report.decide import best_group, changes_from, effects, load_observations
 from tuner.schema import MeasurementsDoc, RequestRecord, TrialFolder
 from tuner.study._trial import precise_enough
@@ -153,6 +153,29 @@ class TestGroupsAndRule:
         assert rec.trial.number == 2
         assert "Trials 1 and 2 are within noise" in rec.explanation
         assert "changes 1 setting(s) from the baseline, where trial 1 changes 2" in rec.explanation
+
+    def test_validation_takes_the_fastest_not_the_fewest_changes(self, tmp_path: Path) -> None:
+        """Three within noise: B (1 change) is the search's pick, then C (2 changes), then A
+        (3 changes), the fastest by its one deployment. Validation redeploys B and A (and the
+        baseline): only a candidate can be found faster by fresh deployments."""
+        st = _study(
+            tmp_path,
+            [
+                {"params": BASE, "hit": 300.0, "vram": 10.0, "seed": "base"},
+                {"params": {"mem": 0.95, "prefix": True, "seqs": 32}, "hit": 100.0, "vram": 12.0},
+                {"params": {"mem": 0.9, "prefix": True, "seqs": None}, "hit": 101.5, "vram": 9.0},
+                {"params": {"mem": 0.95, "prefix": True, "seqs": None}, "hit": 101, "vram": 10.0},
+            ],
+        )
+        rec = recommend(st, parse_rule("default"), root=tmp_path)
+        assert rec is not None and rec.group is not None
+        assert sorted(rec.group.numbers) == [1, 2, 3]
+        assert rec.trial.number == 2
+        assert [t.number for t in rec.runners_up][:1] == [3]  # the group's order: changes
+        base = st.trials[0]
+        got = [t.number for t in validation_candidates(st, rec, 2, base)]
+        assert got == [2, 1, 0]
+        assert [t.number for t in validation_candidates(st, rec, 3)] == [2, 1, 3]
 
     def test_a_clear_winner_stands_alone(self, tmp_path: Path) -> None:
         """When the fastest is beyond the noise of every other, it is the group, even with more

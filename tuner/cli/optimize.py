@@ -225,7 +225,7 @@ def _validate(
     deadline: float | None,
 ) -> None:
     """Redeploy the top candidates and the baseline in interleaved rounds; print the verdict."""
-    from tuner.report import recommend
+    from tuner.report import recommend, validation_candidates
     from tuner.report.synthesis import baseline_trial
     from tuner.study import ValidationSettings, Validator
 
@@ -234,10 +234,7 @@ def _validate(
     if rec is None:
         out.print("validation: no completed trial to validate")
         return
-    candidates = [rec.trial, *rec.runners_up][:top]
-    base = baseline_trial(st)
-    if base is not None and base.number not in {c.number for c in candidates}:
-        candidates.append(base)
+    candidates = validation_candidates(st, rec, top, baseline_trial(st))
     names = ", ".join(f"#{c.number}" for c in candidates)
     out.print(f"validation: {rounds} round(s) of {names} on held-out conversations")
     validator = Validator(

@@ -2,7 +2,13 @@
 
 from tuner.report.documents import build_report, write_report
 from tuner.report.pareto import pareto_frame, pareto_trials, trials_frame, write_pareto
-from tuner.report.recommend import Recommendation, Rule, parse_rule, recommend
+from tuner.report.recommend import (
+    Recommendation,
+    Rule,
+    parse_rule,
+    recommend,
+    validation_candidates,
+)
 
 __all__ = [
     "Recommendation",
@@ -13,6 +19,7 @@ __all__ = [
     "parse_rule",
     "recommend",
     "trials_frame",
+    "validation_candidates",
     "write_pareto",
     "write_report",
 ]

@@ -39,7 +39,7 @@ from tuner.report.pareto import pareto_trials
 from tuner.report.synthesis import ranges_overlap, sample_range
 from tuner.report.validation import ValidationSummary, load_validation, summarize_validation
 
-__all__ = ["Recommendation", "Rule", "parse_rule", "recommend"]
+__all__ = ["Recommendation", "Rule", "parse_rule", "recommend", "validation_candidates"]
 
 HIT, MISS, VRAM = "ttft_hit_ms", "ttft_miss_ms", "vram_mib"
 
@@ -373,6 +373,33 @@ def recommend(
         validation=validated,
         deployment=dict(study.user_attrs.get("deployment") or {}),
     )
+
+
+def validation_candidates(
+    study: optuna.Study, rec: Recommendation, top: int, baseline: FrozenTrial | None = None
+) -> list[FrozenTrial]:
+    """What validation redeploys: the search's pick, the fastest other front points on TTFT HIT
+    (``top`` in all), then the baseline.
+
+    Not the group's order (fewest changes first): each point was deployed once, so the truly
+    fastest may sit anywhere in its group, and only a candidate can be found faster by the
+    fresh deployments.
+    """
+    front, _ = pareto_trials(study)
+    pool = [t for t in front if _miss_ok(study, t)] or front
+    if HIT in _names(study):
+        pool = sorted(pool, key=lambda t: (_value(study, t, HIT), t.number))
+    else:
+        pool = [*rec.runners_up, *pool]
+    chosen = [rec.trial]
+    for t in pool:
+        if len(chosen) >= top:
+            break
+        if t.number not in {c.number for c in chosen}:
+            chosen.append(t)
+    if baseline is not None and baseline.number not in {c.number for c in chosen}:
+        chosen.append(baseline)
+    return chosen
 
 
 def _server_args(study: optuna.Study) -> list[str]:
