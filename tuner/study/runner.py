@@ -394,6 +394,8 @@ class StudyRunner:
                 return self._not_deployed(study, trial, params, "taken", why, t0)
             if now.ahead_of(trial.number) >= self._target:
                 why = f"earlier trials fill the target of {self._target} deployments"
+                if seed:  # back in the queue: should an earlier trial not deploy, it runs
+                    study.enqueue_trial(dict(params), user_attrs={"seed_name": seed})
                 return self._not_deployed(study, trial, params, "surplus", why, t0)
             problems = self._invalid(params) if self.settings.precheck else []
             if problems:
