@@ -168,7 +168,8 @@ class TestGroupsAndRule:
             ],
         )
         rec = recommend(st, parse_rule("default"), root=tmp_path)
-        assert rec is not None and rec.group is not None
+        assert rec is not None
+        assert rec.group is not None
         assert sorted(rec.group.numbers) == [1, 2, 3]
         assert rec.trial.number == 2
         assert [t.number for t in rec.runners_up][:1] == [3]  # the group's order: changes
