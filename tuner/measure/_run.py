@@ -21,8 +21,9 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import httpx
 
@@ -311,4 +312,26 @@ def measure(
                 enough=enough,
             )
 
-    return asyncio.run(_go())
+    return run_interruptible(_go())
+
+
+_T = TypeVar("_T")
+
+
+def run_interruptible(main: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run`` for a measurement: Ctrl-C or SIGTERM (``sigterm_as_interrupt``) raised
+    inside one request's task propagates as KeyboardInterrupt, and the caller reports it in
+    one line; asyncio would also print that task's "exception was never retrieved" traceback
+    when it is collected (seen on the H100 at the device call's time limit)."""
+
+    async def guarded() -> _T:
+        asyncio.get_running_loop().set_exception_handler(_quiet_interrupts)
+        return await main
+
+    return asyncio.run(guarded())
+
+
+def _quiet_interrupts(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    if isinstance(context.get("exception"), KeyboardInterrupt | SystemExit):
+        return  # the interrupt itself reaches the caller, which says it in one line
+    loop.default_exception_handler(context)
