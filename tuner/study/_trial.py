@@ -280,12 +280,25 @@ def deploy_and_measure(
                 return Measured(None, failure=failure, crash_retries=attempt)
             except MeasureError as exc:
                 reason, message = exc.reason, str(exc)
-                try:
-                    dep.check_alive()
-                except ServerExited as dead:  # the server died under load: that is the cause
+                dead = _died(dep)
+                if dead is not None:  # the server died under load: that is the cause
                     reason, message = dead.reason, f"{dead} during the workload ({exc})"
                 failure = Failure(reason, message, dep.log_tail())
                 return Measured(None, failure=failure, crash_retries=attempt)
+
+
+def _died(dep: Deployer, grace_s: float = 2.0) -> ServerExited | None:
+    """Whether the server died, given ``grace_s`` to show it: a killed server's sockets close
+    (the client's requests fail) a moment before its process can be seen to have exited."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        try:
+            dep.check_alive()
+        except ServerExited as dead:
+            return dead
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
 
 
 def record(
