@@ -13,6 +13,8 @@
 #   remeasure NAME TRIALS ROUNDS [PROFILE [OBJECTIVE]]
 #                    re-deploy trials (e.g. 36,2,10) of study NAME in interleaved validation rounds
 #                    on held-out conversations (benchmarks/gpu/remeasure.py); RESUME=DIR as above
+#   startup          start-up time, eager vs compiled with a cold and a warm VLLM_CACHE_ROOT
+#                    (benchmarks/gpu/startup.py; PROFILE, default benchmarks/gpu/h100_131k.yaml)
 #   failures         two configurations that must fail for real (invalid flags; GPU memory held)
 # Every step copies every study folder under /root/studies (database, trial folders, reports) to $OUT.
 set -u
@@ -84,6 +86,10 @@ remeasure)
   echo "remeasure rc=$?"
   collect
   ;;
+startup)
+  timeout -s TERM "${BUDGET_S:-500}" python3 benchmarks/gpu/startup.py \
+    "${2:-benchmarks/gpu/h100_131k.yaml}" "$OUT/startup.json" 2>&1 | grep -v "^INFO\|^(EngineCore" | tail -20
+  ;;
 failures)
   # Another process holds ~60 GB first, as a second model on the same GPU would.
   python3 -c 'import torch, time; x = torch.empty(60 * 2**30, dtype=torch.uint8, device="cuda"); print("holding", flush=True); time.sleep(900)' &
@@ -96,5 +102,5 @@ failures)
   kill $hog; wait $hog 2>/dev/null
   collect
   ;;
-*) echo "usage: device.sh receive|install|study NAME N [PROFILE [OBJECTIVE [SEEDS]]]|remeasure NAME TRIALS ROUNDS|failures" >&2; exit 2 ;;
+*) echo "usage: device.sh receive|install|study NAME N [PROFILE [OBJECTIVE [SEEDS]]]|remeasure NAME TRIALS ROUNDS|startup|failures" >&2; exit 2 ;;
 esac
