@@ -41,7 +41,7 @@ import numpy as np
 import optuna
 
 from tuner.config import Profile, ReplayConfig, ServerArgs, load_objective, load_seeds, load_space
-from tuner.report import recommend, validation_candidates
+from tuner.report import recommend, tied_candidates, validation_candidates
 from tuner.report.synthesis import baseline_trial
 from tuner.schema import MeasurementsDoc, RequestRecord, Surface, SurfacePoint, TrialFolder
 from tuner.schema import load_surface, point_key
@@ -122,9 +122,9 @@ def _today(study: optuna.Study) -> int:
     return min(ties, key=lambda t: (t.values[2], t.values[0])).number
 
 
-def run_one(job: tuple[str, int, int, float]) -> dict[str, Any]:
+def run_one(job: tuple[str, int, int, float, int, int, int]) -> dict[str, Any]:
     """One search + validation; the three pipelines' picks as configuration keys."""
-    name, seed, rep, noise = job
+    name, seed, rep, noise, top, rounds, extra = job
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space_name, max_len, seeds_file = SURFACES[name]
@@ -156,10 +156,12 @@ def run_one(job: tuple[str, int, int, float]) -> dict[str, Any]:
             (t for t in study.trials if t.state.name == "COMPLETE"),
             key=lambda t: t.number,
         )
-        candidates = validation_candidates(study, rec, 3, base)
+        candidates = validation_candidates(study, rec, top, base)
         val = Validator(paths=paths, space=space, objective=objective, profile=profile,
-                        candidates=candidates, settings=ValidationSettings(rounds=2),
-                        evaluator=evaluate).run()  # fmt: skip
+                        candidates=candidates,
+                        settings=ValidationSettings(rounds=rounds, extra=extra),
+                        evaluator=evaluate,
+                        tied=lambda vs, r: tied_candidates(study, vs, paths.root, r)).run()  # fmt: skip
         final = recommend(load_study(paths), root=paths.root)
         assert final is not None
         # What the best possible pick could have been: the truly best configuration the search
@@ -230,8 +232,13 @@ def main() -> None:
     ap.add_argument("--surfaces", nargs="+", default=list(SURFACES))
     ap.add_argument("--deployment-noise", type=float, default=0.08)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--top", type=int, default=3, help="validated candidates besides the baseline")
+    ap.add_argument("--rounds", type=int, default=2, help="fixed validation rounds")
+    ap.add_argument("--extra", type=int, default=0, help="adaptive deployments after them")
+    ap.add_argument("--out", default="decision_quality.json")
     args = ap.parse_args()
-    jobs = [(s, seed, rep, args.deployment_noise) for s in args.surfaces
+    jobs = [(s, seed, rep, args.deployment_noise, args.top, args.rounds, args.extra)
+            for s in args.surfaces
             for seed in range(args.seeds) for rep in (0, 1)]  # fmt: skip
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(run_one, jobs, chunksize=4))
@@ -244,7 +251,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['surface']} | {r['pipeline']} | {r['within_5pct']:.0%} | {r['same_group']:.0%} "
               f"| {r['same_config']:.0%} | {r['extra_deployments']:.0%} |")  # fmt: skip
-    out = ROOT / "benchmarks" / "results" / "decision_quality.json"
+    out = ROOT / "benchmarks" / "results" / args.out
     out.write_text(json.dumps({"args": vars(args), "rows": rows, "runs": results}, indent=1))
 
 

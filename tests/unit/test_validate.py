@@ -17,7 +17,7 @@ from tuner.config import ObjectiveFile, Profile, ReplayConfig, ServerArgs
 from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
 from tuner.deploy.fake import FakeDeployer
-from tuner.report import recommend
+from tuner.report import recommend, tied_candidates
 from tuner.report.synthesis import baseline_trial
 from tuner.schema import MeasurementsDoc, RequestRecord, TrialFolder
 from tuner.study import (
@@ -53,21 +53,24 @@ def _validator(paths: StudyPaths, space: SearchSpace, obj: ObjectiveFile, profil
     assert rec is not None
     base = baseline_trial(study)
     assert base is not None
-    # the search's pick, another measured configuration (the front's size is the noise's
-    # call), and the baseline
-    other = next(
+    # the search's pick (another measured configuration when the pick is the baseline, as the
+    # fake's timing noise can make it), another measured configuration (the front's size is
+    # the noise's call), and the baseline
+    measured = [
         t
         for t in study.trials
         if t.state == TrialState.COMPLETE
-        and t.number not in (rec.trial.number, base.number)
+        and t.number != base.number
         and "duplicate_of" not in t.user_attrs
-    )
+    ]
+    pick = rec.trial if rec.trial.number != base.number else measured[0]
+    other = next(t for t in measured if t.number != pick.number)
     return Validator(
         paths=paths,
         space=space,
         objective=obj,
         profile=profile,
-        candidates=[rec.trial, other, base],
+        candidates=[pick, other, base],
         settings=ValidationSettings(rounds=2),
         **kw,
     )
@@ -200,3 +203,104 @@ def test_a_pick_that_does_not_hold_is_flagged(
     assert final.validation.held is False
     assert "did NOT hold" in final.explanation
     assert any("did not hold" in n for n in final.notes)
+
+
+def _adaptive(paths: StudyPaths, space: SearchSpace, obj: ObjectiveFile, profile: Profile,
+              extra: int, evaluator: Any) -> Validator:  # fmt: skip
+    validator = _validator(paths, space, obj, profile, evaluator=evaluator)
+    search = load_study(paths)
+    return Validator(
+        paths=paths,
+        space=space,
+        objective=obj,
+        profile=profile,
+        candidates=validator.candidates,
+        settings=ValidationSettings(rounds=2, extra=extra),
+        evaluator=evaluator,
+        tied=lambda vs, rnd: tied_candidates(search, vs, paths.root, rnd),
+    )
+
+
+def _deployed(paths: StudyPaths) -> list[tuple[int, int]]:
+    return [(t.user_attrs["round"], t.user_attrs["candidate"]) for t in _validation(paths).trials
+            if t.state == TrialState.COMPLETE]  # fmt: skip
+
+
+def test_adaptive_rounds_go_to_the_candidates_still_tied(
+    tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+) -> None:
+    """Two candidates measuring alike stay tied after the 2 fixed rounds: the 3 extra
+    deployments go to them (fastest first), never to the baseline, and the report counts
+    9 of 9 deployments."""
+    profile = fake_profile()
+    paths = _search(tmp_path, space, seeds, objective, profile, 5)
+    pick, runner, base = (c.number for c in _validator(paths, space, objective, profile).candidates)
+    script = _scripted({pick: 100.0, runner: 100.0, base: 300.0})
+    result = _adaptive(paths, space, objective, profile, 3, script).run()
+    assert (result.planned, result.done) == (9, 9)
+    later = [(r, c) for r, c in _deployed(paths) if r >= 2]
+    assert [r for r, _ in later] == [2, 2, 3]
+    assert {c for _, c in later} == {pick, runner}
+    final = recommend(load_study(paths), root=paths.root)
+    assert final is not None
+    assert final.validation is not None
+    assert (final.validation.planned, final.validation.done) == (9, 9)
+    assert "planned" not in final.validation.words()
+
+
+def test_a_clear_winner_ends_adaptive_rounds(
+    tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+) -> None:
+    """A candidate 50 % slower is told apart on the fixed rounds: no extra deployment."""
+    profile = fake_profile()
+    paths = _search(tmp_path, space, seeds, objective, profile, 5)
+    pick, runner, base = (c.number for c in _validator(paths, space, objective, profile).candidates)
+    script = _scripted({pick: 100.0, runner: 150.0, base: 300.0})
+    result = _adaptive(paths, space, objective, profile, 4, script).run()
+    assert (result.planned, result.done) == (6, 6)
+    assert max(r for r, _ in _deployed(paths)) == 1
+
+
+def test_an_adaptive_round_interrupted_resumes_the_same_plan(
+    tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+) -> None:
+    """Ctrl-C on the first extra deployment; the same call again plans the same round from
+    the rounds before it and deploys nothing twice."""
+    profile = fake_profile()
+    paths = _search(tmp_path, space, seeds, objective, profile, 5)
+    pick, runner, base = (c.number for c in _validator(paths, space, objective, profile).candidates)
+    script = _scripted({pick: 100.0, runner: 100.0, base: 300.0})
+    calls = 0
+
+    def interrupt_on_seventh(*args: Any, **kw: Any) -> TrialOutcome:
+        nonlocal calls
+        calls += 1
+        if calls == 7:
+            raise KeyboardInterrupt
+        result: TrialOutcome = script(*args, **kw)
+        return result
+
+    with pytest.raises(KeyboardInterrupt):
+        _adaptive(paths, space, objective, profile, 3, interrupt_on_seventh).run()
+    assert len(_deployed(paths)) == 6
+    again = _adaptive(paths, space, objective, profile, 3, script).run()
+    assert (again.planned, again.done, len(again.outcomes)) == (9, 9, 3)
+    done = _deployed(paths)
+    assert len(done) == len(set(done)) == 9
+
+
+@pytest.mark.parametrize(
+    ("extra", "deployed", "candidates", "expected"),
+    [
+        (None, 40, 4, 2),  # 10 of 40 in all: 8 for 2 rounds of 3 + baseline, 2 left
+        (None, 60, 4, 7),
+        (None, 12, 4, 0),  # the fixed rounds alone exceed a quarter: nothing more
+        (5, 12, 4, 5),  # asked for: as asked
+    ],
+)
+def test_validation_extra_by_default_fills_a_quarter_of_the_search(
+    extra: int | None, deployed: int, candidates: int, expected: int
+) -> None:
+    from tuner.cli.optimize import _Plan
+
+    assert _Plan(3, 2, extra).extra_for(deployed, candidates) == expected

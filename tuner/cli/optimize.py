@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +53,9 @@ from tuner.study import (
 )
 from tuner.study.storage import study_lock
 
+# Validation's default cost: at most a quarter of the search's deployments (issue 15's bound).
+EXTRA_SHARE = 0.25
+
 
 @app.command()
 def optimize(
@@ -90,6 +95,15 @@ def optimize(
     ] = False,
     validate_top: Annotated[int, typer.Option("--validate-top", min=1)] = 3,
     validate_rounds: Annotated[int, typer.Option("--validate-rounds", min=1)] = 2,
+    validate_extra: Annotated[
+        int | None,
+        typer.Option(
+            "--validate-extra",
+            min=0,
+            help="deployments for candidates still tied after the rounds "
+            "[default: what a quarter of the search's deployments leaves]",
+        ),
+    ] = None,
     timeout: Annotated[
         float | None,
         typer.Option("--timeout", min=1, help="seconds for the whole study, validation included"),
@@ -143,7 +157,8 @@ def optimize(
             if runner.reclaimed:
                 out.print(f"cleaned up after an earlier run: {', '.join(runner.reclaimed)}")
         if not no_validate and not isinstance(prof.deployer, ExternalConfig):
-            _validate(paths, sp, objective, prof, validate_top, validate_rounds, deadline)
+            plan = _Plan(validate_top, validate_rounds, validate_extra)
+            _validate(paths, sp, objective, prof, plan, deadline)
         if soak_s:
             from tuner.cli.soak import run_soak
 
@@ -215,17 +230,33 @@ def _run(
     return runner
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What validation deploys: ``top`` candidates + the baseline, ``rounds`` each, then
+    ``extra`` deployments for the candidates still tied (None: up to a quarter of the search's
+    deployments in all, the cost the decision-quality benchmark holds validation to)."""
+
+    top: int
+    rounds: int
+    extra: int | None
+
+    def extra_for(self, deployed: int, candidates: int) -> int:
+        if self.extra is not None:
+            return self.extra
+        return max(0, math.ceil(EXTRA_SHARE * deployed) - self.rounds * candidates)
+
+
 def _validate(
     paths: StudyPaths,
     sp: SearchSpace,
     objective: Path,
     prof: Profile,
-    top: int,
-    rounds: int,
+    plan: _Plan,
     deadline: float | None,
 ) -> None:
-    """Redeploy the top candidates and the baseline in interleaved rounds; print the verdict."""
-    from tuner.report import recommend, validation_candidates
+    """Redeploy the top candidates and the baseline in interleaved rounds, then the ones still
+    tied; print the verdict."""
+    from tuner.report import recommend, tied_candidates, validation_candidates
     from tuner.report.synthesis import baseline_trial
     from tuner.study import ValidationSettings, Validator
 
@@ -234,17 +265,21 @@ def _validate(
     if rec is None:
         out.print("validation: no completed trial to validate")
         return
-    candidates = validation_candidates(st, rec, top, baseline_trial(st))
+    candidates = validation_candidates(st, rec, plan.top, baseline_trial(st))
     names = ", ".join(f"#{c.number}" for c in candidates)
-    out.print(f"validation: {rounds} round(s) of {names} on held-out conversations")
+    deployed = sum(1 for t in st.trials if t.user_attrs.get("deployed"))
+    extra = plan.extra_for(deployed, len(candidates))
+    more = f", then up to {extra} for the ones still tied" if extra else ""
+    out.print(f"validation: {plan.rounds} round(s) of {names} on held-out conversations{more}")
     validator = Validator(
         paths=paths,
         space=sp,
         objective=load_objective(objective),
         profile=prof,
         candidates=candidates,
-        settings=ValidationSettings(rounds=rounds, deadline=deadline),
+        settings=ValidationSettings(rounds=plan.rounds, extra=extra, deadline=deadline),
         on_trial_end=lambda o: out.print(trial_line(o)),
+        tied=lambda vs, rnd: tied_candidates(st, vs, paths.root, rnd),
     )
     result = validator.run()
     if result.stopped_by_deadline:
@@ -259,6 +294,15 @@ def validate(
     study: Annotated[str, typer.Argument(help="study name")],
     top: Annotated[int, typer.Option("--top", min=1, help="candidates besides the baseline")] = 3,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="deployments each")] = 2,
+    extra: Annotated[
+        int | None,
+        typer.Option(
+            "--extra",
+            min=0,
+            help="deployments for candidates still tied after the rounds "
+            "[default: what a quarter of the search's deployments leaves]",
+        ),
+    ] = None,
     space: SpaceOpt = SPACE,
     objective: ObjectiveOpt = None,
     profile: ProfileOpt = PROFILE,
@@ -273,7 +317,7 @@ def validate(
     with sigterm_as_interrupt():
         prof = load_profile(profile)
         path = objective_path(objective, prof)
-        _validate(paths, load_space(space), path, prof, top, rounds, deadline)
+        _validate(paths, load_space(space), path, prof, _Plan(top, rounds, extra), deadline)
     out.print(f"next: tuner report {paths.name}")
 
 

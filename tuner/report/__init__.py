@@ -9,6 +9,7 @@ from tuner.report.recommend import (
     recommend,
     validation_candidates,
 )
+from tuner.report.validation import tied_candidates
 
 __all__ = [
     "Recommendation",
@@ -18,6 +19,7 @@ __all__ = [
     "pareto_trials",
     "parse_rule",
     "recommend",
+    "tied_candidates",
     "trials_frame",
     "validation_candidates",
     "write_pareto",

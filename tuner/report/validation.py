@@ -29,7 +29,13 @@ from tuner.report.decide import (
 )
 from tuner.schema import validation_name
 
-__all__ = ["CandidateResult", "ValidationSummary", "load_validation", "summarize_validation"]
+__all__ = [
+    "CandidateResult",
+    "ValidationSummary",
+    "load_validation",
+    "summarize_validation",
+    "tied_candidates",
+]
 
 HIT = "ttft_hit_ms"
 
@@ -130,16 +136,15 @@ def load_validation(study: optuna.Study) -> optuna.Study | None:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def summarize_validation(
-    search: optuna.Study,
-    validation: optuna.Study,
-    root: Path | None,
-    search_pick: int | None = None,
-    *,
-    seed: int = 0,
-) -> ValidationSummary:
-    """Group the candidates on their validation deployments and choose the validated pick."""
-    trials = validation.get_trials(deepcopy=False)
+def _results(
+    search: optuna.Study, validation: optuna.Study, root: Path | None, before_round: int | None
+) -> tuple[list[CandidateResult], list[FrozenTrial]]:
+    """Each candidate's deployments (those of rounds below ``before_round`` when given)."""
+    trials = [
+        t
+        for t in validation.get_trials(deepcopy=False)
+        if before_round is None or int(t.user_attrs.get("round", 0)) < before_round
+    ]
     by_number = {t.number: t for t in search.get_trials(deepcopy=False)}
     base_name = (search.user_attrs.get("criteria") or {}).get("baseline")
     done = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -158,24 +163,78 @@ def summarize_validation(
         samples = tuple(tuple(spec.samples(obs[t.number])) for t in ok if t.number in obs)
         is_base = base_name is not None and cand.user_attrs.get("seed_name") == base_name
         results.append(CandidateResult(cand, ok, failed, samples, is_base))
+    return results, trials
+
+
+def _rank(
+    results: list[CandidateResult], seed: int
+) -> tuple[list[CandidateResult], dict[int, Interval]]:
+    """The contenders fastest first, and each slower one's interval of (its HIT - fastest's)."""
     contenders = [r for r in results if not r.is_baseline and r.samples]
-    planned_rounds = max((int(t.user_attrs.get("round", 0)) for t in trials), default=-1) + 1
-    planned = planned_rounds * len(results)
+    ordered = sorted(contenders, key=lambda r: (r.value, r.candidate.number))
+    if not ordered:
+        return [], {}
+    best, stat = ordered[0], METRICS[HIT].stat
+    level = bonferroni(0.95, len(ordered) - 1)
+    diffs = {
+        r.candidate.number: bootstrap_diff_grouped(
+            stat, r.samples, best.samples, level=level, seed=seed
+        )
+        for r in ordered[1:]
+    }
+    return ordered, diffs
+
+
+def tied_candidates(
+    search: optuna.Study,
+    validation: optuna.Study,
+    root: Path | None,
+    before_round: int,
+    *,
+    seed: int = 0,
+) -> list[int]:
+    """Candidates not yet told apart from the fastest on the rounds before ``before_round``:
+    the fastest, then every one whose interval of the difference contains 0 (whatever its
+    distance: one 8 % slower on two deployments may still be the fastest), fastest first.
+    What adaptive validation redeploys next."""
+    results, _ = _results(search, validation, root, before_round)
+    ordered, diffs = _rank(results, seed)
+    return [
+        r.candidate.number
+        for r in ordered
+        if r is ordered[0] or diffs[r.candidate.number][0] <= 0 <= diffs[r.candidate.number][1]
+    ]
+
+
+def summarize_validation(
+    search: optuna.Study,
+    validation: optuna.Study,
+    root: Path | None,
+    search_pick: int | None = None,
+    *,
+    seed: int = 0,
+) -> ValidationSummary:
+    """Group the candidates on their validation deployments and choose the validated pick."""
+    results, trials = _results(search, validation, root, None)
+    rounds = validation.user_attrs.get("rounds")
     finished = sum(1 for t in trials if t.state == TrialState.COMPLETE) + sum(
         len(r.failed) for r in results
     )
-    if not contenders:
+    if isinstance(rounds, int):
+        # The fixed rounds, plus what adaptive rounds deployed (they plan as they go).
+        extra = [t for t in trials if int(t.user_attrs.get("round", 0)) >= rounds]
+        done_extra = [t for t in extra if t.user_attrs.get("reason") != "interrupted"]
+        planned = rounds * len(results) + len(done_extra)
+    else:  # a validation study from before adaptive rounds
+        planned_rounds = max((int(t.user_attrs.get("round", 0)) for t in trials), default=-1) + 1
+        planned = planned_rounds * len(results)
+    ordered, diffs = _rank(results, seed)
+    if not ordered:
         return ValidationSummary(tuple(results), (), {}, None, search_pick, planned, finished)
-    ordered = sorted(contenders, key=lambda r: (r.value, r.candidate.number))
     best = ordered[0]
-    level = bonferroni(0.95, len(ordered) - 1)
-    diffs: dict[int, Interval] = {}
-    group = [best]
-    for r in ordered[1:]:
-        ci = bootstrap_diff_grouped(spec.stat, r.samples, best.samples, level=level, seed=seed)
-        diffs[r.candidate.number] = ci
-        if within(ci, r.value, best.value):
-            group.append(r)
+    group = [best] + [
+        r for r in ordered[1:] if within(diffs[r.candidate.number], r.value, best.value)
+    ]
     ref = reference_params(search)
     pick = min(group, key=lambda r: (changes_from(r.candidate.params, ref), r.vram, r.value))
     numbers = tuple(r.candidate.number for r in group)

@@ -8,6 +8,14 @@ machine hits every candidate alike, on held-out conversations (another workload 
 trials go to a linked study, ``NAME.validation``, in the same storage: the dashboard shows them
 and a killed or interrupted validation resumes where it stopped.
 
+Adaptive rounds: with ``extra`` deployments to spend after the fixed rounds, each further round
+redeploys only the candidates still within noise of the fastest (never the baseline), fastest
+first, until one stands alone or the extra deployments are spent. Two deployments each leave
+configurations 10-20 % apart tied when one deployment's median moves by 10-30 %; the extra
+deployments go where they can still change the pick. Which candidates are tied is the caller's
+answer (``tied``: the CLI asks ``tuner.report.validation``), computed from the rounds before the
+one being planned, so a resumed run plans the same round again.
+
 Which candidates to validate is the caller's choice (the CLI asks ``tuner.report.recommend``);
 what the validation data say is read back by ``tuner.report.validation``.
 """
@@ -54,6 +62,7 @@ class ValidationSettings:
     held-out variant: the synthetic seed + 1, or a trace's holdout split)."""
 
     rounds: int = 2
+    extra: int = 0  # further deployments for candidates still tied after ``rounds``
     workload_seed: int | None = None
     deadline: float | None = None  # time.monotonic() after which no deployment starts
 
@@ -84,13 +93,14 @@ class Validator:
         deployer_factory: Callable[[Profile], Deployer] | None = None,
         evaluator: Callable[..., TrialOutcome] = evaluate,
         on_trial_end: Callable[[TrialOutcome], None] | None = None,
+        tied: Callable[[optuna.Study, int], Sequence[int]] | None = None,
     ) -> None:
         if not candidates:
             raise StudyError("nothing to validate: the study has no completed trial")
         self.paths = paths
         self.space = space
         self.profile = profile
-        self.candidates = list(candidates)
+        self.candidates = list({c.number: c for c in candidates}.values())  # once each
         self.settings = settings
         workload = held_out(objective.workload)
         if settings.workload_seed is not None:
@@ -103,6 +113,9 @@ class Validator:
         )
         self._evaluate = evaluator
         self._on_end = on_trial_end
+        # (validation study, round) -> candidate numbers within noise of the fastest on the
+        # rounds before it, fastest first; None: no adaptive rounds.
+        self._tied = tied
 
     def plan(self) -> list[tuple[int, FrozenTrial]]:
         """(round, candidate) in the order they are deployed: round after round."""
@@ -125,6 +138,7 @@ class Validator:
                 study.set_metric_names([o.name for o in self.objective.objectives])
             study.set_user_attr("search_study", self.paths.name)
             study.set_user_attr("phase", "validation")
+            study.set_user_attr("rounds", self.settings.rounds)
             study.set_user_attr("workload_seed", self.objective.workload.seed)
             study.set_user_attr("workload", self.objective.workload.model_dump(mode="json"))
             criteria = self.objective.criteria
@@ -155,17 +169,61 @@ class Validator:
             for rnd, cand in plan:
                 if (rnd, cand.number) in done:
                     continue
-                deadline = self.settings.deadline
-                if deadline is not None and time.monotonic() > deadline:
+                if self._past_deadline():
                     late = True
                     break
-                out = self._one(study, rnd, cand)
-                done.add((rnd, cand.number))
-                outcomes.append(out)
-                if self._on_end is not None:
-                    self._on_end(out)
+                self._deploy(study, rnd, cand, done, outcomes)
+            fixed_done = all((r, c.number) in done for r, c in plan)
+            if fixed_done and not late:
+                late = self._adaptive(study, done, outcomes)
         finished = sum((r, c.number) in done for r, c in plan)
-        return ValidationResult(study.study_name, len(plan), finished, tuple(outcomes), late)
+        extra = sum(1 for r, _ in done if r is not None and r >= self.settings.rounds)
+        return ValidationResult(
+            study.study_name, len(plan) + extra, finished + extra, tuple(outcomes), late
+        )
+
+    def _adaptive(
+        self, study: optuna.Study, done: set[tuple[Any, Any]], outcomes: list[TrialOutcome]
+    ) -> bool:
+        """Rounds of the still-tied candidates until one stands alone or ``extra`` is spent;
+        True when the deadline stopped them."""
+        if self._tied is None or self.settings.extra <= 0:
+            return False
+        by_number = {c.number: c for c in self.candidates}
+        rnd = self.settings.rounds
+        while True:
+            spent = sum(1 for r, _ in done if r is not None and r >= self.settings.rounds)
+            tied = [n for n in self._tied(study, rnd) if n in by_number]
+            if len(tied) < 2 or spent >= self.settings.extra:
+                return False
+            for number in tied:
+                if (rnd, number) in done:
+                    continue
+                if spent >= self.settings.extra:
+                    return False
+                if self._past_deadline():
+                    return True
+                self._deploy(study, rnd, by_number[number], done, outcomes)
+                spent += 1
+            rnd += 1
+
+    def _past_deadline(self) -> bool:
+        deadline = self.settings.deadline
+        return deadline is not None and time.monotonic() > deadline
+
+    def _deploy(
+        self,
+        study: optuna.Study,
+        rnd: int,
+        cand: FrozenTrial,
+        done: set[tuple[Any, Any]],
+        outcomes: list[TrialOutcome],
+    ) -> None:
+        out = self._one(study, rnd, cand)
+        done.add((rnd, cand.number))
+        outcomes.append(out)
+        if self._on_end is not None:
+            self._on_end(out)
 
     def _one(self, study: optuna.Study, rnd: int, cand: FrozenTrial) -> TrialOutcome:
         attrs: dict[str, Any] = {"phase": "validation", "round": rnd, "candidate": cand.number}
