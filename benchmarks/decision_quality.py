@@ -2,14 +2,15 @@
 
 For each surface and sampler seed, a 40-deployment search runs through the tuner's own
 StudyRunner, then validation (tuner.study.Validator: top 3 + baseline, 2 interleaved rounds on
-fresh deployments), then tuner.report.recommend. Each "deployment" draws a re-measurement from
+fresh deployments, then adaptive rounds of the candidates still tied, as `tuner optimize` does
+by default: --top, --rounds, --extra change it), then tuner.report.recommend. Each "deployment" draws a re-measurement from
 the recorded samples (3 MISS, 9 HIT, with replacement) times a per-deployment factor
 N(1, --deployment-noise): the same flags measure differently on two deployments, as on the
 H100 (trial 2: 81.9 then 102.2 ms). Every seed runs twice (two measurement-noise seeds) so that
 the two runs' picks can be compared.
 
-Truth: a configuration's HIT is the median of its recorded samples (the objective the default
-rule chooses on); the true best is the lowest over the surface's measured configurations.
+Truth: a configuration's HIT is its expected measurement (see ``truth``); the true best is the
+lowest over the surface's measured configurations.
 
 Pipelines compared on the same searches:
 - today: the lowest median HIT on the front (no intervals, no validation; the rule before this
@@ -46,6 +47,7 @@ from tuner.report.synthesis import baseline_trial
 from tuner.schema import MeasurementsDoc, RequestRecord, Surface, SurfacePoint, TrialFolder
 from tuner.schema import load_surface, point_key
 from tuner.study import RunSettings, StudyPaths, StudyRunner, ValidationSettings, Validator
+from tuner.study import default_extra
 from tuner.study import load_study
 from tuner.study._trial import TrialOutcome, record_failure
 
@@ -122,7 +124,7 @@ def _today(study: optuna.Study) -> int:
     return min(ties, key=lambda t: (t.values[2], t.values[0])).number
 
 
-def run_one(job: tuple[str, int, int, float, int, int, int]) -> dict[str, Any]:
+def run_one(job: tuple[str, int, int, float, int, int, int | None]) -> dict[str, Any]:
     """One search + validation; the three pipelines' picks as configuration keys."""
     name, seed, rep, noise, top, rounds, extra = job
     warnings.simplefilter("ignore")
@@ -157,6 +159,8 @@ def run_one(job: tuple[str, int, int, float, int, int, int]) -> dict[str, Any]:
             key=lambda t: t.number,
         )
         candidates = validation_candidates(study, rec, top, base)
+        if extra is None:  # what `tuner optimize` spends by default
+            extra = default_extra(result.deployed, rounds, len(candidates))
         val = Validator(paths=paths, space=space, objective=objective, profile=profile,
                         candidates=candidates,
                         settings=ValidationSettings(rounds=rounds, extra=extra),
@@ -234,7 +238,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--top", type=int, default=3, help="validated candidates besides the baseline")
     ap.add_argument("--rounds", type=int, default=2, help="fixed validation rounds")
-    ap.add_argument("--extra", type=int, default=0, help="adaptive deployments after them")
+    ap.add_argument("--extra", type=int, default=None,
+                    help="adaptive deployments after them (default: up to a quarter in all)")
     ap.add_argument("--out", default="decision_quality.json")
     args = ap.parse_args()
     jobs = [(s, seed, rep, args.deployment_noise, args.top, args.rounds, args.extra)

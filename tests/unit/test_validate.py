@@ -26,6 +26,7 @@ from tuner.study import (
     StudyRunner,
     ValidationSettings,
     Validator,
+    default_extra,
     load_study,
 )
 from tuner.study._trial import TrialOutcome
@@ -221,6 +222,17 @@ def _adaptive(paths: StudyPaths, space: SearchSpace, obj: ObjectiveFile, profile
     )
 
 
+def _scripted_search(tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...],
+                     objective: ObjectiveFile, runner_ms: float) -> Any:  # fmt: skip
+    """A 5-trial search, then a script measuring its pick at 100 ms, the runner-up at
+    ``runner_ms`` and the baseline at 300 ms: (paths, profile, candidates, script)."""
+    profile = fake_profile()
+    paths = _search(tmp_path, space, seeds, objective, profile, 5)
+    cands = tuple(c.number for c in _validator(paths, space, objective, profile).candidates)
+    pick, runner, base = cands
+    return paths, profile, cands, _scripted({pick: 100.0, runner: runner_ms, base: 300.0})
+
+
 def _deployed(paths: StudyPaths) -> list[tuple[int, int]]:
     return [(t.user_attrs["round"], t.user_attrs["candidate"]) for t in _validation(paths).trials
             if t.state == TrialState.COMPLETE]  # fmt: skip
@@ -232,10 +244,8 @@ def test_adaptive_rounds_go_to_the_candidates_still_tied(
     """Two candidates measuring alike stay tied after the 2 fixed rounds: the 3 extra
     deployments go to them (fastest first), never to the baseline, and the report counts
     9 of 9 deployments."""
-    profile = fake_profile()
-    paths = _search(tmp_path, space, seeds, objective, profile, 5)
-    pick, runner, base = (c.number for c in _validator(paths, space, objective, profile).candidates)
-    script = _scripted({pick: 100.0, runner: 100.0, base: 300.0})
+    paths, profile, (pick, runner, _), script = _scripted_search(tmp_path, space, seeds,
+                                                                  objective, 100.0)  # fmt: skip
     result = _adaptive(paths, space, objective, profile, 3, script).run()
     assert (result.planned, result.done) == (9, 9)
     later = [(r, c) for r, c in _deployed(paths) if r >= 2]
@@ -252,10 +262,7 @@ def test_a_clear_winner_ends_adaptive_rounds(
     tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
 ) -> None:
     """A candidate 50 % slower is told apart on the fixed rounds: no extra deployment."""
-    profile = fake_profile()
-    paths = _search(tmp_path, space, seeds, objective, profile, 5)
-    pick, runner, base = (c.number for c in _validator(paths, space, objective, profile).candidates)
-    script = _scripted({pick: 100.0, runner: 150.0, base: 300.0})
+    paths, profile, _, script = _scripted_search(tmp_path, space, seeds, objective, 150.0)
     result = _adaptive(paths, space, objective, profile, 4, script).run()
     assert (result.planned, result.done) == (6, 6)
     assert max(r for r, _ in _deployed(paths)) == 1
@@ -266,10 +273,7 @@ def test_an_adaptive_round_interrupted_resumes_the_same_plan(
 ) -> None:
     """Ctrl-C on the first extra deployment; the same call again plans the same round from
     the rounds before it and deploys nothing twice."""
-    profile = fake_profile()
-    paths = _search(tmp_path, space, seeds, objective, profile, 5)
-    pick, runner, base = (c.number for c in _validator(paths, space, objective, profile).candidates)
-    script = _scripted({pick: 100.0, runner: 100.0, base: 300.0})
+    paths, profile, _, script = _scripted_search(tmp_path, space, seeds, objective, 100.0)
     calls = 0
 
     def interrupt_on_seventh(*args: Any, **kw: Any) -> TrialOutcome:
@@ -304,3 +308,5 @@ def test_validation_extra_by_default_fills_a_quarter_of_the_search(
     from tuner.cli.optimize import _Plan
 
     assert _Plan(3, 2, extra).extra_for(deployed, candidates) == expected
+    if extra is None:
+        assert default_extra(deployed, 2, candidates) == expected

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +51,6 @@ from tuner.study import (
     slot_profile,
 )
 from tuner.study.storage import study_lock
-
-# Validation's default cost: at most a quarter of the search's deployments (issue 15's bound).
-EXTRA_SHARE = 0.25
 
 
 @app.command()
@@ -241,9 +237,13 @@ class _Plan:
     extra: int | None
 
     def extra_for(self, deployed: int, candidates: int) -> int:
-        if self.extra is not None:
-            return self.extra
-        return max(0, math.ceil(EXTRA_SHARE * deployed) - self.rounds * candidates)
+        from tuner.study import default_extra
+
+        return (
+            self.extra
+            if self.extra is not None
+            else default_extra(deployed, self.rounds, candidates)
+        )
 
 
 def _validate(

@@ -10,6 +10,7 @@ from tuner.study.validate import (
     ValidationResult,
     ValidationSettings,
     Validator,
+    default_extra,
     validation_name,
 )
 from tuner.study.workers import WorkerSlot, plan_slots, slot_profile
@@ -25,6 +26,7 @@ __all__ = [
     "ValidationSettings",
     "Validator",
     "WorkerSlot",
+    "default_extra",
     "journal_problem",
     "load_study",
     "plan_slots",

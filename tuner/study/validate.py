@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -46,14 +47,26 @@ from tuner.study._trial import TrialOutcome, evaluate, fail_stale, record_failur
 from tuner.study.storage import StudyPaths, open_storage, study_lock
 
 __all__ = [
+    "EXTRA_SHARE",
     "VALIDATION_SUFFIX",
     "ValidationResult",
     "ValidationSettings",
     "Validator",
+    "default_extra",
     "validation_name",
 ]
 
 log = logging.getLogger("tuner.study")
+
+# Validation's default cost: at most a quarter of the search's deployments (issue 15's bound).
+EXTRA_SHARE = 0.25
+
+
+def default_extra(deployed: int, rounds: int, candidates: int, share: float = EXTRA_SHARE) -> int:
+    """Adaptive deployments left when validation in all may cost ``share`` of the search's
+    ``deployed``: 2 at 40 deployments for 2 rounds of 3 candidates + the baseline, 0 when the
+    fixed rounds alone exceed it."""
+    return max(0, math.ceil(share * deployed) - rounds * candidates)
 
 
 @dataclass(frozen=True, slots=True)
