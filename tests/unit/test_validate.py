@@ -310,3 +310,24 @@ def test_validation_extra_by_default_fills_a_quarter_of_the_search(
     assert _Plan(3, 2, extra).extra_for(deployed, candidates) == expected
     if extra is None:
         assert default_extra(deployed, 2, candidates) == expected
+
+
+def test_the_default_extra_counts_deployments_as_the_target_does() -> None:
+    """An interrupted trial deployed a server but is redone on resume: like the search's
+    target, the quarter counts it not; a pointer to a duplicate deployed nothing."""
+    from optuna.distributions import CategoricalDistribution
+
+    from tuner.study import deployments
+
+    study = optuna.create_study()
+    dist = {"x": CategoricalDistribution([1, 2])}
+    for attrs, state in [
+        ({"deployed": True}, TrialState.COMPLETE),
+        ({"deployed": True, "reason": "oom"}, TrialState.FAIL),
+        ({"deployed": True, "reason": "interrupted"}, TrialState.FAIL),
+        ({"duplicate_of": 0}, TrialState.COMPLETE),
+    ]:
+        value = 1.0 if state == TrialState.COMPLETE else None
+        study.add_trial(optuna.trial.create_trial(params={"x": 1}, distributions=dist,
+                                                  value=value, state=state, user_attrs=attrs))  # fmt: skip
+    assert deployments(study) == 2

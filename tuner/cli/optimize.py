@@ -45,6 +45,8 @@ from tuner.study import (
     StudyPaths,
     StudyRunner,
     TrialOutcome,
+    default_extra,
+    deployments,
     load_study,
     plan_slots,
     sigterm_as_interrupt,
@@ -237,13 +239,9 @@ class _Plan:
     extra: int | None
 
     def extra_for(self, deployed: int, candidates: int) -> int:
-        from tuner.study import default_extra
-
-        return (
-            self.extra
-            if self.extra is not None
-            else default_extra(deployed, self.rounds, candidates)
-        )
+        if self.extra is not None:
+            return self.extra
+        return default_extra(deployed, self.rounds, candidates)
 
 
 def _validate(
@@ -267,8 +265,7 @@ def _validate(
         return
     candidates = validation_candidates(st, rec, plan.top, baseline_trial(st))
     names = ", ".join(f"#{c.number}" for c in candidates)
-    deployed = sum(1 for t in st.trials if t.user_attrs.get("deployed"))
-    extra = plan.extra_for(deployed, len(candidates))
+    extra = plan.extra_for(deployments(st), len(candidates))
     more = f", then up to {extra} for the ones still tied" if extra else ""
     out.print(f"validation: {plan.rounds} round(s) of {names} on held-out conversations{more}")
     validator = Validator(

@@ -55,16 +55,21 @@ def bonferroni(level: float, comparisons: int) -> float:
     return 1.0 - (1.0 - level) / max(1, comparisons)
 
 
+def within_noise(diff: Interval) -> bool:
+    """Whether an interval of a difference contains 0: the two are not told apart."""
+    return diff[0] <= 0 <= diff[1]
+
+
 def within(diff: Interval, value: float, best: float, tie: float = TIE) -> bool:
     """Whether a candidate belongs to the best's group: the interval of its difference to the
     best contains 0 (within noise) and its estimate is within ``tie`` of the best's
     (practically equivalent). The one definition the search and the validation both use."""
-    return diff[0] <= 0 <= diff[1] and abs(value - best) <= tie * abs(best)
+    return within_noise(diff) and abs(value - best) <= tie * abs(best)
 
 
 def exclusion(diff: Interval, value: float, best: float, tie: float = TIE) -> str:
     """Why a candidate is not in the best's group, in words (for the explanations)."""
-    if diff[0] <= 0 <= diff[1]:
+    if within_noise(diff):
         return f"within the noise but more than {tie:.0%} away"
     return "beyond the noise"
 

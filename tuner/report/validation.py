@@ -26,6 +26,7 @@ from tuner.report.decide import (
     load_observations,
     reference_params,
     within,
+    within_noise,
 )
 from tuner.schema import validation_name
 
@@ -202,7 +203,7 @@ def tied_candidates(
     return [
         r.candidate.number
         for r in ordered
-        if r is ordered[0] or diffs[r.candidate.number][0] <= 0 <= diffs[r.candidate.number][1]
+        if r is ordered[0] or within_noise(diffs[r.candidate.number])
     ]
 
 

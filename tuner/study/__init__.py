@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tuner.study._signals import sigterm_as_interrupt
+from tuner.study._survey import deployments
 from tuner.study._trial import TrialOutcome
 from tuner.study.runner import RunResult, RunSettings, StudyRunner
 from tuner.study.storage import Heartbeat, StudyPaths, journal_problem, load_study
@@ -27,6 +28,7 @@ __all__ = [
     "Validator",
     "WorkerSlot",
     "default_extra",
+    "deployments",
     "journal_problem",
     "load_study",
     "plan_slots",

@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["NOT_EVALUATED", "Survey", "evaluated", "survey"]
+__all__ = ["NOT_EVALUATED", "Survey", "deployments", "evaluated", "survey"]
 
 # Not "evaluated": an interrupted trial is retried on resume; a duplicate is only a pointer;
 # a trial the environment failed (port taken, engine unreachable, disk full) says nothing of
@@ -31,6 +31,16 @@ def evaluated(t: FrozenTrial) -> bool:
     # A FAIL without a reason was failed by Optuna's heartbeat check: its worker died.
     reason = t.user_attrs.get("reason")
     return t.state == TrialState.FAIL and reason is not None and reason not in NOT_EVALUATED
+
+
+def _a_deployment(t: FrozenTrial) -> bool:
+    """The trial deployed a server and counts towards the study's target of deployments."""
+    return evaluated(t) and bool(t.user_attrs.get("deployed"))
+
+
+def deployments(study: optuna.Study) -> int:
+    """Deployments the study holds, as its target (``--trials``) counts them."""
+    return sum(_a_deployment(t) for t in study.get_trials(deepcopy=False))
 
 
 @dataclass(slots=True)
@@ -74,7 +84,7 @@ def survey(
             continue
         if evaluated(t):
             out.evaluated.setdefault(key_of(t.params), t)
-            out.deployed += int(bool(t.user_attrs.get("deployed")))
+            out.deployed += _a_deployment(t)
         elif t.state == TrialState.RUNNING:
             out.running_numbers.append(t.number)
             if len(t.params) == n_params:

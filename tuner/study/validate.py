@@ -190,7 +190,7 @@ class Validator:
             if fixed_done and not late:
                 late = self._adaptive(study, done, outcomes)
         finished = sum((r, c.number) in done for r, c in plan)
-        extra = sum(1 for r, _ in done if r is not None and r >= self.settings.rounds)
+        extra = self._spent(done)
         return ValidationResult(
             study.study_name, len(plan) + extra, finished + extra, tuple(outcomes), late
         )
@@ -205,7 +205,7 @@ class Validator:
         by_number = {c.number: c for c in self.candidates}
         rnd = self.settings.rounds
         while True:
-            spent = sum(1 for r, _ in done if r is not None and r >= self.settings.rounds)
+            spent = self._spent(done)
             tied = [n for n in self._tied(study, rnd) if n in by_number]
             if len(tied) < 2 or spent >= self.settings.extra:
                 return False
@@ -219,6 +219,10 @@ class Validator:
                 self._deploy(study, rnd, by_number[number], done, outcomes)
                 spent += 1
             rnd += 1
+
+    def _spent(self, done: set[tuple[Any, Any]]) -> int:
+        """Deployments done in adaptive rounds (those after the fixed ``rounds``)."""
+        return sum(1 for r, _ in done if r is not None and r >= self.settings.rounds)
 
     def _past_deadline(self) -> bool:
         deadline = self.settings.deadline
