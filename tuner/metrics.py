@@ -223,6 +223,9 @@ METRICS: dict[str, Metric] = {
                "TTFT of first turns, 90th percentile"),
         Metric("vram_mib", "MiB", "minimize", "vram_mib", "value",
                "server memory: NVML per process on a GPU, RSS + KV cache on CPU"),
+        Metric("vram_gpu_max_mib", "MiB", "minimize", "vram_gpu_max_mib", "value",
+               "memory on the server's busiest GPU (NVML): what must fit one card under tensor "
+               "parallelism"),
         Metric("speedup", "x", "maximize", "speedup", "value",
                "median MISS / median HIT: > 1 when later turns are faster"),
         Metric("throughput_tok_s", "tok/s", "maximize", "throughput_tok_s", "value",

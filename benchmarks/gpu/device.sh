@@ -16,6 +16,9 @@
 #   startup          start-up time, eager vs compiled with a cold and a warm VLLM_CACHE_ROOT
 #                    (benchmarks/gpu/startup.py; PROFILE, default benchmarks/gpu/h100_131k.yaml)
 #   failures         two configurations that must fail for real (invalid flags; GPU memory held)
+#   tp-oom           tensor parallel 2: another process holds 100 GB of the second GPU only, then a
+#                    server asking 0.95 of both must fail as `oom` (PROFILE, default
+#                    benchmarks/gpu/h200x2_tp2.yaml)
 # Every step copies every study folder under /root/studies (database, trial folders, reports) to $OUT.
 set -u
 S=/root/stage
@@ -102,5 +105,17 @@ failures)
   kill $hog; wait $hog 2>/dev/null
   collect
   ;;
-*) echo "usage: device.sh receive|install|study NAME N [PROFILE [OBJECTIVE [SEEDS]]]|remeasure NAME TRIALS ROUNDS|startup|failures" >&2; exit 2 ;;
+tp-oom)
+  CUDA_VISIBLE_DEVICES=1 python3 -c 'import torch, time; x = torch.empty(100 * 2**30, dtype=torch.uint8, device="cuda"); print("holding 100 GB of GPU 1", flush=True); time.sleep(900)' &
+  hog=$!
+  sleep 15
+  nvidia-smi --query-gpu=index,memory.used --format=csv
+  timeout -s TERM 400 python3 -m tuner.cli optimize --trials 1 --study tp2-oom --no-precheck --no-validate \
+    --studies-dir "$ST" --profile "${2:-benchmarks/gpu/h200x2_tp2.yaml}" --objective benchmarks/gpu/agent_tp2.yaml \
+    --seeds benchmarks/gpu/tp2_oom_seeds.yaml
+  echo "optimize rc=$?"
+  kill $hog; wait $hog 2>/dev/null
+  collect
+  ;;
+*) echo "usage: device.sh receive|install|study NAME N [PROFILE [OBJECTIVE [SEEDS]]]|remeasure NAME TRIALS ROUNDS|startup|failures|tp-oom" >&2; exit 2 ;;
 esac

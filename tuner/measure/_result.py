@@ -151,6 +151,7 @@ class TrialMeasurement:
             series=series_of(self.samples),
             scalars={
                 "vram_mib": self.memory.vram_mib,
+                "vram_gpu_max_mib": self.memory.max_gpu_mib,
                 "speedup": self.speedup,
                 "throughput_tok_s": self.throughput_tok_s,
                 "startup_s": startup_s,

@@ -1,14 +1,16 @@
-"""Server memory: NVML per-process GPU memory when a GPU is present; else RSS + KV cache."""
+"""Server memory: NVML per-process GPU memory (per GPU and in total) when a GPU is present;
+else RSS + KV cache."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import psutil
 
-__all__ = ["MemoryReading", "read_memory"]
+__all__ = ["GpuRow", "MemoryReading", "gpu_reading", "read_memory"]
 
 MIB = 1024 * 1024
 
@@ -18,12 +20,19 @@ class MemoryReading:
     """The server's memory, and where the number came from (``source``)."""
 
     vram_mib: float  # the objective value
-    source: str  # "nvml", "rss+kv" or "unavailable"
+    source: str  # "nvml", "nvml-device", "rss+kv", "kv-only", "reported" or "unavailable"
     gpu_mib: float | None = None
     rss_mib: float | None = None
     kv_cache_mib: float | None = None
+    # GPU index -> MiB, for every GPU the server uses (2 entries under tensor parallel size 2)
+    per_gpu_mib: dict[str, float] | None = None
 
-    def as_dict(self) -> dict[str, float | str | None]:
+    @property
+    def max_gpu_mib(self) -> float | None:
+        """The busiest GPU's memory: the budget that binds when every GPU has the same size."""
+        return max(self.per_gpu_mib.values()) if self.per_gpu_mib else None
+
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -39,8 +48,20 @@ def _process_tree(pids: Iterable[int]) -> list[psutil.Process]:
     return list(procs.values())
 
 
-def _nvml_used_mib(pids: set[int]) -> tuple[float, float] | None:
-    """(memory of ``pids`` on every GPU, memory used on the GPUs those pids use) in MiB."""
+@dataclass(frozen=True, slots=True)
+class GpuRow:
+    """One GPU as NVML sees it: the server's processes' memory on it, the device's used memory,
+    and whether NVML lists any process there (in a container it often lists none)."""
+
+    index: int
+    server_mib: float
+    used_mib: float
+    server_listed: bool
+    any_listed: bool
+
+
+def _nvml_rows(pids: set[int]) -> list[GpuRow] | None:
+    """Every GPU's row, or None without NVML (no driver, no GPU: the CPU path applies)."""
     try:
         import pynvml
     except ImportError:
@@ -48,22 +69,40 @@ def _nvml_used_mib(pids: set[int]) -> tuple[float, float] | None:
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
-        return None  # no driver / no GPU: the CPU path applies
+        return None
     try:
-        total = device = 0.0
+        rows = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
             mine = [p for p in procs if p.pid in pids and p.usedGpuMemory is not None]
-            total += sum(p.usedGpuMemory for p in mine) / MIB
-            if mine or not procs:
-                # No process listed at all: in a container NVML often cannot show processes
-                # (another PID namespace); the device's used memory is then the best figure.
-                device += float(pynvml.nvmlDeviceGetMemoryInfo(handle).used) / MIB
-        return total, device
+            used = float(pynvml.nvmlDeviceGetMemoryInfo(handle).used) / MIB
+            rows.append(
+                GpuRow(i, sum(p.usedGpuMemory for p in mine) / MIB, used, bool(mine), bool(procs))
+            )
+        return rows
     finally:
         with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
+
+
+def gpu_reading(rows: list[GpuRow], kv_mib: float | None) -> MemoryReading | None:
+    """The server's GPU memory from NVML's rows, per GPU and in total; None when it holds none.
+
+    Per process when NVML lists the server's processes (its workers: one per GPU under tensor
+    parallelism); else the used memory of the GPUs that list no process at all (another PID
+    namespace), the best figure there, which also counts other tenants of those GPUs."""
+    per_gpu = {str(r.index): r.server_mib for r in rows if r.server_listed and r.server_mib > 0}
+    source = "nvml"
+    if not per_gpu:
+        per_gpu = {str(r.index): r.used_mib for r in rows if not r.any_listed and r.used_mib > 0}
+        source = "nvml-device"
+    if not per_gpu:
+        return None
+    total = sum(per_gpu.values())
+    return MemoryReading(
+        vram_mib=total, source=source, gpu_mib=total, kv_cache_mib=kv_mib, per_gpu_mib=per_gpu
+    )
 
 
 def read_memory(pids: Iterable[int], kv_cache_bytes: float | None) -> MemoryReading:
@@ -71,13 +110,10 @@ def read_memory(pids: Iterable[int], kv_cache_bytes: float | None) -> MemoryRead
     procs = _process_tree(pids)
     tree = {p.pid for p in procs}
     kv_mib = kv_cache_bytes / MIB if kv_cache_bytes is not None else None
-    gpu = _nvml_used_mib(tree) if tree else None
-    if gpu is not None and gpu[0] > 0:
-        return MemoryReading(vram_mib=gpu[0], source="nvml", gpu_mib=gpu[0], kv_cache_mib=kv_mib)
-    if gpu is not None and gpu[1] > 0:
-        return MemoryReading(
-            vram_mib=gpu[1], source="nvml-device", gpu_mib=gpu[1], kv_cache_mib=kv_mib
-        )
+    rows = _nvml_rows(tree) if tree else None
+    gpu = gpu_reading(rows, kv_mib) if rows else None
+    if gpu is not None:
+        return gpu
     rss = 0.0
     for p in procs:
         with contextlib.suppress(psutil.Error):

@@ -23,6 +23,7 @@ ATTR_COLUMNS = (
     "hit_rate_hit",
     "throughput_tok_s",
     "vram_source",
+    "vram_gpu_max_mib",
     "startup_s",
 )
 

@@ -27,7 +27,8 @@ __all__ = [
 # Column order of the mission's synthesis table after the dimensions (units in the names).
 MEASURE_COLUMNS = [
     "ttft_miss_ms", "ttft_hit_ms", "speedup", "gain_pct", "miss_vs_base_pct", "hit_vs_base_pct",
-    "throughput_tok_s", "vram_mib", "startup_s", "hit_rate", "meets_criteria", "status",
+    "throughput_tok_s", "vram_mib", "vram_gpu_max_mib", "startup_s", "hit_rate", "meets_criteria",
+    "status",
 ]  # fmt: skip
 # A MISS/HIT ratio above this with no prefix-cache hit cannot be a cache effect.
 SPEEDUP_WITHOUT_HITS = 1.2
@@ -101,6 +102,8 @@ def synthesis_frame(study: optuna.Study) -> pd.DataFrame:
             hit_vs_base_pct=(hit / b_hit - 1) * 100 if hit and b_hit else None,
             throughput_tok_s=_num(a.get("throughput_tok_s")),
             vram_mib=_num(a.get("vram_mib")),
+            # under tensor parallelism what must fit one card, next to the server's total
+            vram_gpu_max_mib=_num(a.get("vram_gpu_max_mib")),
             startup_s=_num(a.get("startup_s")),
             hit_rate=_num(a.get("hit_rate_hit")),
             meets_criteria=feasible(t),

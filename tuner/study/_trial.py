@@ -229,6 +229,7 @@ def _attrs(
             "server_ttft_miss_ms": s["server_ttft_miss_ms"],
             "server_ttft_hit_ms": s["server_ttft_hit_ms"],
             "vram_source": mem["source"],
+            "vram_per_gpu_mib": mem.get("per_gpu_mib"),
             "kv_cache_mib": mem["kv_cache_mib"],
             "kv_cache_tokens": m.kv_cache_tokens,
             "rss_mib": mem["rss_mib"],
