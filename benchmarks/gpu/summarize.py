@@ -1,6 +1,6 @@
 """Print a GPU study as a markdown table: client vs vLLM server-side TTFT, ITL, KV cache, spread.
 
-Usage: python benchmarks/gpu/summarize.py benchmarks/results/gpu/h100  (or .../h100c8)
+Usage: python benchmarks/gpu/summarize.py benchmarks/results/gpu/h100  (or .../h100c8, .../tp2)
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ def main() -> None:
     print(
         "| trial | config | mem | prefix | chunked | seqs | tokens | startup s | MISS ms [min-max] "
         "| HIT ms [min-max] | ITL p90 ms | hit rate | server MISS / HIT ms | KV tokens | KV peak "
-        "| VRAM MiB |"
+        "| VRAM MiB | per GPU MiB |"
     )
-    print("|" + "---|" * 16)
+    print("|" + "---|" * 17)
     for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         a = t.user_attrs
         if "duplicate_of" in a:
@@ -44,8 +44,16 @@ def main() -> None:
             f"{_f(a.get('ttft_hit_max_ms'), '.0f')}] "
             f"| {_f(a.get('itl_p90_ms'))} | {_f(a.get('hit_rate_hit'), '.3f')} "
             f"| {_f(a.get('server_ttft_miss_ms'))} / {_f(a.get('server_ttft_hit_ms'))} "
-            f"| {kv} | {_f(a.get('kv_peak'), '.2f')} | {_f(a.get('vram_mib'), '.0f')} |"
+            f"| {kv} | {_f(a.get('kv_peak'), '.2f')} | {_f(a.get('vram_mib'), '.0f')} "
+            f"| {_per_gpu(a.get('vram_per_gpu_mib'))} |"
         )
+
+
+def _per_gpu(v: object) -> str:
+    """GPU memory per GPU ("0: 128384, 1: 128384"); "–" for studies from before it was kept."""
+    if not isinstance(v, dict) or not v:
+        return "–"
+    return ", ".join(f"{k}: {x:.0f}" for k, x in sorted(v.items()))
 
 
 def _f(v: object, fmt: str = ".1f") -> str:

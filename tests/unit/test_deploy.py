@@ -261,10 +261,14 @@ class TestClassify:
             # captured on the lent H100 with vLLM 0.25.0 (benchmarks/results/gpu/h100-failures)
             ("vllm_gpu_invalid_budget.log", "invalid"),
             ("vllm_gpu_memory_held.log", "oom"),
+            # tensor parallel 2 on the lent 2 x H200: only GPU 1 was held, rank 1 refused to start
+            # (benchmarks/results/gpu/tp2-oom)
+            ("vllm_tp2_rank1_memory_held.log", "oom"),
         ],
     )
     def test_real_gpu_logs(self, name: str, reason: str) -> None:
-        """GPU vLLM: SchedulerConfig refusal → invalid; GPU already held by another process → oom."""
+        """GPU vLLM: SchedulerConfig refusal → invalid; a GPU already held by another process → oom,
+        also when only one rank of a tensor-parallel server meets it."""
         assert classify_exit(1, (DATA / name).read_text()) == reason
 
     @pytest.mark.parametrize(

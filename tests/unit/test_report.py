@@ -19,6 +19,7 @@ from tuner.config import load_objective, load_seeds, load_space
 from tuner.errors import ConfigError
 from tuner.report import pareto_trials, parse_rule, recommend, write_report
 from tuner.report.compare import write_compare
+from tuner.report.documents import md_table
 from tuner.report.synthesis import failures_by_reason, quality_warnings, synthesis_frame
 from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
 from tuner.testing import FAST_WORKLOAD, fake_profile
@@ -353,3 +354,9 @@ def test_report_columns_follow_the_space(tmp_path: Path) -> None:
     ]  # fmt: skip
     table = synthesis_frame(study)
     assert sorted(table["block"]) == [16, 16, 32, 32]
+
+
+def test_markdown_cells_read_flags_and_verdicts_apart() -> None:
+    """A flag reads on/off, the criteria verdict yes/no (not "off" for a trial that fails them)."""
+    df = pd.DataFrame({"prefix": [True, False], "meets_criteria": [False, True]})
+    assert md_table(df).splitlines()[2:] == ["| on | no |", "| off | yes |"]

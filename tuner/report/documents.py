@@ -60,11 +60,13 @@ def build_report(study: optuna.Study, rule: Rule | None = None, root: Path | Non
     )
 
 
-def _cell(v: Any) -> str:
+def _cell(v: Any, column: str = "") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, bool):
-        return "on" if v else "off"
+        # a flag's value reads on/off; a verdict (meets_criteria) reads yes/no
+        yes, no = ("yes", "no") if column == "meets_criteria" else ("on", "off")
+        return yes if v else no
     if isinstance(v, float):
         return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)
@@ -74,7 +76,11 @@ def md_table(df: pd.DataFrame) -> str:
     """A GitHub markdown table (no tabulate dependency)."""
     head = "| " + " | ".join(str(c) for c in df.columns) + " |"
     sep = "|" + "---|" * len(df.columns)
-    rows = ["| " + " | ".join(_cell(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    cols = [str(c) for c in df.columns]
+    rows = [
+        "| " + " | ".join(_cell(v, c) for v, c in zip(r, cols, strict=True)) + " |"
+        for r in df.itertuples(index=False)
+    ]
     return "\n".join([head, sep, *rows])
 
 
