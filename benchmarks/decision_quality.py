@@ -23,6 +23,7 @@ the two runs of a seed pick configurations within 3 % of each other ("same group
 same one, and the extra deployments validation cost. Writes benchmarks/results/decision_quality.json.
 
 Usage: python benchmarks/decision_quality.py [--seeds 50] [--surfaces cpu_48 ...]
+       [--precision 0.05 --max-conversations 12]  (adaptive measurement per deployment)
 """
 
 from __future__ import annotations
@@ -42,13 +43,27 @@ import numpy as np
 import optuna
 
 from tuner.config import Profile, ReplayConfig, ServerArgs, load_objective, load_seeds, load_space
+from tuner.metrics import bootstrap_interval
 from tuner.report import recommend, tied_candidates, validation_candidates
 from tuner.report.synthesis import baseline_trial
-from tuner.schema import MeasurementsDoc, RequestRecord, Surface, SurfacePoint, TrialFolder
-from tuner.schema import load_surface, point_key
-from tuner.study import RunSettings, StudyPaths, StudyRunner, ValidationSettings, Validator
-from tuner.study import default_extra
-from tuner.study import load_study
+from tuner.schema import (
+    MeasurementsDoc,
+    RequestRecord,
+    Surface,
+    SurfacePoint,
+    TrialFolder,
+    load_surface,
+    point_key,
+)
+from tuner.study import (
+    RunSettings,
+    StudyPaths,
+    StudyRunner,
+    ValidationSettings,
+    Validator,
+    default_extra,
+    load_study,
+)
 from tuner.study._trial import TrialOutcome, record_failure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +98,24 @@ def _surface(name: str) -> Surface:
     return load_surface(ROOT / "benchmarks" / "data" / f"{name}.json")
 
 
-def _evaluator(surface: Surface, rng: random.Random, noise: float) -> Any:
+def _measure(p: SurfacePoint, rng: random.Random, factor: float, precision: float | None,
+             max_conversations: int) -> tuple[list[float], list[float]]:
+    """One deployment's samples: 3 conversations (1 MISS + 3 HIT each), then with ``precision``
+    one more at a time until the 95 % interval of the HIT median is within +-precision of it
+    or ``max_conversations`` is reached, as the tuner's adaptive measurement does."""
+    hit = [x * factor for x in rng.choices(p.hit_ms, k=9)]
+    miss = [x * factor for x in rng.choices(p.miss_ms, k=3)]
+    while precision is not None and len(miss) < max_conversations:
+        lo, hi = bootstrap_interval("median", hit, resamples=400, seed=len(miss))
+        if (hi - lo) / 2 <= precision * statistics.median(hit):
+            break
+        hit += [x * factor for x in rng.choices(p.hit_ms, k=3)]
+        miss += [x * factor for x in rng.choices(p.miss_ms, k=1)]
+    return hit, miss
+
+
+def _evaluator(surface: Surface, rng: random.Random, noise: float,
+               precision: float | None = None, max_conversations: int = 3) -> Any:  # fmt: skip
     points = surface.by_key()
 
     def evaluate(study: optuna.Study, trial: optuna.Trial, *, flags: list[str], env: Any = None,
@@ -95,12 +127,12 @@ def _evaluator(surface: Surface, rng: random.Random, noise: float) -> Any:
             record_failure(study, trial, reason, "replayed failure")
             return TrialOutcome(trial.number, params, "fail", reason, deployed=True)
         factor = max(0.3, rng.gauss(1.0, noise))
-        hit = [x * factor for x in rng.choices(p.hit_ms, k=9)]
-        miss = [x * factor for x in rng.choices(p.miss_ms, k=3)]
+        hit, miss = _measure(p, rng, factor, precision, max_conversations)
         recs = [RequestRecord(i, 0, "miss", x, x, 1, 1, 0.0, 0.0, 0.0, None)
                 for i, x in enumerate(miss)]  # fmt: skip
-        recs += [RequestRecord(i % 3, 1 + i // 3, "hit", x, x, 1, 1, 0.0, 0.0, 0.0, None)
+        recs += [RequestRecord(i // 3, 1 + i % 3, "hit", x, x, 1, 1, 0.0, 0.0, 0.0, None)
                  for i, x in enumerate(hit)]  # fmt: skip
+        trial.set_user_attr("conversations", len(miss))
         TrialFolder(trial_dir).write_measurements(MeasurementsDoc(
             trial=trial.number, params=params, flags=flags, startup_s=p.startup_s, summary={},
             samples=recs))  # fmt: skip
@@ -124,9 +156,10 @@ def _today(study: optuna.Study) -> int:
     return min(ties, key=lambda t: (t.values[2], t.values[0])).number
 
 
-def run_one(job: tuple[str, int, int, float, int, int, int | None]) -> dict[str, Any]:
+def run_one(job: tuple[str, int, int, float, int, int, int | None, float | None, int]
+            ) -> dict[str, Any]:  # fmt: skip
     """One search + validation; the three pipelines' picks as configuration keys."""
-    name, seed, rep, noise, top, rounds, extra = job
+    name, seed, rep, noise, top, rounds, extra, precision, max_conv = job
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space_name, max_len, seeds_file = SURFACES[name]
@@ -136,7 +169,7 @@ def run_one(job: tuple[str, int, int, float, int, int, int | None]) -> dict[str,
     objective = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
     objective = objective.model_copy(update={"criteria": None})
     rng = random.Random(f"{name}:{seed}:{rep}")
-    evaluate = _evaluator(surface, rng, noise)
+    evaluate = _evaluator(surface, rng, noise, precision, max_conv)
     with tempfile.TemporaryDirectory() as tmp:
         # The replay profile names the surface the study is over (the runner checks that it
         # holds points of the space); the evaluator draws from it without any server.
@@ -170,22 +203,28 @@ def run_one(job: tuple[str, int, int, float, int, int, int | None]) -> dict[str,
         assert final is not None
         # What the best possible pick could have been: the truly best configuration the search
         # deployed, and the truly best among the validated candidates (bounds for the rules).
-        true = truth(name)
+        true = truth(name, precision, max_conv)
+        convs = [t.user_attrs.get("conversations", 3) for t in study.trials
+                 if t.state.name == "COMPLETE" and "duplicate_of" not in t.user_attrs]  # fmt: skip
         done = [key[t.number] for t in study.trials if t.state.name == "COMPLETE"
                 and key[t.number] in true]  # fmt: skip
         return {"surface": name, "seed": seed, "rep": rep, "today": today, "groups": groups,
                 "validated": key[final.trial.number], "search_deployments": result.deployed,
                 "validation_deployments": val.done,
+                "conversations": float(np.mean(convs)) if convs else 3.0,
                 "best_deployed": min(done, key=true.__getitem__),
                 "best_candidate": min((key[c.number] for c in candidates),
                                       key=lambda k: true.get(k, float("inf")))}  # fmt: skip
 
 
 @functools.cache
-def truth(name: str, draws: int = 4000) -> dict[str, float]:
+def truth(name: str, precision: float | None = None, max_conversations: int = 3,
+          draws: int = 4000) -> dict[str, float]:  # fmt: skip
     """True HIT of each measured configuration, by point key: the expected value of what one
     replayed deployment measures (the median of 9 samples drawn from the recorded ones; the
-    deployment factor has mean 1), computed by simulation with a fixed seed.
+    deployment factor has mean 1), computed by simulation with a fixed seed. With
+    ``precision`` (adaptive measurement: more samples per deployment), the same expectation
+    under that measurement, over 300 simulated deployments.
 
     Not the median of the recorded samples: on cpu_48 they are bimodal (e.g. 58-68 ms and
     104-129 ms), and which cluster that one median falls in is a coin toss that made one
@@ -200,15 +239,22 @@ def truth(name: str, draws: int = 4000) -> dict[str, float]:
     for p in surface.points:
         if p.status != "ok":
             continue
+        if precision is not None:
+            r = random.Random(0)
+            meds = [statistics.median(_measure(p, r, 1.0, precision, max_conversations)[0])
+                    for _ in range(300)]  # fmt: skip
+            out[space.key(p.params)] = float(np.mean(meds))
+            continue
         hit = np.asarray(p.hit_ms)
         out[space.key(p.params)] = float(np.median(rng.choice(hit, (draws, 9)), axis=1).mean())
     return out
 
 
-def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarise(results: list[dict[str, Any]], precision: float | None = None,
+              max_conversations: int = 3) -> list[dict[str, Any]]:  # fmt: skip
     rows = []
     for name in dict.fromkeys(r["surface"] for r in results):
-        true = truth(name)
+        true = truth(name, precision, max_conversations)
         best = min(true.values())
         rs = [r for r in results if r["surface"] == name]
         for pipe in ("today", "groups", "validated", "best_candidate", "best_deployed"):
@@ -226,6 +272,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "same_config": float(np.mean(same)),
                 "extra_deployments": float(np.mean(extra)) if pipe != "today" and pipe != "groups"
                 and not pipe.startswith("best") else 0.0,
+                "conversations": float(np.mean([r.get("conversations", 3.0) for r in rs])),
             })  # fmt: skip
     return rows
 
@@ -240,22 +287,29 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="fixed validation rounds")
     ap.add_argument("--extra", type=int, default=None,
                     help="adaptive deployments after them (default: up to a quarter in all)")
+    ap.add_argument("--precision", type=float, default=None,
+                    help="adaptive measurement: conversations until HIT's interval is +-this")
+    ap.add_argument("--max-conversations", type=int, default=12,
+                    help="its cap per deployment (3 measured conversations without it)")
     ap.add_argument("--out", default="decision_quality.json")
     args = ap.parse_args()
-    jobs = [(s, seed, rep, args.deployment_noise, args.top, args.rounds, args.extra)
+    max_conv = args.max_conversations if args.precision is not None else 3
+    jobs = [(s, seed, rep, args.deployment_noise, args.top, args.rounds, args.extra,
+             args.precision, max_conv)
             for s in args.surfaces
             for seed in range(args.seeds) for rep in (0, 1)]  # fmt: skip
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(run_one, jobs, chunksize=4))
-    rows = summarise(results)
+    rows = summarise(results, args.precision, max_conv)
     print(f"deployment noise N(1, {args.deployment_noise}); {args.seeds} seeds x 2 runs; "
           f"{BUDGET} search deployments each")  # fmt: skip
     print("| surface | pipeline | pick within 5 % of the true best | two runs: same group (3 %) "
-          "| two runs: same configuration | extra deployments |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+          "| two runs: same configuration | extra deployments | conversations per deployment |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['surface']} | {r['pipeline']} | {r['within_5pct']:.0%} | {r['same_group']:.0%} "
-              f"| {r['same_config']:.0%} | {r['extra_deployments']:.0%} |")  # fmt: skip
+              f"| {r['same_config']:.0%} | {r['extra_deployments']:.0%} "
+              f"| {r['conversations']:.1f} |")  # fmt: skip
     out = ROOT / "benchmarks" / "results" / args.out
     out.write_text(json.dumps({"args": vars(args), "rows": rows, "runs": results}, indent=1))
 

@@ -16,6 +16,15 @@ from optuna.trial import TrialState
 
 from tests.integration.conftest import OBJECTIVE
 
+# OBJECTIVE with a precision on HIT and criteria every deployment meets: with --stop-when-met
+# the search ends once the seeds are done, one deployment short of --trials.
+OBJECTIVE_MET = OBJECTIVE.replace(
+    "- {name: ttft_hit_ms, unit: ms}", "- {name: ttft_hit_ms, unit: ms, precision: 0.9}"
+) + (
+    "criteria: {baseline: baseline_reference, miss_max_ratio: 10, hit_max_ratio: 10, "
+    "min_speedup: 0.01}\n"
+)
+
 pytestmark = pytest.mark.integration
 
 if importlib.util.find_spec("vllm") is None:
@@ -67,20 +76,22 @@ def _vllm_servers(marker: str) -> list[psutil.Process]:
 
 def test_real_three_trial_study(tmp_path: Path, model_dir: Path) -> None:
     """Three real deployments: prefix caching gives cache hits and a faster HIT; off gives 0 hits;
-    the combination vLLM refuses is rejected before deploying; then a 2-candidate validation
+    the combination vLLM refuses is rejected before deploying; the goal met after the seeds
+    ends the search before --trials (--stop-when-met); then a 2-candidate validation
     (the pick and the baseline, 2 interleaved rounds of fresh deployments on held-out
     conversations) decides the recommendation; no server is left running."""
     root = Path(__file__).resolve().parents[2]
     (tmp_path / "seeds.yaml").write_text(SEEDS)
     (tmp_path / "profile.yaml").write_text(PROFILE.format(model=model_dir))
-    (tmp_path / "objective.yaml").write_text(OBJECTIVE)
+    (tmp_path / "objective.yaml").write_text(OBJECTIVE_MET)
     cmd = [
         sys.executable,
         "-m",
         "tuner.cli",
         "optimize",
         "--trials",
-        "3",
+        "4",
+        "--stop-when-met",
         "--study",
         "it",
         "--space",
@@ -101,6 +112,7 @@ def test_real_three_trial_study(tmp_path: Path, model_dir: Path) -> None:
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "3 deployments" in run.stdout
+    assert "search stopped early (--stop-when-met)" in run.stdout
     assert "Validated pick: trial" in run.stdout
 
     study = optuna.load_study(
@@ -183,6 +195,7 @@ def test_real_three_trial_study(tmp_path: Path, model_dir: Path) -> None:
     assert len(base) == 2
     assert all(x.user_attrs["hit_rate_hit"] == 0.0 for x in base)
     md = (tmp_path / "studies" / "it" / "report.md").read_text()
+    assert "The search stopped early (--stop-when-met) at 3 deployments" in md
     assert "## Validation" in md
     assert "Validated pick: trial" in md
     assert _vllm_servers(str(model_dir)) == []

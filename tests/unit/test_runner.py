@@ -17,7 +17,7 @@ from tuner.config import ObjectiveFile, Profile, ServerArgs
 from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
 from tuner.deploy.fake import FakeDeployer
-from tuner.errors import StudyError
+from tuner.errors import ConfigError, StudyError
 from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
 from tuner.study.workers import worker_lease
 from tuner.testing import fake_profile, study_starts
@@ -463,3 +463,115 @@ class TestCoverage:
         assert result.deployed == 1
         assert result.outcomes == ()
         assert [t.number for t in load_study(runner.paths).trials] == [trial.number]
+
+
+class TestStopWhenMet:
+    """--stop-when-met: after the seeds, a trial meeting the criteria with precise enough
+    intervals ends the search (the mission stopped after phase 1 once a config met its goals)."""
+
+    @staticmethod
+    def _setup(
+        space: SearchSpace, objective: ObjectiveFile, precision: float | None
+    ) -> tuple[list[Seed], ObjectiveFile]:
+        s = [
+            seed(space, "baseline_reference", enable_chunked_prefill=False),
+            seed(space, "prefix", enable_prefix_caching=True, enable_chunked_prefill=False),
+        ]
+        specs = [
+            o.model_copy(update={"precision": precision}) if o.name == "ttft_hit_ms" else o
+            for o in objective.objectives
+        ]
+        # the long prompt of test_criteria_against_baseline: prefix caching meets all three
+        workload = objective.workload.model_copy(update={"system_prompt_words": 2500})
+        return s, objective.model_copy(update={"objectives": specs, "workload": workload})
+
+    @staticmethod
+    def _runner(
+        tmp_path: Path, space: SearchSpace, s: list[Seed], objective: ObjectiveFile
+    ) -> StudyRunner:
+        runner = make_runner(tmp_path, space, s, objective)
+        runner.settings = RunSettings(n_trials=4, sampler_seed=1, stop_when_met=True)
+        return runner
+
+    def test_the_search_ends_once_the_goal_is_met(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
+        s, obj = self._setup(space, objective, precision=0.9)
+        result = self._runner(tmp_path, space, s, obj).run()
+        study = load_study(StudyPaths.create("s", tmp_path))
+        prefix = by_seed(study)["prefix"]
+        assert (result.deployed, result.goal_met) == (2, prefix.number)
+        assert study.user_attrs["goal_met"] == {"trial": prefix.number, "deployments": 2}
+
+    def test_too_wide_an_interval_does_not_stop_it(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
+        """The same trials, measured to +-0.01 % they are not: the search goes on to --trials."""
+        s, obj = self._setup(space, objective, precision=0.0001)
+        result = self._runner(tmp_path, space, s, obj).run()
+        assert (result.deployed, result.goal_met) == (4, None)
+
+    def test_without_a_precision_it_is_refused_before_any_deployment(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
+        s, obj = self._setup(space, objective, precision=None)
+        with pytest.raises(ConfigError, match="precision"):
+            self._runner(tmp_path, space, s, obj).run()
+        assert not StudyPaths.create("s", tmp_path).trial_dir(0).exists()  # nothing deployed
+
+
+def test_a_value_with_no_valid_base_yet_is_tried_once_one_appears(tmp_path: Path) -> None:
+    """A token budget is valid only with chunked prefill on (max_model_len above it). While the
+    front holds only chunked-off points there is nowhere to try it; it must not be given up
+    then, but tried once a chunked-on point reaches the front."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from tuner.config import load_space
+    from tuner.study._coverage import Coverage
+
+    (tmp_path / "space.yaml").write_text(
+        "name: tiny\ndimensions:\n"
+        "  enable_prefix_caching: {values: [false, true], flag: --enable-prefix-caching,"
+        " negative_flag: --no-enable-prefix-caching}\n"
+        "  enable_chunked_prefill: {values: [false, true], flag: --enable-chunked-prefill,"
+        " negative_flag: --no-enable-chunked-prefill}\n"
+        "  max_num_batched_tokens: {values: [null, 8192], flag: --max-num-batched-tokens}\n"
+    )
+    space = load_space(tmp_path / "space.yaml")
+    valid = {
+        space.key(p): p
+        for p in space.points()
+        if p["enable_chunked_prefill"] or p["max_num_batched_tokens"] is None
+    }
+    dists = {d.name: CategoricalDistribution(list(d.values)) for d in space.dimensions}
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    evaluated: dict[str, optuna.trial.FrozenTrial] = {}
+
+    def measured(prefix: bool, chunked: bool, value: float) -> None:
+        params = {
+            "enable_prefix_caching": prefix,
+            "enable_chunked_prefill": chunked,
+            "max_num_batched_tokens": None,
+        }
+        t = create_trial(
+            params=params, distributions=dists, values=[value, value], user_attrs={"deployed": True}
+        )
+        study.add_trial(t)
+        evaluated[space.key(params)] = study.trials[-1]
+
+    cov = Coverage(space)
+    # Every value seen but the budget's; the chunked-on point is dominated: the front is off.
+    measured(prefix=False, chunked=False, value=1.0)
+    measured(prefix=False, chunked=True, value=2.0)
+    measured(prefix=True, chunked=False, value=3.0)
+    assert cov.next_point(study, valid, evaluated) is None  # nowhere valid to try 8192 yet
+    measured(prefix=True, chunked=True, value=0.5)  # a chunked-on point takes the front
+    nxt = cov.next_point(study, valid, evaluated)
+    assert nxt is not None
+    assert nxt[0] == {
+        "enable_prefix_caching": True,
+        "enable_chunked_prefill": True,
+        "max_num_batched_tokens": 8192,
+    }
+    assert nxt[1] == {"coverage": ["max_num_batched_tokens", "8192"]}

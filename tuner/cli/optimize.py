@@ -38,7 +38,7 @@ from tuner.config import (
     load_space,
     violations,
 )
-from tuner.errors import TunerError
+from tuner.errors import ConfigError, TunerError
 from tuner.study import (
     Heartbeat,
     RunSettings,
@@ -106,6 +106,14 @@ def optimize(
         float | None,
         typer.Option("--timeout", min=1, help="seconds for the whole study, validation included"),
     ] = None,
+    stop_when_met: Annotated[
+        bool,
+        typer.Option(
+            "--stop-when-met",
+            help="after the seeds, end the search once a trial meets the success criteria "
+            "with intervals within the objectives' precision (then validate it)",
+        ),
+    ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="resume even if space/objective/server changed")
     ] = False,
@@ -129,6 +137,9 @@ def optimize(
     prof = load_profile(profile)
     gpu_ids = parse_gpus(gpus)
     slots = plan_slots(workers, gpu_ids, prof)  # refuses --workers 2 on compose, at once
+    if stop_when_met and workers > 1:
+        # Each worker would judge alone while the others keep deploying: one process decides.
+        raise ConfigError("--stop-when-met runs with --workers 1", key="workers")
     objective = objective_path(objective, prof)
     deadline = time.monotonic() + timeout if timeout else None
     settings = RunSettings(
@@ -141,6 +152,7 @@ def optimize(
         force=force,
         heartbeat=Heartbeat(heartbeat, grace),
         artifacts=artifacts,
+        stop_when_met=stop_when_met,
     )
     paths = StudyPaths.create(
         study if study is not None else f"{prof.name}-{sp.name}", studies_dir, storage
@@ -221,6 +233,11 @@ def _run(
         )
         result = runner.run()
     extra = " (every valid point evaluated)" if result.exhausted else ""
+    if result.goal_met is not None:
+        out.print(
+            f"search stopped early (--stop-when-met): trial {result.goal_met} meets the success "
+            f"criteria with intervals within the objectives' precision"
+        )
     out.print(
         f"study {result.study_name}: {result.deployed} deployments{extra}, {result.new_trials} new "
         f"trials this run; storage {paths.storage_url}"

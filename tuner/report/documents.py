@@ -104,6 +104,13 @@ def _criteria_lines(rep: Report) -> list[str]:
     meets = rep.table[rep.table["meets_criteria"] == True]  # noqa: E712 (pandas mask)
     names = ", ".join(f"{c} (#{t})" for c, t in zip(meets["config"], meets["trial"], strict=True))
     lines.append(f"\nTrials meeting all criteria ({len(meets)}): {names or 'none'}")
+    met = rep.study.user_attrs.get("goal_met")
+    if isinstance(met, dict):
+        lines.append(
+            f"The search stopped early (--stop-when-met) at {met.get('deployments')} "
+            f"deployments: trial {met.get('trial')} meets every criterion with intervals "
+            "within the objectives' precision."
+        )
     return lines
 
 

@@ -89,10 +89,12 @@ class Coverage:
                     continue
                 if k >= 2 and not extremes & on_front:
                     continue  # both extremes lost: the values between them are not tried
-                self.tried.add(pair)
                 for base in bases:
                     key = self.space.key({**base.params, d.name: v})
                     if key in valid and key not in evaluated:
+                        # Given up only once tried: a value no front point can take yet (a
+                        # token budget while the front is all chunked-off) waits for one.
+                        self.tried.add(pair)
                         return valid[key], {"coverage": [d.name, json.dumps(v)]}
         return None
 

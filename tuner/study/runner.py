@@ -33,6 +33,7 @@ from tuner.errors import ConfigError, EnvironmentFault
 from tuner.measure.workload import check_fits
 from tuner.study._coverage import Coverage
 from tuner.study._duplicate import record_duplicate
+from tuner.study._goal import check_goal, goal_met
 from tuner.study._setup import artifact_store, check_surface, describe, external_params
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._survey import Survey, evaluated, survey
@@ -87,6 +88,9 @@ class RunSettings:
     # The artifact store for the trials' files (a folder or s3://bucket); None: the study's
     # own, else STUDY/artifacts (tuner.study.artifacts). In-memory studies keep none.
     artifacts: str | None = None
+    # --stop-when-met: once the seeds are done, stop when a trial meets the success criteria
+    # with intervals within the objectives' precision (tuner.study._goal).
+    stop_when_met: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,7 @@ class RunResult:
     exhausted: bool  # every valid point of the space has been evaluated
     outcomes: tuple[TrialOutcome, ...]
     stopped_by_deadline: bool = False  # --timeout came before --trials
+    goal_met: int | None = None  # --stop-when-met: the trial that met the goal
 
 
 def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
@@ -254,6 +259,8 @@ class StudyRunner:
         if problem:
             raise ConfigError(problem)  # before any deployment: every trial would fail on it
         check_surface(self.profile, self.space)
+        if self.settings.stop_when_met:
+            check_goal(self.objective)  # before any deployment, as every other config error
         fixed = external_params(self.profile, self.space) if self._external else None
         study = self.open_study()
         self._reap(study)  # RUNNING trials of workers that died (a run killed hard)
@@ -281,6 +288,10 @@ class StudyRunner:
                 now = self._look(study)
                 if now.deployed >= target:
                     break
+                met = self._goal(study)
+                if met is not None:
+                    study.set_user_attr("goal_met", {"trial": met, "deployments": now.deployed})
+                    return self._result(study, now, outcomes, exhausted=False, met=met)
                 if not self._external and valid.keys() <= now.evaluated.keys():
                     return self._result(study, now, outcomes, exhausted=True)
                 if self.settings.deadline is not None and time.monotonic() > self.settings.deadline:
@@ -337,10 +348,20 @@ class StudyRunner:
         *,
         exhausted: bool,
         late: bool = False,
+        met: int | None = None,
     ) -> RunResult:
         return RunResult(
-            self.paths.name, now.deployed, len(outcomes), exhausted, tuple(outcomes), late
+            self.paths.name, now.deployed, len(outcomes), exhausted, tuple(outcomes), late, met
         )
+
+    def _goal(self, study: optuna.Study) -> int | None:
+        """The trial that met the goal of ``--stop-when-met``, once the seeds are done."""
+        if not self.settings.stop_when_met or self._pending_seeds:
+            return None
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+            return None  # a seed still queued, or a trial under way that may change the answer
+        t = goal_met(study, self.objective)
+        return t.number if t is not None else None
 
     def _server_args(self, params: dict[str, ParamValue]) -> list[str]:
         return [*self.profile.server.to_args(), *self.space.to_flags(params)]
