@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from tests.conftest import ROOT
 
 TUNER = [sys.executable, "-m", "tuner.cli"]
+FAKE = ROOT / "configs" / "profiles" / "fake.yaml"
 
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -147,6 +148,10 @@ def test_sigterm_stops_server_and_keeps_study(tmp_path: Path) -> None:
         (["optimize", "--study", "", "--no-validate"], "study name ''"),
         (["report", "x", "--storage", "bogus://user:hunter2@host/db"], "cannot open storage"),
         (["report", "x", "--storage", "sqlite:////nonexistent/x.db"], "no study 'x'"),
+        (
+            ["optimize", "--stop-when-met", "--workers", "2", "--profile", str(FAKE)],
+            "--stop-when-met runs with --workers 1",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -159,6 +164,22 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], message: 
     assert lines[0].startswith("error: ")
     assert message in lines[0]
     assert "hunter2" not in r.stderr
+
+
+def test_stop_when_met_without_a_precision_is_refused(tmp_path: Path) -> None:
+    """Nothing could say "measured well enough to stop": one line, exit 2, nothing deployed."""
+    shipped = (ROOT / "objectives" / "agent_multiturn.yaml").read_text()
+    (tmp_path / "o.yaml").write_text(shipped.replace("precision: 0.05, ", ""))
+    r = run(
+        "optimize", "--stop-when-met", "--study", "g", "--profile", str(FAKE),
+        "--objective", str(tmp_path / "o.yaml"), "--studies-dir", str(tmp_path),
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ")
+    assert "--stop-when-met needs a `precision`" in lines[0]
+    assert not (tmp_path / "g" / "trials").exists()
 
 
 def test_bad_sampler_leaves_no_folder(tmp_path: Path) -> None:

@@ -220,7 +220,7 @@ class TestGroupsAndRule:
 
 
 class TestAdaptiveMeasurement:
-    def _objective(self, precision: float) -> Any:
+    def _objective(self, precision: float | None) -> Any:
         from tests.conftest import ROOT
 
         obj = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
@@ -246,8 +246,16 @@ class TestAdaptiveMeasurement:
         assert m.stop_reason == "max_conversations"
         assert m.summary()["conversations"] == 5
 
-    def test_no_precision_means_a_fixed_count(self) -> None:
-        """Without a precision in the objective file there is no adaptive stop."""
+    def test_the_shipped_objective_is_adaptive_on_hit(self) -> None:
+        """The default objective file measures HIT to +-5 % (decision_quality.py --precision)."""
         from tests.conftest import ROOT
 
-        assert precise_enough(load_objective(ROOT / "objectives" / "agent_multiturn.yaml")) is None
+        obj = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
+        assert [(o.name, o.precision) for o in obj.objectives if o.precision] == [
+            ("ttft_hit_ms", 0.05)
+        ]
+        assert obj.workload.max_conversations == 12
+
+    def test_no_precision_means_a_fixed_count(self) -> None:
+        """Without a precision in the objective file there is no adaptive stop."""
+        assert precise_enough(self._objective(None)) is None
