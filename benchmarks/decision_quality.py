@@ -3,10 +3,12 @@
 For each surface and sampler seed, a 40-deployment search runs through the tuner's own
 StudyRunner, then validation (tuner.study.Validator: top 3 + baseline, 2 interleaved rounds on
 fresh deployments, then adaptive rounds of the candidates still tied, as `tuner optimize` does
-by default: --top, --rounds, --extra change it), then tuner.report.recommend. Each "deployment" draws a re-measurement from
-the recorded samples (3 MISS, 9 HIT, with replacement) times a per-deployment factor
-N(1, --deployment-noise): the same flags measure differently on two deployments, as on the
-H100 (trial 2: 81.9 then 102.2 ms). Every seed runs twice (two measurement-noise seeds) so that
+by default: --top, --rounds, --extra change it), then tuner.report.recommend. Each
+"deployment" draws a re-measurement from the recorded samples (3 conversations of 1 MISS and
+3 HIT, with replacement; then, as the shipped objective's adaptive measurement does, one more
+conversation at a time until the HIT median's interval is within --precision, at most
+--max-conversations) times a per-deployment factor N(1, --deployment-noise): the same flags
+measure differently on two deployments, as on the H100 (trial 2: 81.9 then 102.2 ms). Every seed runs twice (two measurement-noise seeds) so that
 the two runs' picks can be compared.
 
 Truth: a configuration's HIT is its expected measurement (see ``truth``); the true best is the
@@ -20,10 +22,12 @@ Pipelines compared on the same searches:
 
 Prints, per surface and pipeline: how often the pick is within 5 % of the true best, how often
 the two runs of a seed pick configurations within 3 % of each other ("same group") or the very
-same one, and the extra deployments validation cost. Writes benchmarks/results/decision_quality.json.
+same one, the extra deployments validation cost, and the conversations measured per deployment.
+Writes benchmarks/results/decision_quality.json (--out).
 
 Usage: python benchmarks/decision_quality.py [--seeds 50] [--surfaces cpu_48 ...]
-       [--precision 0.05 --max-conversations 12]  (adaptive measurement per deployment)
+       [--precision P --max-conversations N]  (adaptive measurement per deployment; default:
+       the shipped objective's, 0.05 and 12; --precision 0: a fixed 3 conversations)
 """
 
 from __future__ import annotations
@@ -287,13 +291,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="fixed validation rounds")
     ap.add_argument("--extra", type=int, default=None,
                     help="adaptive deployments after them (default: up to a quarter in all)")
-    ap.add_argument("--precision", type=float, default=None,
-                    help="adaptive measurement: conversations until HIT's interval is +-this")
-    ap.add_argument("--max-conversations", type=int, default=12,
-                    help="its cap per deployment (3 measured conversations without it)")
+    # What `tuner optimize` measures by default: the shipped objective's HIT precision and cap.
+    shipped = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
+    hit_precision = next(o.precision for o in shipped.objectives if o.name == "ttft_hit_ms")
+    ap.add_argument("--precision", type=float, default=hit_precision,
+                    help="adaptive measurement: conversations until HIT's interval is +-this "
+                         "(default: the shipped objective's; 0: a fixed 3 conversations)")
+    ap.add_argument("--max-conversations", type=int, default=shipped.workload.max_conversations,
+                    help="its cap per deployment")
     ap.add_argument("--out", default="decision_quality.json")
     args = ap.parse_args()
-    max_conv = args.max_conversations if args.precision is not None else 3
+    args.precision = args.precision or None
+    max_conv = (args.max_conversations or 3) if args.precision is not None else 3
     jobs = [(s, seed, rep, args.deployment_noise, args.top, args.rounds, args.extra,
              args.precision, max_conv)
             for s in args.surfaces
