@@ -36,7 +36,9 @@ import argparse
 import functools
 import json
 import random
+import shutil
 import statistics
+import subprocess
 import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -281,8 +283,46 @@ def summarise(results: list[dict[str, Any]], precision: float | None = None,
     return rows
 
 
+def plot(out: Path) -> None:
+    """Bars of the pick's quality per surface: the fixed 3 conversations (before/after
+    validation) against adaptive measurement, from the two result files; out.html and .png."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    res = ROOT / "benchmarks" / "results"
+    fixed = json.loads((res / "decision_quality_fixed.json").read_text())["rows"]
+    adaptive = json.loads((res / "decision_quality.json").read_text())["rows"]
+    bars = [("3 conversations, lowest median", fixed, "today"),
+            ("3 conversations, validated", fixed, "validated"),
+            ("adaptive, validated (now)", adaptive, "validated"),
+            ("adaptive, bound: best candidate", adaptive, "best_candidate")]  # fmt: skip
+    metrics = [("within_5pct", "pick within 5 % of the true best"),
+               ("same_group", "two runs within 3 % of each other")]  # fmt: skip
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[t for _, t in metrics])
+    for col, (metric, _) in enumerate(metrics, start=1):
+        for k, (label, rows, pipe) in enumerate(bars):
+            sel = [r for r in rows if r["pipeline"] == pipe]
+            fig.add_trace(go.Bar(x=[r["surface"] for r in sel], y=[r[metric] for r in sel],
+                                 name=label, legendgroup=label, showlegend=col == 1,
+                                 marker_color=["#9ca3af", "#60a5fa", "#1d4ed8", "#d1d5db"][k]),
+                          row=1, col=col)  # fmt: skip
+        fig.add_hline(y=0.95 if metric == "within_5pct" else 0.90, line_dash="dash",
+                      row=1, col=col)  # fmt: skip
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    fig.update_layout(height=420, width=1200, barmode="group")
+    out.with_suffix(".html").write_text(fig.to_html(include_plotlyjs=True))
+    chromium = shutil.which("chromium")
+    if chromium:
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                        "--window-size=1240,450", "--virtual-time-budget=8000",
+                        f"--screenshot={out.with_suffix('.png')}", out.with_suffix(".html").as_uri()],
+                       capture_output=True, timeout=120, check=False)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--plot", action="store_true",
+                    help="only draw results/decision_quality.png from the two result files")
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--surfaces", nargs="+", default=list(SURFACES))
     ap.add_argument("--deployment-noise", type=float, default=0.08)
@@ -301,6 +341,9 @@ def main() -> None:
                     help="its cap per deployment")
     ap.add_argument("--out", default="decision_quality.json")
     args = ap.parse_args()
+    if args.plot:
+        plot(ROOT / "benchmarks" / "results" / "decision_quality")
+        return
     args.precision = args.precision or None
     max_conv = (args.max_conversations or 3) if args.precision is not None else 3
     jobs = [(s, seed, rep, args.deployment_noise, args.top, args.rounds, args.extra,
