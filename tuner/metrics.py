@@ -33,6 +33,7 @@ __all__ = [
     "bootstrap_diff_grouped",
     "bootstrap_interval",
     "metric",
+    "within_precision",
     "percentile",
 ]
 
@@ -262,3 +263,14 @@ def metric(name: str) -> Metric:
         return METRICS[name]
     except KeyError:
         raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRICS)}") from None
+
+
+def within_precision(value: float, ci: Interval | None, precision: float) -> bool:
+    """Whether the 95 % interval ``ci`` of ``value`` is within ``precision`` x |value| each side
+    (its half-width): the test of adaptive measurement and of ``--stop-when-met``. False when
+    the value or the interval is unknown, or the value is 0."""
+    if ci is None or not math.isfinite(value) or value == 0:
+        return False
+    if not (math.isfinite(ci[0]) and math.isfinite(ci[1])):
+        return False
+    return (ci[1] - ci[0]) / 2 <= precision * abs(value)

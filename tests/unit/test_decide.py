@@ -15,7 +15,7 @@ from optuna.trial import create_trial
 
 from tuner.config import load_objective
 from tuner.measure import measure
-from tuner.metrics import bootstrap_diff, bootstrap_interval
+from tuner.metrics import bootstrap_diff, bootstrap_interval, within_precision
 from tuner.report import parse_rule, recommend, validation_candidates
 from tuner.report.decide import best_group, changes_from, effects, load_observations
 from tuner.schema import MeasurementsDoc, RequestRecord, TrialFolder
@@ -259,3 +259,13 @@ class TestAdaptiveMeasurement:
     def test_no_precision_means_a_fixed_count(self) -> None:
         """Without a precision in the objective file there is no adaptive stop."""
         assert precise_enough(self._objective(None)) is None
+
+
+def test_within_precision_is_the_half_width_against_the_value() -> None:
+    """The one test of adaptive measurement and --stop-when-met: half-width <= precision x value;
+    an unknown interval (no samples: NaN) or a value of 0 is never precise."""
+    assert within_precision(100.0, (96.0, 104.0), 0.05)
+    assert not within_precision(100.0, (94.0, 106.0), 0.05)
+    assert not within_precision(0.0, (0.0, 0.0), 0.05)
+    assert not within_precision(100.0, None, 0.05)
+    assert not within_precision(100.0, (math.nan, math.nan), 0.05)

@@ -11,15 +11,13 @@ The check runs only once the seeds are done: they are the user's phase 1. The va
 
 from __future__ import annotations
 
-import math
-
 import optuna
 from optuna.trial import FrozenTrial
 
 from tuner.config.objective import ObjectiveFile
 from tuner.errors import ConfigError
 from tuner.front import feasible, measured_trials
-from tuner.metrics import METRICS
+from tuner.metrics import METRICS, within_precision
 
 __all__ = ["check_goal", "goal_met", "precise"]
 
@@ -53,11 +51,9 @@ def precise(t: FrozenTrial, wanted: list[tuple[str, float]]) -> bool:
     """Every wanted objective's stored interval is within ``precision`` x value, each side."""
     for name, precision in wanted:
         value, ci = t.user_attrs.get(name), t.user_attrs.get(f"ci_{name}")
-        if not isinstance(value, int | float) or not math.isfinite(value) or value == 0:
+        if not isinstance(value, int | float) or not isinstance(ci, list) or len(ci) != 2:
             return False
-        if not isinstance(ci, list) or len(ci) != 2:
-            return False
-        if (float(ci[1]) - float(ci[0])) / 2 > precision * abs(float(value)):
+        if not within_precision(float(value), (float(ci[0]), float(ci[1])), precision):
             return False
     return True
 

@@ -27,7 +27,7 @@ from tuner.deploy import check_model
 from tuner.deploy.base import Deployer
 from tuner.errors import DeployError, MeasureError, ServerExited
 from tuner.measure import TrialMeasurement, measure
-from tuner.metrics import METRICS
+from tuner.metrics import METRICS, within_precision
 from tuner.schema import MeasurementsDoc, TrialFolder
 from tuner.study.artifacts import ArtifactStore, upload_files
 
@@ -189,13 +189,10 @@ def precise_enough(objective: ObjectiveFile) -> Callable[[TrialMeasurement], boo
 
     def enough(m: TrialMeasurement) -> bool:
         obs = m.observations()
-        for spec, precision in wanted:
-            value, ci = spec.compute(obs), spec.interval(obs)
-            if ci is None or not math.isfinite(value) or value == 0:
-                return False
-            if (ci[1] - ci[0]) / 2 > precision * abs(value):
-                return False
-        return True
+        return all(
+            within_precision(spec.compute(obs), spec.interval(obs), precision)
+            for spec, precision in wanted
+        )
 
     return enough
 
