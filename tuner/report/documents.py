@@ -307,7 +307,8 @@ pre{background:#f5f5f5;padding:8px;white-space:pre-wrap}.warn{color:#a15c00}"""
 
 
 def _df_html(df: pd.DataFrame) -> str:
-    return df.map(_cell).to_html(index=False, border=0, escape=True)
+    cells = pd.DataFrame({c: [_cell(v, str(c)) for v in df[c]] for c in df.columns})
+    return cells.to_html(index=False, border=0, escape=True)
 
 
 def render_html(rep: Report) -> str:
