@@ -102,6 +102,16 @@ class ObjectiveFile(StrictModel):
     # infeasible (Optuna constraints), whatever its objective values.
     constraints: list[Bound] = []
 
+    def sampled_precisions(self) -> list[tuple[str, float]]:
+        """(name, precision) of every objective with a ``precision`` that is measured from
+        samples: a value measured once (VRAM) has no interval to narrow. What adaptive
+        measurement measures to, and what ``--stop-when-met`` asks of a trial."""
+        return [
+            (o.name, o.precision)
+            for o in self.objectives
+            if o.precision and METRICS[o.name].stat != "value"
+        ]
+
     @model_validator(mode="before")
     @classmethod
     def _default_kind(cls, data: Any) -> Any:

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial
 from tuner.config.objective import ObjectiveFile
 from tuner.errors import ConfigError
 from tuner.front import feasible, measured_trials
-from tuner.metrics import METRICS, within_precision
+from tuner.metrics import within_precision
 
 __all__ = ["check_goal", "goal_met", "precise"]
 
@@ -30,21 +30,13 @@ def check_goal(objective: ObjectiveFile) -> None:
             "--stop-when-met needs success criteria in the objective file (criteria:)",
             key="criteria",
         )
-    if not _wanted(objective):
+    if not objective.sampled_precisions():
         raise ConfigError(
             "--stop-when-met needs a `precision` on at least one sampled objective "
             "(e.g. ttft_hit_ms, precision: 0.05): without it nothing says the trial that "
             "meets the criteria was measured well enough to stop",
             key="objectives",
         )
-
-
-def _wanted(objective: ObjectiveFile) -> list[tuple[str, float]]:
-    return [
-        (o.name, o.precision)
-        for o in objective.objectives
-        if o.precision and o.name in METRICS and METRICS[o.name].stat != "value"
-    ]
 
 
 def precise(t: FrozenTrial, wanted: list[tuple[str, float]]) -> bool:
@@ -61,7 +53,7 @@ def precise(t: FrozenTrial, wanted: list[tuple[str, float]]) -> bool:
 def goal_met(study: optuna.Study, objective: ObjectiveFile) -> FrozenTrial | None:
     """The first measured trial that meets the success criteria with precise enough intervals
     (None: the goal is not reached, or the objective file cannot define it)."""
-    wanted = _wanted(objective)
+    wanted = objective.sampled_precisions()
     if objective.criteria is None or not wanted:
         return None
     for t in measured_trials(study):

@@ -182,8 +182,7 @@ def intervals(m: TrialMeasurement, seed: int = 0) -> dict[str, list[float]]:
 def precise_enough(objective: ObjectiveFile) -> Callable[[TrialMeasurement], bool] | None:
     """The adaptive stop for ``measure``: every objective with a ``precision`` has a 95 %
     interval whose half-width is within that fraction of its value. None: no such objective."""
-    wanted = [(METRICS[o.name], o.precision) for o in objective.objectives if o.precision]
-    wanted = [(spec, p) for spec, p in wanted if spec.stat != "value"]
+    wanted = [(METRICS[name], p) for name, p in objective.sampled_precisions()]
     if not wanted:
         return None
 
