@@ -465,6 +465,56 @@ class TestCoverage:
         assert [t.number for t in load_study(runner.paths).trials] == [trial.number]
 
 
+class TestSharedStudy:
+    """Workers (``--workers``) on one study, as threads of this process."""
+
+    def test_two_workers_on_the_two_seeds_of_one_point_at_once(
+        self, tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+    ) -> None:
+        """Two workers each take one of the two seeds of one point, and both store it before
+        either reads the other's (held at a barrier): one deploys it, the other points to it.
+        Before, each waited for the other forever (a CI run hung on it)."""
+        twins = {"chunked_only_default", "chunked_only_high_tokens"}
+        both_drawn = threading.Barrier(2, timeout=30)
+
+        def on_start(number: int, params: dict[str, Any], seed_name: str | None) -> None:
+            if seed_name in twins:
+                both_drawn.wait()
+
+        def runner() -> StudyRunner:
+            r = make_runner(tmp_path, space, seeds, objective, on_trial_start=on_start)
+            r.settings = RunSettings(n_trials=11, enqueue_seeds=False, exclusive=False)
+            return r
+
+        assert runner().queue_seeds() == 12
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                runner().run()
+            except BaseException as exc:  # noqa: BLE001 - reported by the assert below
+                errors.append(exc)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # heartbeats outside optimize
+            threads = [threading.Thread(target=work, daemon=True) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads), "the workers wait for each other"
+        assert errors == []
+        study = load_study(StudyPaths.create("s", tmp_path))
+        pair = [t for t in study.trials if t.user_attrs.get("seed_name") in twins]
+        done = [t for t in pair if t.state == TrialState.COMPLETE]
+        assert len(done) == 2
+        deployed = [t for t in done if t.user_attrs.get("deployed")]
+        assert len(deployed) == 1
+        (twin,) = [t for t in done if t is not deployed[0]]
+        assert twin.user_attrs["duplicate_of"] == deployed[0].number
+        assert len([t for t in study.trials if t.user_attrs.get("deployed")]) == 11
+
+
 class TestStopWhenMet:
     """--stop-when-met: after the seeds, a trial meeting the criteria with precise enough
     intervals ends the search (the mission stopped after phase 1 once a config met its goals)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import warnings
 from pathlib import Path
 
 import optuna
@@ -102,3 +103,47 @@ def test_a_corrupted_database_is_one_line_and_untouched(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match="nothing was changed"):
         open_storage(paths.storage_url)
     assert db.read_bytes() == before
+
+
+def _pop_all(url: str, workers: int) -> list[int]:
+    """``workers`` threads, each with its own connection to the study at ``url`` as separate
+    worker processes have, ask for queued trials at once until none is left."""
+    import threading
+
+    start = threading.Barrier(workers)
+    popped: list[int] = []
+
+    def work() -> None:
+        study = optuna.load_study(study_name="q", storage=open_storage(url))
+        start.wait()
+        while True:
+            waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+            if not waiting:
+                return
+            trial = study.ask()
+            if "seed" not in trial.user_attrs:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a fresh one: not queued
+                continue
+            popped.append(trial.user_attrs["seed"])
+            study.tell(trial, 1.0)
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return popped
+
+
+def test_a_queued_trial_goes_to_one_worker_only_on_sqlite(tmp_path: Path) -> None:
+    """Workers share the default SQLite study (``--workers N``): a queued seed is popped by
+    one of them only. SQLite has no SELECT ... FOR UPDATE, so Optuna's check that the trial is
+    still WAITING raced with another worker's update and two workers ran one seed."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(study_name="q", storage=open_storage(url))
+    for i in range(60):
+        study.enqueue_trial({}, user_attrs={"seed": i})
+    popped = _pop_all(url, 4)
+    assert sorted(popped) == list(range(60))

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from tuner.cli.workers import parse_gpus
 from tuner.config.profile import DockerConfig, LocalConfig, Profile, ServerArgs
 from tuner.errors import ConfigError
-from tuner.study._survey import evaluated, survey
+from tuner.study._survey import WAITS_FOR, evaluated, survey
 from tuner.study.workers import (
     alive,
     lost_trials,
@@ -220,3 +220,29 @@ def test_cleanup_refuses_while_a_worker_runs(tmp_path: Path) -> None:
         assert f"workers are running: {run_id} (s1)" in r.stderr
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
+
+
+def test_of_two_seeds_of_one_point_the_earlier_deploys_and_the_later_waits() -> None:
+    """Two workers took the two seeds of one point at once, each seeing the other. The later
+    waits for the earlier; the earlier waits for the later only until it says so (``waits_for``):
+    were both to wait for each other, neither would ever deploy (a CI run hung on it)."""
+    study = _study()
+    first, second = _running(study, "w1", a=1), _running(study, "w2", a=1)
+    key = repr([("a", 1)])
+
+    def blocker(t: optuna.Trial) -> int | None:
+        b = survey(study, lambda p: repr(sorted(p.items())), 1, besides=t.number).blocker(
+            key, t.number
+        )
+        return None if b is None else b.number
+
+    assert blocker(second) == first.number  # the earlier one: waits
+    assert blocker(first) == second.number  # the later one, undecided: one more poll
+    second.set_user_attr(WAITS_FOR, first.number)
+    assert blocker(first) is None  # it waits for this one: go on
+    first.set_user_attr("deployed", True)
+    assert blocker(second) == first.number
+    # A later trial that deploys the point (it read before the earlier one claimed it) is
+    # waited for, whatever it said before.
+    second.set_user_attr("deployed", True)
+    assert blocker(first) == second.number

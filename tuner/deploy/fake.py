@@ -11,6 +11,8 @@ deployer instances and survives a resume.
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -42,9 +44,18 @@ def fake_starts(trials_dir: Path) -> int:
 
 
 def _count_start(workdir: Path) -> int:
-    """This study's start count, incremented (kept next to the trial folders)."""
-    n = fake_starts(workdir.parent) + 1
-    (workdir.parent / _COUNTER).write_text(str(n))
+    """This study's start count, incremented (kept next to the trial folders).
+
+    Several workers (processes, or threads in tests) start servers at once: the increment
+    holds a lock, and the new count replaces the file whole, so a reader never sees it empty.
+    """
+    counter = workdir.parent / _COUNTER
+    with (workdir.parent / f"{_COUNTER}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        n = fake_starts(workdir.parent) + 1
+        tmp = counter.with_name(f"{_COUNTER}.{os.getpid()}.tmp")
+        tmp.write_text(str(n))
+        tmp.replace(counter)
     return n
 
 

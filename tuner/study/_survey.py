@@ -15,13 +15,15 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["NOT_EVALUATED", "Survey", "deployments", "evaluated", "survey"]
+__all__ = ["NOT_EVALUATED", "WAITS_FOR", "Survey", "deployments", "evaluated", "survey"]
 
 # Not "evaluated": an interrupted trial is retried on resume; a duplicate is only a pointer;
 # a trial the environment failed (port taken, engine unreachable, disk full) says nothing of
 # its point, nor does one whose point another worker was deploying ("taken"), nor one that
 # stepped back because earlier trials already fill the target ("surplus").
 NOT_EVALUATED = ("interrupted", "duplicate", "env", "taken", "surplus")
+# The user attribute of a seed waiting for another trial of its point: that trial's number.
+WAITS_FOR = "waits_for"
 
 
 def evaluated(t: FrozenTrial) -> bool:
@@ -52,6 +54,8 @@ class Survey:
     running: dict[str, FrozenTrial] = field(default_factory=dict)  # deployed, RUNNING
     # Every RUNNING trial's number, its parameters drawn or not: one that may still deploy.
     running_numbers: list[int] = field(default_factory=list)
+    # Every RUNNING trial with its parameters drawn, by point (several trials may hold one).
+    claims: dict[str, list[FrozenTrial]] = field(default_factory=dict)
 
     @property
     def under_way(self) -> int:
@@ -63,6 +67,18 @@ class Survey:
         deploy): the storage numbers trials in order, so of several workers that claim the
         last deployments at once, the earlier trials win and the later ones step back."""
         return self.deployed + sum(n < number for n in self.running_numbers)
+
+    def blocker(self, key: str, number: int) -> FrozenTrial | None:
+        """For trial ``number``, a seed at point ``key``: the other trial of the point whose
+        outcome it must wait for, or None to go on. It waits for an earlier trial of the
+        point, for one deploying it, and for a later one not yet decided (it decides within
+        a poll); never for a later seed that waits for it (``WAITS_FOR``): were both to wait,
+        neither would ever deploy."""
+        for t in self.claims.get(key, ()):
+            later_waits = t.number > number and t.user_attrs.get(WAITS_FOR) is not None
+            if not later_waits or t.user_attrs.get("deployed"):
+                return t
+        return None
 
     def taken(self, key: str) -> FrozenTrial | None:
         """The trial that measured or is deploying the point ``key``, if any."""
@@ -89,4 +105,5 @@ def survey(
             out.running_numbers.append(t.number)
             if len(t.params) == n_params:
                 out.running.setdefault(key_of(t.params), t)
+                out.claims.setdefault(key_of(t.params), []).append(t)
     return out

@@ -36,7 +36,7 @@ from tuner.study._duplicate import record_duplicate
 from tuner.study._goal import check_goal, goal_met
 from tuner.study._setup import artifact_store, check_surface, describe, external_params
 from tuner.study._signals import sigterm_as_interrupt
-from tuner.study._survey import Survey, evaluated, survey
+from tuner.study._survey import WAITS_FOR, Survey, evaluated, survey
 from tuner.study._trial import TrialOutcome, evaluate, record_failure
 from tuner.study.artifacts import ArtifactStore
 from tuner.study.sampling import (
@@ -402,14 +402,22 @@ class StudyRunner:
             # Read after this trial's parameters are stored: of two workers that drew the same
             # point at once, at least the later one sees the other's (both may step back).
             now = self._look(study, besides=trial.number)
-            while seed and key in now.running and key not in now.evaluated:
+            while seed and key not in now.evaluated:
                 # Two seeds of one point (the file names both): wait for the other worker's
                 # measurement and point to it, as one worker alone would.
+                other = now.blocker(key, trial.number)
+                if other is None:
+                    if trial.user_attrs.get(WAITS_FOR) is not None:
+                        trial.set_user_attr(WAITS_FOR, None)  # decided: no longer waits
+                    break
+                if other.number < trial.number and trial.user_attrs.get(WAITS_FOR) != other.number:
+                    trial.set_user_attr(WAITS_FOR, other.number)  # the earlier one goes on
                 time.sleep(_POLL_S)
+                self._reap(study)  # the other worker may die meanwhile
                 now = self._look(study, besides=trial.number)
             if key in now.evaluated:
                 return record_duplicate(study, trial, now.evaluated[key], params, t0)
-            if key in now.running:
+            if key in now.running and not seed:
                 other = now.running[key]
                 why = f"trial {other.number} ({other.user_attrs.get('worker', '?')}) deploys it"
                 return self._not_deployed(study, trial, params, "taken", why, t0)

@@ -92,7 +92,7 @@ def open_storage(
         return None
     extra = heartbeat.kwargs() if heartbeat is not None else {}
     if url.startswith(SQLITE) and url != SQLITE + ":memory:":
-        return _sqlite_storage(url, extra)
+        return _sqlite_storage(url, extra, writing=writing)
     if url.startswith(JOURNAL):
         from optuna.storages.journal import JournalFileBackend
 
@@ -130,8 +130,11 @@ def _rdb(url: str, extra: dict[str, Any]) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, **extra)
 
 
-def _sqlite_storage(url: str, extra: dict[str, Any]) -> optuna.storages.RDBStorage:
-    """A new study database is created in WAL mode, and WAL databases commit without fsync.
+def _sqlite_storage(
+    url: str, extra: dict[str, Any], *, writing: bool = True
+) -> optuna.storages.RDBStorage:
+    """A new study database is created in WAL mode, and WAL databases commit without fsync;
+    a writer's transactions take SQLite's write lock when they begin.
 
     Optuna commits every attribute, parameter and state change on its own; in SQLite's default
     rollback-journal mode each commit waits for two fsyncs, which was most of the tuner's
@@ -139,6 +142,12 @@ def _sqlite_storage(url: str, extra: dict[str, Any]) -> optuna.storages.RDBStora
     survives a crash or kill of the process (the WAL is recovered on the next open); only a
     power loss may roll back the last commits, never corrupt the file. Existing databases keep
     the journal mode they have, so opening a committed study never rewrites it.
+
+    SQLite has no ``SELECT ... FOR UPDATE``: when workers (``--workers N``) share the study,
+    Optuna's check that a queued trial is still WAITING, then its update to RUNNING, let two
+    workers pop the same trial. ``BEGIN IMMEDIATE`` (SQLAlchemy's recipe for pysqlite) makes
+    each transaction of a writer atomic against the others'; readers (reports, the dashboard)
+    keep WAL's lock-free reads.
     """
     path = Path(url.removeprefix(SQLITE))  # sqlite:////abs/file or sqlite:///relative/file
     if not path.exists() and path.parent.is_dir():
@@ -159,8 +168,15 @@ def _sqlite_storage(url: str, extra: dict[str, Any]) -> optuna.storages.RDBStora
         if cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
             cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
+        if writing:
+            dbapi_conn.isolation_level = None  # pysqlite's own BEGIN off: SQLAlchemy's below
+
+    def on_begin(conn: sqlalchemy.engine.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     sqlalchemy.event.listen(storage.engine, "connect", on_connect)
+    if writing:
+        sqlalchemy.event.listen(storage.engine, "begin", on_begin)
     storage.engine.dispose()  # connections opened while creating the schema predate the hook
     return storage
 
