@@ -42,8 +42,8 @@ from tuner.config import (
     load_space,
 )
 from tuner.config.seeds import Seed
+from tuner.front import normalised_hypervolume
 from tuner.schema import Surface, load_surface, point_key
-from tuner.report.hypervolume import normalised_hypervolume
 from tuner.study import RunSettings, StudyPaths, StudyRunner
 from tuner.study._trial import TrialOutcome, record_failure
 from tuner.study.storage import MEMORY

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import optuna
+from optuna._hypervolume import compute_hypervolume  # no public API for it in Optuna 5.0
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["feasible", "measured_trials", "nondominated", "pareto_front"]
+__all__ = ["feasible", "measured_trials", "nondominated", "normalised_hypervolume", "pareto_front"]
 
 
 def feasible(t: FrozenTrial) -> bool | None:
@@ -64,3 +65,20 @@ def pareto_front(study: optuna.Study) -> tuple[list[FrozenTrial], bool]:
     ok = [t for t in done if feasible(t) is not False]
     front = nondominated(ok or done, study.directions)
     return sorted(front, key=lambda t: (t.values[0], t.number)), bool(ok)
+
+
+def normalised_hypervolume(
+    points: Sequence[Sequence[float]] | np.ndarray,
+    lo: Sequence[float] | np.ndarray,
+    hi: Sequence[float] | np.ndarray,
+    reference: float = 1.1,
+) -> float:
+    """Hypervolume (all objectives minimised) of ``points`` after mapping ``lo``..``hi`` to
+    0..1 per objective, against the reference point (``reference``, ...): how much of the
+    objective space a front covers (the benchmarks' score; the coverage's predicted gain)."""
+    if len(points) == 0:
+        return 0.0
+    low, span = np.asarray(lo, float), np.asarray(hi, float) - np.asarray(lo, float)
+    span[span == 0] = 1.0
+    pts = (np.asarray(points, float) - low) / span
+    return float(compute_hypervolume(pts, np.full(pts.shape[1], reference)))

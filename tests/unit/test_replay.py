@@ -140,7 +140,7 @@ def test_export_round_trip(tmp_path: Path, objective: ObjectiveFile) -> None:
 def test_hypervolume_hand_computed() -> None:
     """One point at the origin: the whole 1.1^3 box. Two points (0.5,0,0) and (0,0.5,0):
     0.6*1.1*1.1 + 1.1*0.6*1.1 - 0.6*0.6*1.1 = 1.056. Dominated points add nothing."""
-    from tuner.report.hypervolume import normalised_hypervolume
+    from tuner.front import normalised_hypervolume
 
     lo, hi = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     assert normalised_hypervolume([[0, 0, 0]], lo, hi) == pytest.approx(1.331)

@@ -8,10 +8,15 @@ best point of the current front (on the first objective) where that change is va
 numeric values go extremes first (the largest, then the smallest), where effects show most, and
 the values between are tried only when an extreme landed on the front.
 
-A value whose try lands on the Pareto front is then carried to the other front points (one-flag
-changes) before anything else, farthest first in objective space: a front that moves to a new
-value moves as a whole, and TPE alone needs many draws to carry it across the other dimensions.
-Measured on ``benchmarks/sample_efficiency.py`` (``default`` against ``default_no_coverage``).
+A value whose try lands on the Pareto front is then carried to other measured points before
+anything else: a front that moves to a new value moves as a whole, and TPE alone needs many
+draws to carry it across the other dimensions. Which point first? The one the front would gain
+most hypervolume from, were the value to change its objectives in the ratio it changed the
+winner's (against the point the winner came from): a one-flag change of a measured point, or,
+where that is invalid (a token budget on a chunked-off point), the valid points one more flag
+away. When no such prediction can be made, the front points farthest in objective space.
+Measured on ``benchmarks/sample_efficiency.py`` (``default`` against ``default_no_coverage``;
+the predicted gain took ``synthetic_concurrent`` from 21 to 16 deployments to 95 %).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from tuner.config.space import ParamValue, SearchSpace
-from tuner.front import pareto_front
+from tuner.front import normalised_hypervolume, pareto_front
 
 __all__ = ["Coverage"]
 
@@ -40,7 +45,13 @@ def _extremes_first(values: list[Any]) -> list[Any]:
 
 def _sign(study: optuna.Study) -> float:
     """+1 when the first objective is minimised: ``sign * value`` sorts best first."""
-    return 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+    return float(_signs(study)[0])
+
+
+def _signs(study: optuna.Study) -> np.ndarray:
+    """Per objective, +1 when minimised and -1 when maximised: ``signs * values`` minimise."""
+    minimise = optuna.study.StudyDirection.MINIMIZE
+    return np.array([1.0 if d == minimise else -1.0 for d in study.directions])
 
 
 class Coverage:
@@ -123,7 +134,11 @@ class Coverage:
                 front[i].user_attrs["coverage"][0],
                 json.loads(front[i].user_attrs["coverage"][1]),
             )
-            # Farthest from the front points that already have the value: spread it.
+            best_gain = self._by_gain(study, front, front[i], name, value, valid, evaluated)
+            if best_gain is not None:
+                self.carried.add(self.space.key(best_gain))
+                return best_gain, {"carries": front[i].user_attrs["coverage"]}
+            # No prediction: farthest from the front points that already have the value.
             have = [j for j, t in enumerate(front) if t.params.get(name) == value] or [i]
             dist = np.min(np.linalg.norm(norm[:, None, :] - norm[None, have, :], axis=2), axis=1)
             for j in np.argsort(-dist):
@@ -132,3 +147,68 @@ class Coverage:
                     self.carried.add(key)
                     return valid[key], {"carries": front[i].user_attrs["coverage"]}
         return None
+
+    def _by_gain(
+        self,
+        study: optuna.Study,
+        front: list[FrozenTrial],
+        win: FrozenTrial,
+        name: str,
+        value: Any,
+        valid: dict[str, dict[str, ParamValue]],
+        evaluated: dict[str, FrozenTrial],
+    ) -> dict[str, ParamValue] | None:
+        """The valid new point that, given ``value``, would add most hypervolume to ``front``,
+        predicted from a measured point as ``win`` changed against its origin; None when no
+        prediction is possible or none gains."""
+        origins = [
+            t
+            for v in self.space.dimension(name).values
+            if v != value
+            and (t := evaluated.get(self.space.key({**win.params, name: v}))) is not None
+            and t.values
+        ]
+        if not origins or not win.values:
+            return None
+        signs = _signs(study)
+        origin = min(origins, key=lambda t: signs[0] * t.values[0])  # where the try started
+        o, w = np.asarray(origin.values, float) * signs, np.asarray(win.values, float) * signs
+        # Latencies and memory scale: a ratio. An objective that can be 0 or negative: a shift.
+        pos = (o > 0) & (w > 0)
+        ratio, shift = np.where(pos, w / np.where(pos, o, 1.0), 1.0), np.where(pos, 0.0, w - o)
+        keys, preds = [], []
+        for t in evaluated.values():
+            if not t.values or t.params.get(name) == value:
+                continue
+            for key in self._targets({**t.params, name: value}, name, valid):
+                if key not in evaluated and key not in self.carried:
+                    keys.append(key)
+                    preds.append(np.asarray(t.values, float) * signs * ratio + shift)
+        if not keys:
+            return None
+        now = np.array([t.values for t in front], dtype=float) * signs
+        # Normalised over every measured point and the predictions, as over a whole surface.
+        seen = np.array([t.values for t in evaluated.values() if t.values], dtype=float) * signs
+        lo = np.minimum(seen.min(axis=0), np.min(preds, axis=0))
+        hi = np.maximum(seen.max(axis=0), np.max(preds, axis=0))
+        base = normalised_hypervolume(now, lo, hi)
+        gains = [normalised_hypervolume(np.vstack([now, p]), lo, hi) - base for p in preds]
+        k = int(np.argmax(gains))
+        return valid[keys[k]] if gains[k] > 0 else None
+
+    def _targets(
+        self, point: dict[str, ParamValue], name: str, valid: dict[str, dict[str, ParamValue]]
+    ) -> list[str]:
+        """``point`` if valid; else the valid points one other flag away (a token budget on a
+        chunked-off point: chunked prefill on)."""
+        key = self.space.key(point)
+        if key in valid:
+            return [key]
+        near = (
+            self.space.key({**point, d.name: x})
+            for d in self.space.dimensions
+            if d.name != name
+            for x in d.values
+            if x != point[d.name]
+        )
+        return [k for k in near if k in valid]

@@ -1,0 +1,116 @@
+"""Coverage after the seeds (tuner.study._coverage): unseen values, and carrying a winner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, create_trial
+
+from tuner.config import load_space
+from tuner.config.space import ParamValue, SearchSpace
+from tuner.study._coverage import Coverage
+
+SPACE = """\
+name: tiny
+dimensions:
+  gpu_memory_utilization: {values: [0.9, 0.95], flag: --gpu-memory-utilization}
+  enable_prefix_caching: {values: [false, true], flag: --enable-prefix-caching,
+                          negative_flag: --no-enable-prefix-caching}
+  enable_chunked_prefill: {values: [false, true], flag: --enable-chunked-prefill,
+                           negative_flag: --no-enable-chunked-prefill}
+  max_num_batched_tokens: {values: [null, 8192], flag: --max-num-batched-tokens}
+"""
+
+
+class Measured:
+    """A study of constructed trials (HIT, VRAM), the points evaluated, the valid points: a
+    token budget needs chunked prefill (max_model_len above it)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        (tmp_path / "space.yaml").write_text(SPACE)
+        self.space: SearchSpace = load_space(tmp_path / "space.yaml")
+        self.valid = {
+            self.space.key(p): p
+            for p in self.space.points()
+            if p["enable_chunked_prefill"] or p["max_num_batched_tokens"] is None
+        }
+        self.dists = {
+            d.name: CategoricalDistribution(list(d.values)) for d in self.space.dimensions
+        }
+        self.study = optuna.create_study(directions=["minimize", "minimize"])
+        self.evaluated: dict[str, FrozenTrial] = {}
+
+    def add(
+        self, memory: float, prefix: bool, chunked: bool, budget: int | None,
+        values: tuple[float, float], **attrs: object,
+    ) -> dict[str, ParamValue]:  # fmt: skip
+        params: dict[str, ParamValue] = {
+            "gpu_memory_utilization": memory,
+            "enable_prefix_caching": prefix,
+            "enable_chunked_prefill": chunked,
+            "max_num_batched_tokens": budget,
+        }
+        t = create_trial(params=params, distributions=self.dists, values=list(values),
+                         user_attrs={"deployed": True, **attrs})  # fmt: skip
+        self.study.add_trial(t)
+        self.evaluated[self.space.key(params)] = self.study.trials[-1]
+        return params
+
+    def next_point(self, cov: Coverage) -> tuple[dict[str, ParamValue], dict[str, object]] | None:
+        return cov.next_point(self.study, self.valid, self.evaluated)
+
+
+def test_a_value_with_no_valid_base_yet_is_tried_once_one_appears(tmp_path: Path) -> None:
+    """A token budget is valid only with chunked prefill on. While the front holds only
+    chunked-off points there is nowhere to try it; it must not be given up then, but tried
+    once a chunked-on point reaches the front."""
+    m = Measured(tmp_path)
+    cov = Coverage(m.space)
+    # Every value seen but the budget's; the chunked-on point is dominated: the front is off.
+    m.add(0.9, False, False, None, (1.0, 1.0))
+    m.add(0.95, False, True, None, (2.0, 2.0))
+    m.add(0.9, True, False, None, (3.0, 3.0))
+    assert m.next_point(cov) is None  # nowhere valid to try 8192 yet
+    base = m.add(0.95, True, True, None, (0.5, 0.5))  # a chunked-on point takes the front
+    nxt = m.next_point(cov)
+    assert nxt is not None
+    assert nxt[0] == {**base, "max_num_batched_tokens": 8192}
+    assert nxt[1] == {"coverage": ["max_num_batched_tokens", "8192"]}
+
+
+def test_a_winning_value_goes_first_where_the_front_gains_most(tmp_path: Path) -> None:
+    """The 8192-token budget halved HIT at memory 0.95. Carried to the front point farthest
+    away (prefix caching off: the slowest, and the least memory) it would gain little; carried
+    to the point at memory 0.90, whose chunked prefill is off, it needs chunked prefill on too,
+    and would gain most: that point, two flags away, goes first (farthest-first never took it:
+    its one-flag change is invalid)."""
+    m = Measured(tmp_path)
+    cov = Coverage(m.space)
+    m.add(0.95, True, True, None, (100.0, 47.0))  # where the winning try came from
+    m.add(0.95, True, True, 8192, (50.0, 47.0), coverage=["max_num_batched_tokens", "8192"])
+    low = m.add(0.9, True, False, None, (200.0, 44.0))
+    m.add(0.95, False, True, None, (400.0, 43.9))  # the farthest front point from the winner
+    nxt = m.next_point(cov)
+    assert nxt is not None
+    assert nxt[1] == {"carries": ["max_num_batched_tokens", "8192"]}
+    assert nxt[0] == {**low, "enable_chunked_prefill": True, "max_num_batched_tokens": 8192}
+    # Then the next best, never the same point twice.
+    again = m.next_point(cov)
+    assert again is not None
+    assert again[0] != nxt[0]
+
+
+@pytest.mark.parametrize("hit", [0.0, -5.0])
+def test_an_objective_at_or_below_zero_is_shifted_not_scaled(tmp_path: Path, hit: float) -> None:
+    """No ratio through zero: the prediction shifts such an objective, and still carries."""
+    m = Measured(tmp_path)
+    cov = Coverage(m.space)
+    m.add(0.95, True, True, None, (hit + 10.0, 47.0))
+    m.add(0.95, True, True, 8192, (hit, 47.0), coverage=["max_num_batched_tokens", "8192"])
+    m.add(0.9, True, True, None, (hit + 20.0, 44.0))
+    nxt = m.next_point(cov)
+    assert nxt is not None
+    assert nxt[0]["max_num_batched_tokens"] == 8192
