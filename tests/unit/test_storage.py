@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import warnings
 from pathlib import Path
 
@@ -108,8 +109,6 @@ def test_a_corrupted_database_is_one_line_and_untouched(tmp_path: Path) -> None:
 def _pop_all(url: str, workers: int) -> list[int]:
     """``workers`` threads, each with its own connection to the study at ``url`` as separate
     worker processes have, ask for queued trials at once until none is left."""
-    import threading
-
     start = threading.Barrier(workers)
     popped: list[int] = []
 

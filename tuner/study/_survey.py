@@ -51,11 +51,15 @@ class Survey:
 
     evaluated: dict[str, FrozenTrial] = field(default_factory=dict)
     deployed: int = 0
-    running: dict[str, FrozenTrial] = field(default_factory=dict)  # deployed, RUNNING
     # Every RUNNING trial's number, its parameters drawn or not: one that may still deploy.
     running_numbers: list[int] = field(default_factory=list)
     # Every RUNNING trial with its parameters drawn, by point (several trials may hold one).
     claims: dict[str, list[FrozenTrial]] = field(default_factory=dict)
+
+    @property
+    def running(self) -> dict[str, FrozenTrial]:
+        """Per point being drawn or deployed, its first RUNNING trial (parameters all set)."""
+        return {key: trials[0] for key, trials in self.claims.items()}
 
     @property
     def under_way(self) -> int:
@@ -82,7 +86,7 @@ class Survey:
 
     def taken(self, key: str) -> FrozenTrial | None:
         """The trial that measured or is deploying the point ``key``, if any."""
-        return self.evaluated.get(key) or self.running.get(key)
+        return self.evaluated.get(key) or next(iter(self.claims.get(key, ())), None)
 
 
 def survey(
@@ -104,6 +108,5 @@ def survey(
         elif t.state == TrialState.RUNNING:
             out.running_numbers.append(t.number)
             if len(t.params) == n_params:
-                out.running.setdefault(key_of(t.params), t)
                 out.claims.setdefault(key_of(t.params), []).append(t)
     return out
