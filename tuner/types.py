@@ -1,4 +1,5 @@
-"""Frozen values that several layers share: where a started server answers, why a trial failed.
+"""Values that several layers share: where a started server answers, why a trial failed, the
+process's one TLS context for HTTP clients.
 
 ``deploy`` produces an :class:`Endpoint`, ``measure`` consumes one, and neither imports the
 other: they meet in ``tuner.study`` through this module, which imports nothing of the tuner.
@@ -6,9 +7,13 @@ other: they meet in ``tuner.study`` through this module, which imports nothing o
 
 from __future__ import annotations
 
+import functools
+import ssl
 from dataclasses import dataclass
 
-__all__ = ["FAILURE_REASONS", "Endpoint"]
+import httpx
+
+__all__ = ["FAILURE_REASONS", "Endpoint", "tls_context"]
 
 # Every reason a trial can fail with; the report groups failed trials by these.
 FAILURE_REASONS = (
@@ -48,3 +53,10 @@ class Endpoint:
     pids: tuple[int, ...] = ()
     container_id: str | None = None
     reported_vram_mib: float | None = None
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context, built once per process. httpx builds a new one for every
+    client (loading the CA bundle, about 25 ms), and a study opens clients per deployment."""
+    return httpx.create_ssl_context()

@@ -18,6 +18,7 @@ import httpx
 import psutil
 
 from tuner.errors import EnvironmentFault
+from tuner.types import tls_context
 
 __all__ = ["check_model", "check_port_free", "check_served_by", "port_owner"]
 
@@ -81,7 +82,9 @@ def check_served_by(port: int, pids: Iterable[int]) -> None:
 def check_model(base_url: str, model: str) -> None:
     """Raise EnvironmentFault unless ``/v1/models`` at ``base_url`` lists ``model``."""
     try:
-        resp = httpx.get(f"{base_url}/v1/models", timeout=10.0, trust_env=False)
+        resp = httpx.get(
+            f"{base_url}/v1/models", timeout=10.0, trust_env=False, verify=tls_context()
+        )
         ids = [m.get("id") for m in resp.json().get("data", [])]
     except (httpx.HTTPError, ValueError, AttributeError) as exc:
         raise EnvironmentFault(f"{base_url}/v1/models does not answer as vLLM: {exc}") from exc

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from tuner.config.profile import Profile
 from tuner.errors import DeployError, StartupTimeout
-from tuner.types import FAILURE_REASONS, Endpoint
+from tuner.types import FAILURE_REASONS, Endpoint, tls_context
 
 __all__ = [
     "FAILURE_REASONS",
@@ -123,7 +123,7 @@ def wait_healthy(
     """
     t0 = time.perf_counter()
     own = client is None
-    http = client or httpx.Client(timeout=5.0)
+    http = client or httpx.Client(timeout=5.0, verify=tls_context())
     try:
         while True:
             alive()

@@ -34,7 +34,7 @@ from tuner.measure.client import ChatTiming, stream_chat
 from tuner.measure.metrics import MetricsSnapshot, fetch_metrics
 from tuner.measure.vram import MemoryReading, read_memory
 from tuner.measure.workload import Workload, make_workload, vocabulary_sample
-from tuner.types import Endpoint
+from tuner.types import Endpoint, tls_context
 
 __all__ = ["RequestSample", "TrialMeasurement", "measure", "measure_async"]
 
@@ -302,7 +302,9 @@ def measure(
 
     async def _go() -> TrialMeasurement:
         # trust_env=False: a proxy from the environment must never see loopback traffic.
-        async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            transport=transport, trust_env=False, verify=tls_context()
+        ) as client:
             return await measure_async(
                 endpoint,
                 spec,
