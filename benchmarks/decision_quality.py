@@ -18,14 +18,21 @@ Pipelines compared on the same searches:
 - today: the lowest median HIT on the front (no intervals, no validation; the rule before this
   change, its 5 % tie broken by VRAM);
 - groups: the best group within noise, fewest changes, then VRAM; no validation;
-- groups + validation: the validated pick (what `tuner optimize` now recommends).
+- groups + validation: the validated pick (what `tuner optimize` now recommends);
+- equivalence (a variant of the rule, not shipped): on the same validation data, a candidate
+  joins the fastest's group only when the whole interval of its difference lies within +-5 %
+  of the fastest (an equivalence test) instead of its estimate; the pick is then, as in the
+  product, the fewest changes, then the lowest VRAM.
 
 Prints, per surface and pipeline: how often the pick is within 5 % of the true best, how often
 the two runs of a seed pick configurations within 3 % of each other ("same group") or the very
 same one, the extra deployments validation cost, and the conversations measured per deployment.
 Writes benchmarks/results/decision_quality.json (--out).
 
-Usage: python benchmarks/decision_quality.py [--seeds 50] [--surfaces cpu_48 ...]
+--floor prints the noise floor instead: how often the pooled median of n fresh deployments of
+each tells synthetic_ties' best configuration from the first one more than 5.5 % slower.
+
+Usage: python benchmarks/decision_quality.py [--seeds 50] [--surfaces cpu_48 ...] [--floor]
        [--precision P --max-conversations N]  (adaptive measurement per deployment; default:
        the shipped objective's, 0.05 and 12; --precision 0: a fixed 3 conversations)
 """
@@ -51,6 +58,7 @@ import optuna
 from tuner.config import Profile, ReplayConfig, ServerArgs, load_objective, load_seeds, load_space
 from tuner.metrics import bootstrap_interval
 from tuner.report import recommend, tied_candidates, validation_candidates
+from tuner.report.decide import TIE, changes_from, reference_params
 from tuner.report.synthesis import baseline_trial
 from tuner.schema import (
     MeasurementsDoc,
@@ -162,6 +170,20 @@ def _today(study: optuna.Study) -> int:
     return min(ties, key=lambda t: (t.values[2], t.values[0])).number
 
 
+def _equivalence_pick(study: optuna.Study, summary: Any) -> int:
+    """The validated pick under the equivalence variant (module docstring), from the same
+    ValidationSummary the product's pick came from."""
+    ordered = sorted((r for r in summary.results if not r.is_baseline and r.samples),
+                     key=lambda r: (r.value, r.candidate.number))  # fmt: skip
+    best = ordered[0]
+    margin = TIE * abs(best.value)
+    group = [best] + [r for r in ordered[1:]
+                      if max(map(abs, summary.diffs[r.candidate.number])) <= margin]  # fmt: skip
+    ref = reference_params(study)
+    return min(group, key=lambda r: (changes_from(r.candidate.params, ref), r.vram, r.value)
+               ).candidate.number  # fmt: skip
+
+
 def run_one(job: tuple[str, int, int, float, int, int, int | None, float | None, int]
             ) -> dict[str, Any]:  # fmt: skip
     """One search + validation; the three pipelines' picks as configuration keys."""
@@ -206,7 +228,8 @@ def run_one(job: tuple[str, int, int, float, int, int, int | None, float | None,
                         evaluator=evaluate,
                         tied=lambda vs, r: tied_candidates(study, vs, paths.root, r)).run()  # fmt: skip
         final = recommend(load_study(paths), root=paths.root)
-        assert final is not None
+        assert final is not None and final.validation is not None
+        equivalence = _equivalence_pick(study, final.validation)
         # What the best possible pick could have been: the truly best configuration the search
         # deployed, and the truly best among the validated candidates (bounds for the rules).
         true = truth(name, precision, max_conv)
@@ -215,7 +238,8 @@ def run_one(job: tuple[str, int, int, float, int, int, int | None, float | None,
         done = [key[t.number] for t in study.trials if t.state.name == "COMPLETE"
                 and key[t.number] in true]  # fmt: skip
         return {"surface": name, "seed": seed, "rep": rep, "today": today, "groups": groups,
-                "validated": key[final.trial.number], "search_deployments": result.deployed,
+                "validated": key[final.trial.number], "equivalence": key[equivalence],
+                "search_deployments": result.deployed,
                 "validation_deployments": val.done,
                 "conversations": float(np.mean(convs)) if convs else 3.0,
                 "best_deployed": min(done, key=true.__getitem__),
@@ -263,7 +287,8 @@ def summarise(results: list[dict[str, Any]], precision: float | None = None,
         true = truth(name, precision, max_conversations)
         best = min(true.values())
         rs = [r for r in results if r["surface"] == name]
-        for pipe in ("today", "groups", "validated", "best_candidate", "best_deployed"):
+        pipes = ("today", "groups", "validated", "equivalence", "best_candidate", "best_deployed")
+        for pipe in pipes:
             within = [true[r[pipe]] <= best * 1.05 for r in rs]
             pairs: dict[int, list[str]] = {}
             for r in rs:
@@ -276,11 +301,35 @@ def summarise(results: list[dict[str, Any]], precision: float | None = None,
                 "surface": name, "pipeline": pipe, "runs": len(rs),
                 "within_5pct": float(np.mean(within)), "same_group": float(np.mean(same_group)),
                 "same_config": float(np.mean(same)),
-                "extra_deployments": float(np.mean(extra)) if pipe != "today" and pipe != "groups"
-                and not pipe.startswith("best") else 0.0,
+                "extra_deployments": float(np.mean(extra))
+                if pipe in ("validated", "equivalence") else 0.0,
                 "conversations": float(np.mean([r.get("conversations", 3.0) for r in rs])),
             })  # fmt: skip
     return rows
+
+
+def floor(noise: float, precision: float | None, max_conversations: int,
+          comparisons: int = 2000) -> None:  # fmt: skip
+    """Print, for n deployments of each, how often the pooled median HIT orders synthetic_ties'
+    best configuration before the first one more than 5.5 % slower (module docstring)."""
+    name = "synthetic_ties"
+    space = load_space(ROOT / "search_spaces" / f"{SURFACES[name][0]}.yaml")
+    points = {space.key(p.params): p for p in _surface(name).points if p.status == "ok"}
+    true = truth(name, precision, max_conversations)
+    order = sorted(true, key=true.__getitem__)
+    slower = next(k for k in order if true[k] > 1.055 * true[order[0]])
+    rng = random.Random(1)
+
+    def pooled(p: SurfacePoint, n: int) -> float:
+        return statistics.median(x for _ in range(n) for x in _measure(
+            p, rng, max(0.3, rng.gauss(1.0, noise)), precision, max_conversations)[0])  # fmt: skip
+
+    print(f"{name}: the best against one {true[slower] / true[order[0]] - 1:.1%} slower, "
+          f"deployment noise N(1, {noise}), {comparisons} comparisons")  # fmt: skip
+    for n in (2, 3, 4, 6, 8, 10):
+        right = sum(pooled(points[order[0]], n) < pooled(points[slower], n)
+                    for _ in range(comparisons))  # fmt: skip
+        print(f"  {n} deployments each: right {right / comparisons:.1%}")
 
 
 def plot(out: Path) -> None:
@@ -323,6 +372,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--plot", action="store_true",
                     help="only draw results/decision_quality.png from the two result files")
+    ap.add_argument("--floor", action="store_true",
+                    help="only print the noise floor (how many deployments tell 5 %% apart)")
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--surfaces", nargs="+", default=list(SURFACES))
     ap.add_argument("--deployment-noise", type=float, default=0.08)
@@ -346,6 +397,9 @@ def main() -> None:
         return
     args.precision = args.precision or None
     max_conv = (args.max_conversations or 3) if args.precision is not None else 3
+    if args.floor:
+        floor(args.deployment_noise, args.precision, max_conv)
+        return
     jobs = [(s, seed, rep, args.deployment_noise, args.top, args.rounds, args.extra,
              args.precision, max_conv)
             for s in args.surfaces
