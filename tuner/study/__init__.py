@@ -5,7 +5,8 @@ from __future__ import annotations
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._survey import deployments
 from tuner.study._trial import TrialOutcome
-from tuner.study.runner import RunResult, RunSettings, StudyRunner
+from tuner.study.runner import StudyRunner
+from tuner.study.settings import RunResult, RunSettings
 from tuner.study.storage import Heartbeat, StudyPaths, journal_problem, load_study
 from tuner.study.validate import (
     ValidationResult,

@@ -24,7 +24,7 @@ from tuner.study.artifacts import STORE_ATTR, ArtifactStore, open_store, store_o
 from tuner.study.storage import MEMORY, StudyPaths
 
 if TYPE_CHECKING:
-    from tuner.study.runner import RunSettings
+    from tuner.study.settings import RunSettings
 
 __all__ = ["artifact_store", "check_surface", "describe", "external_params"]
 

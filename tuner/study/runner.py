@@ -15,7 +15,6 @@ import random
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -46,7 +45,8 @@ from tuner.study.sampling import (
     check_sampler,
     default_sampler,
 )
-from tuner.study.storage import Heartbeat, StudyPaths, open_storage, study_lock
+from tuner.study.settings import RunResult, RunSettings
+from tuner.study.storage import StudyPaths, open_storage, study_lock
 from tuner.study.workers import reap, worker_lease
 
 __all__ = ["RunResult", "RunSettings", "StudyRunner", "sigterm_as_interrupt"]
@@ -54,56 +54,6 @@ __all__ = ["RunResult", "RunSettings", "StudyRunner", "sigterm_as_interrupt"]
 log = logging.getLogger("tuner.study")
 
 _POLL_S = 1.0  # how often a worker waiting for the others' deployments looks again
-
-
-@dataclass(frozen=True, slots=True)
-class RunSettings:
-    """How one run of a study proceeds (the CLI's options, as data)."""
-
-    n_trials: int = 40
-    sampler_seed: int | None = 0
-    max_duplicate_streak: int = 3  # then enqueue an unexplored valid point next to the front
-    enqueue_seeds: bool = True
-    # False deploys points the validity rules reject: to check the rules against a vLLM version.
-    precheck: bool = True
-    sampler: str = "tpe"  # tpe | tpe-independent | grid (tuner sweep) | random | nsga2
-    # Never let the sampler propose a point the study already holds (or a known-invalid one).
-    fresh: bool = True
-    # time.monotonic() after which no new deployment starts (--timeout); None: no limit.
-    deadline: float | None = None
-    # Resume even when the space, objective or server differ from the study's (--force).
-    force: bool = False
-    # Once the seeds are done, give never-deployed dimension values a try on the best point so
-    # far and carry a winner across the front (tuner.study._coverage), every other trial;
-    # the default sampler only.
-    cover_values: bool = True
-    # This process holds the study's lock (``tuner optimize``); False for ``tuner worker``,
-    # one of several processes sharing the study through its storage.
-    exclusive: bool = True
-    # Optuna's heartbeats on RDB storages (PostgreSQL, SQLite): a dead worker's trial is
-    # failed after the grace period and its point retried. None: off.
-    heartbeat: Heartbeat | None = Heartbeat()
-    # Which slot of `--workers N --gpus ...` this process is (shown in the dashboard).
-    slot: str | None = None
-    # The artifact store for the trials' files (a folder or s3://bucket); None: the study's
-    # own, else STUDY/artifacts (tuner.study.artifacts). In-memory studies keep none.
-    artifacts: str | None = None
-    # --stop-when-met: once the seeds are done, stop when a trial meets the success criteria
-    # with intervals within the objectives' precision (tuner.study._goal).
-    stop_when_met: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """What a run did: deployments the study holds, trials it added, and each outcome."""
-
-    study_name: str
-    deployed: int  # deployments the study holds now
-    new_trials: int  # trials created by this run (all states)
-    exhausted: bool  # every valid point of the space has been evaluated
-    outcomes: tuple[TrialOutcome, ...]
-    stopped_by_deadline: bool = False  # --timeout came before --trials
-    goal_met: int | None = None  # --stop-when-met: the trial that met the goal
 
 
 def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
