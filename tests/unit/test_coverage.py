@@ -114,3 +114,45 @@ def test_an_objective_at_or_below_zero_is_shifted_not_scaled(tmp_path: Path, hit
     nxt = m.next_point(cov)
     assert nxt is not None
     assert nxt[0]["max_num_batched_tokens"] == 8192
+
+
+def test_clear_news_keeps_the_turn_and_anything_else_hands_it_back(tmp_path: Path) -> None:
+    """Coverage alternates with the sampler, except after clear news: an unseen value that
+    became the best on the first objective (carried at once), a carry that landed on the
+    front (the next carry follows)."""
+    m = Measured(tmp_path)
+    cov = Coverage(m.space)
+    budget = ["max_num_batched_tokens", "8192"]
+    m.add(0.95, True, True, None, (100.0, 47.0))
+    m.add(0.9, True, False, None, (200.0, 44.0))
+    m.add(0.95, True, True, 8192, (50.0, 47.0), coverage=budget)  # the new best HIT
+    assert cov.keeps_turn(m.study, m.study.trials[-1])
+    m.add(0.9, True, True, 8192, (120.0, 43.0), carries=budget)  # on the front: least memory
+    assert cov.keeps_turn(m.study, m.study.trials[-1])
+    m.add(0.9, False, True, 8192, (300.0, 45.0), carries=budget)  # dominated: missed
+    assert not cov.keeps_turn(m.study, m.study.trials[-1])
+    # On the front (the least memory) but not the best HIT: maybe noise, the sampler's turn.
+    m.add(0.9, False, False, None, (500.0, 40.0), coverage=["enable_prefix_caching", "false"])
+    assert m.study.trials[-1].number in {t.number for t in m.study.best_trials}
+    assert not cov.keeps_turn(m.study, m.study.trials[-1])
+
+
+def test_after_clear_news_the_turn_is_a_carry_and_after_other_news_the_samplers(
+    tmp_path: Path,
+) -> None:
+    """``turn``: after a sampler trial, coverage proposes; after a try that became the best, the
+    winner is carried at once; after a try that did not, the sampler's turn (None)."""
+    m = Measured(tmp_path)
+    cov = Coverage(m.space)
+    m.add(0.95, True, True, None, (100.0, 47.0))
+    m.add(0.9, True, False, None, (200.0, 44.0))
+    first = cov.turn(m.study, m.valid, m.evaluated, m.study.trials[-1])  # after a seed
+    assert first is not None
+    assert "coverage" in first[1]
+    m.add(0.95, True, True, 8192, (50.0, 47.0), coverage=["max_num_batched_tokens", "8192"])
+    carry = cov.turn(m.study, m.valid, m.evaluated, m.study.trials[-1])
+    assert carry is not None
+    assert carry[1] == {"carries": ["max_num_batched_tokens", "8192"]}
+    # A try on the front (the least memory) but not the best on HIT: maybe noise.
+    m.add(0.9, False, True, None, (400.0, 43.0), coverage=["enable_prefix_caching", "false"])
+    assert cov.turn(m.study, m.valid, m.evaluated, m.study.trials[-1]) is None

@@ -419,7 +419,7 @@ class TestCoverage:
     ) -> None:
         """The seeds leave values unseen (memory 0.90, every token budget): right after them,
         one is tried (memory's extreme first) as a one-flag change of a seed on the front; then
-        the sampler gets its turn (they alternate)."""
+        the sampler gets its turn (they alternate; only a carry of clear news comes between)."""
         s = [seed(space, "a"), seed(space, "b", enable_prefix_caching=True)]
         make_runner(tmp_path, space, s, objective, trials=4).run()
         study = load_study(StudyPaths.create("s", tmp_path))

@@ -15,8 +15,16 @@ most hypervolume from, were the value to change its objectives in the ratio it c
 winner's (against the point the winner came from): a one-flag change of a measured point, or,
 where that is invalid (a token budget on a chunked-off point), the valid points one more flag
 away. When no such prediction can be made, the front points farthest in objective space.
-Measured on ``benchmarks/sample_efficiency.py`` (``default`` against ``default_no_coverage``;
-the predicted gain took ``synthetic_concurrent`` from 21 to 16 deployments to 95 %).
+
+Coverage trials alternate with the sampler's, which learns from each before the next, unless a
+try's news is clear: an unseen value that became the front's best on the first objective is
+carried at once, and a carry that landed on the front is followed by the next one; a try that
+did not (a value on the front by noise, a carry that missed) hands the turn back.
+
+Measured on ``benchmarks/sample_efficiency.py`` (``default`` against ``default_no_coverage``):
+the predicted gain took ``synthetic_concurrent`` from 21 to 16 deployments to 95 %, keeping
+the turn on clear news from 16 to 15 (100 seeds: mean 16.8 -> 15.1), with ``synthetic_mission``
+unchanged (median 13, mean 14.9).
 """
 
 from __future__ import annotations
@@ -62,18 +70,52 @@ class Coverage:
         self.tried: set[tuple[str, str]] = set()  # (dimension, value) given their first try
         self.carried: set[str] = set()  # points proposed to carry a winning value
 
+    def turn(
+        self,
+        study: optuna.Study,
+        valid: dict[str, dict[str, ParamValue]],
+        evaluated: dict[str, FrozenTrial],
+        last: FrozenTrial | None,
+    ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
+        """The coverage trial to run after ``last`` (the study's latest trial), or None for the
+        sampler's turn: after any other trial, the next coverage trial; after a coverage
+        trial, a carry, and only when that trial's news was clear (``keeps_turn``)."""
+        if last is None or not {"coverage", "carries"} & set(last.user_attrs):
+            return self.next_point(study, valid, evaluated)
+        if self.keeps_turn(study, last):
+            return self.next_point(study, valid, evaluated, carry_only=True)
+        return None
+
     def next_point(
         self,
         study: optuna.Study,
         valid: dict[str, dict[str, ParamValue]],
         evaluated: dict[str, FrozenTrial],
+        *,
+        carry_only: bool = False,
     ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
-        """(params, user attributes) of the next coverage trial, or None."""
+        """(params, user attributes) of the next coverage trial, or None: a carry first, then
+        an unseen value (``carry_only``: a carry or nothing)."""
         front, _ = pareto_front(study)
         if not front:
             return None
         carry = self._carry(study, front, valid, evaluated)
-        return carry if carry is not None else self._unseen(study, front, valid, evaluated)
+        if carry is not None or carry_only:
+            return carry
+        return self._unseen(study, front, valid, evaluated)
+
+    def keeps_turn(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Whether coverage trial ``trial`` brought news clear enough to act on before the
+        sampler's turn: an unseen value that made the front's best point on the first objective
+        (carried at once), or a carry that landed on the front (the next carry follows). Any
+        other outcome, or a trial not measured yet, hands the turn to the sampler."""
+        front, _ = pareto_front(study)
+        if trial.number not in {t.number for t in front}:
+            return False
+        if "carries" in trial.user_attrs:
+            return True
+        sign = _sign(study)
+        return min(front, key=lambda t: sign * t.values[0]).number == trial.number
 
     def _unseen(
         self,

@@ -170,11 +170,11 @@ class StudyRunner:
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return
         if not self._pending_seeds:
-            # Alternate with the sampler: it learns from each try before the next one.
-            last = study.get_trials(deepcopy=False)[-1:]
-            took_turn = bool(last) and bool({"coverage", "carries"} & set(last[0].user_attrs))
-            if self.settings.cover_values and self.settings.sampler == "tpe" and not took_turn:
-                nxt = self._coverage.next_point(study, self._valid, self._evaluated)
+            if self.settings.cover_values and self.settings.sampler == "tpe":
+                last = study.get_trials(deepcopy=False)[-1:]
+                nxt = self._coverage.turn(
+                    study, self._valid, self._evaluated, last[0] if last else None
+                )
                 if nxt is not None:
                     study.enqueue_trial(dict(nxt[0]), user_attrs=nxt[1])
             return

@@ -29,8 +29,8 @@ class RunSettings:
     # Resume even when the space, objective or server differ from the study's (--force).
     force: bool = False
     # Once the seeds are done, give never-deployed dimension values a try on the best point so
-    # far and carry a winner across the front (tuner.study._coverage), every other trial;
-    # the default sampler only.
+    # far and carry a winner across the front (tuner.study._coverage), every other trial
+    # (a clear winner's carries back to back); the default sampler only.
     cover_values: bool = True
     # This process holds the study's lock (``tuner optimize``); False for ``tuner worker``,
     # one of several processes sharing the study through its storage.
