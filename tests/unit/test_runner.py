@@ -419,7 +419,8 @@ class TestCoverage:
     ) -> None:
         """The seeds leave values unseen (memory 0.90, every token budget): right after them,
         one is tried (memory's extreme first) as a one-flag change of a seed on the front; then
-        the sampler gets its turn (they alternate; only a carry of clear news comes between)."""
+        the sampler gets its turn (they alternate); only a try that became the best HIT may be
+        carried at once (where there is a point to carry it to)."""
         s = [seed(space, "a"), seed(space, "b", enable_prefix_caching=True)]
         make_runner(tmp_path, space, s, objective, trials=4).run()
         study = load_study(StudyPaths.create("s", tmp_path))
@@ -432,7 +433,10 @@ class TestCoverage:
         ]
         assert {name} in diffs  # one flag away from a seed
         assert "coverage" not in fourth.user_attrs
-        assert "carries" not in fourth.user_attrs
+        # The simulated server's timings decide whether the try is the fastest so far.
+        clear = third.values[0] < min(t.values[0] for t in study.trials[:2])
+        allowed = ([name, value], None) if clear else (None,)
+        assert fourth.user_attrs.get("carries") in allowed
 
     def test_a_worker_waits_for_a_trial_under_way_that_may_fill_the_target(
         self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
