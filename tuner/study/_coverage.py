@@ -80,10 +80,11 @@ class Coverage:
         """The coverage trial to run after ``last`` (the study's latest trial), or None for the
         sampler's turn: after any other trial, the next coverage trial; after a coverage
         trial, a carry, and only when that trial's news was clear (``keeps_turn``)."""
+        front, _ = pareto_front(study)  # read once for the decision and the proposal
         if last is None or not {"coverage", "carries"} & set(last.user_attrs):
-            return self.next_point(study, valid, evaluated)
-        if self.keeps_turn(study, last):
-            return self.next_point(study, valid, evaluated, carry_only=True)
+            return self._propose(study, front, valid, evaluated, carry_only=False)
+        if self._keeps_turn(study, front, last):
+            return self._propose(study, front, valid, evaluated, carry_only=True)
         return None
 
     def next_point(
@@ -91,12 +92,29 @@ class Coverage:
         study: optuna.Study,
         valid: dict[str, dict[str, ParamValue]],
         evaluated: dict[str, FrozenTrial],
-        *,
-        carry_only: bool = False,
     ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
         """(params, user attributes) of the next coverage trial, or None: a carry first, then
-        an unseen value (``carry_only``: a carry or nothing)."""
+        an unseen value."""
         front, _ = pareto_front(study)
+        return self._propose(study, front, valid, evaluated, carry_only=False)
+
+    def keeps_turn(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Whether coverage trial ``trial`` brought news clear enough to act on before the
+        sampler's turn: an unseen value that made the front's best point on the first objective
+        (carried at once), or a carry that landed on the front (the next carry follows). Any
+        other outcome, or a trial not measured yet, hands the turn to the sampler."""
+        return self._keeps_turn(study, pareto_front(study)[0], trial)
+
+    def _propose(
+        self,
+        study: optuna.Study,
+        front: list[FrozenTrial],
+        valid: dict[str, dict[str, ParamValue]],
+        evaluated: dict[str, FrozenTrial],
+        *,
+        carry_only: bool,
+    ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
+        """A carry first, then an unseen value (``carry_only``: a carry or nothing)."""
         if not front:
             return None
         carry = self._carry(study, front, valid, evaluated)
@@ -104,12 +122,9 @@ class Coverage:
             return carry
         return self._unseen(study, front, valid, evaluated)
 
-    def keeps_turn(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        """Whether coverage trial ``trial`` brought news clear enough to act on before the
-        sampler's turn: an unseen value that made the front's best point on the first objective
-        (carried at once), or a carry that landed on the front (the next carry follows). Any
-        other outcome, or a trial not measured yet, hands the turn to the sampler."""
-        front, _ = pareto_front(study)
+    def _keeps_turn(
+        self, study: optuna.Study, front: list[FrozenTrial], trial: FrozenTrial
+    ) -> bool:
         if trial.number not in {t.number for t in front}:
             return False
         if "carries" in trial.user_attrs:
