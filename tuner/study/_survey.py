@@ -8,6 +8,7 @@ minutes of a deployment.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,15 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["NOT_EVALUATED", "WAITS_FOR", "Survey", "deployments", "evaluated", "survey"]
+__all__ = [
+    "NOT_EVALUATED",
+    "WAITS_FOR",
+    "Survey",
+    "deployments",
+    "evaluated",
+    "survey",
+    "wait_for_twin",
+]
 
 # Not "evaluated": an interrupted trial is retried on resume; a duplicate is only a pointer;
 # a trial the environment failed (port taken, engine unreachable, disk full) says nothing of
@@ -110,3 +119,29 @@ def survey(
             if len(t.params) == n_params:
                 out.claims.setdefault(key_of(t.params), []).append(t)
     return out
+
+
+def wait_for_twin(
+    trial: optuna.Trial,
+    key: str,
+    now: Survey,
+    look: Callable[[], Survey],
+    reap: Callable[[], None],
+    poll_s: float,
+) -> Survey:
+    """For a seed ``trial`` at point ``key``, with another seed of the same point (the file
+    names both): wait until the other worker's measurement is in, or it no longer blocks
+    (``Survey.blocker``), as one worker alone would; returns the last survey. ``look`` reads
+    the study again, ``reap`` fails dead workers' trials (the other worker may die)."""
+    while key not in now.evaluated:
+        other = now.blocker(key, trial.number)
+        if other is None:
+            if trial.user_attrs.get(WAITS_FOR) is not None:
+                trial.set_user_attr(WAITS_FOR, None)  # decided: no longer waits
+            break
+        if other.number < trial.number and trial.user_attrs.get(WAITS_FOR) != other.number:
+            trial.set_user_attr(WAITS_FOR, other.number)  # the earlier one goes on
+        time.sleep(poll_s)
+        reap()
+        now = look()
+    return now

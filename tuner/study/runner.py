@@ -31,12 +31,12 @@ from tuner.deploy.base import Deployer
 from tuner.errors import ConfigError, EnvironmentFault
 from tuner.measure.workload import check_fits
 from tuner.study._coverage import Coverage
-from tuner.study._duplicate import record_duplicate
 from tuner.study._goal import check_goal, goal_met
 from tuner.study._setup import artifact_store, check_surface, describe, external_params
 from tuner.study._signals import sigterm_as_interrupt
-from tuner.study._survey import WAITS_FOR, Survey, evaluated, survey
+from tuner.study._survey import Survey, evaluated, survey, wait_for_twin
 from tuner.study._trial import TrialOutcome, evaluate, record_failure
+from tuner.study._undeployed import record_duplicate, record_env_fault, record_not_deployed
 from tuner.study.artifacts import ArtifactStore
 from tuner.study.sampling import (
     Neighbours,
@@ -352,33 +352,29 @@ class StudyRunner:
             # Read after this trial's parameters are stored: of two workers that drew the same
             # point at once, at least the later one sees the other's (both may step back).
             now = self._look(study, besides=trial.number)
-            while seed and key not in now.evaluated:
-                # Two seeds of one point (the file names both): wait for the other worker's
-                # measurement and point to it, as one worker alone would.
-                other = now.blocker(key, trial.number)
-                if other is None:
-                    if trial.user_attrs.get(WAITS_FOR) is not None:
-                        trial.set_user_attr(WAITS_FOR, None)  # decided: no longer waits
-                    break
-                if other.number < trial.number and trial.user_attrs.get(WAITS_FOR) != other.number:
-                    trial.set_user_attr(WAITS_FOR, other.number)  # the earlier one goes on
-                time.sleep(_POLL_S)
-                self._reap(study)  # the other worker may die meanwhile
-                now = self._look(study, besides=trial.number)
+            if seed:
+                now = wait_for_twin(
+                    trial,
+                    key,
+                    now,
+                    functools.partial(self._look, study, besides=trial.number),
+                    functools.partial(self._reap, study),
+                    _POLL_S,
+                )
             if key in now.evaluated:
                 return record_duplicate(study, trial, now.evaluated[key], params, t0)
             if key in now.running and not seed:
                 other = now.running[key]
                 why = f"trial {other.number} ({other.user_attrs.get('worker', '?')}) deploys it"
-                return self._not_deployed(study, trial, params, "taken", why, t0)
+                return record_not_deployed(study, trial, params, "taken", why, t0)
             if now.ahead_of(trial.number) >= self._target:
                 why = f"earlier trials fill the target of {self._target} deployments"
                 if seed:  # back in the queue: should an earlier trial not deploy, it runs
                     study.enqueue_trial(dict(params), user_attrs={"seed_name": seed})
-                return self._not_deployed(study, trial, params, "surplus", why, t0)
+                return record_not_deployed(study, trial, params, "surplus", why, t0)
             problems = self._invalid(params) if self.settings.precheck else []
             if problems:
-                return self._not_deployed(study, trial, params, "invalid", "; ".join(problems), t0)
+                return record_not_deployed(study, trial, params, "invalid", "; ".join(problems), t0)
             trial.set_user_attr("deployed", True)
             trial.set_user_attr("trial_dir", str(self.paths.trial_dir(trial.number)))
             return self._evaluate(
@@ -401,39 +397,8 @@ class StudyRunner:
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            self._env_fault(study, trial, f"disk full: {exc}")
+            record_env_fault(study, trial, f"disk full: {exc}")
             raise EnvironmentFault(f"disk full while trial {trial.number} ran: {exc}") from exc
         except EnvironmentFault as exc:
-            self._env_fault(study, trial, str(exc))
+            record_env_fault(study, trial, str(exc))
             raise
-
-    def _not_deployed(
-        self,
-        study: optuna.Study,
-        trial: optuna.Trial,
-        params: dict[str, ParamValue],
-        reason: str,
-        message: str,
-        t0: float,
-    ) -> TrialOutcome:
-        """Fail ``trial`` without deploying: an invalid point, or one another worker deploys."""
-        record_failure(study, trial, reason, message)
-        return TrialOutcome(
-            trial.number,
-            params,
-            "fail",
-            reason,
-            trial.user_attrs.get("seed_name"),
-            duration_s=time.perf_counter() - t0,
-            attrs=dict(trial.user_attrs),
-        )
-
-    @staticmethod
-    def _env_fault(study: optuna.Study, trial: optuna.Trial, message: str) -> None:
-        """Mark the trial ``env`` (retried on resume, never a deployment), if storage lets us:
-        on a full disk it may not, and the next run fails the RUNNING trial as interrupted."""
-        if _frozen(study, trial.number).state != TrialState.RUNNING:
-            return
-        with contextlib.suppress(Exception):
-            trial.set_user_attr("deployed", False)
-            record_failure(study, trial, "env", message)

@@ -1,7 +1,10 @@
-"""A proposal the study already holds: never redeployed, answered from the stored trial."""
+"""Trials that end without a deployment of their own: a proposal the study already holds
+(answered from the stored trial), an invalid point, one another worker deploys or that earlier
+trials make surplus, and one the environment failed (port taken, disk full)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -10,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.study._trial import TrialOutcome, record_failure
 
-__all__ = ["record_duplicate"]
+__all__ = ["record_duplicate", "record_env_fault", "record_not_deployed"]
 
 
 def record_duplicate(
@@ -61,3 +64,34 @@ def record_duplicate(
         duration_s=time.perf_counter() - t0,
         attrs=dict(trial.user_attrs),
     )
+
+
+def record_not_deployed(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    params: dict[str, Any],
+    reason: str,
+    message: str,
+    t0: float,
+) -> TrialOutcome:
+    """Fail ``trial`` without deploying: an invalid point, or one another worker deploys."""
+    record_failure(study, trial, reason, message)
+    return TrialOutcome(
+        trial.number,
+        params,
+        "fail",
+        reason,
+        trial.user_attrs.get("seed_name"),
+        duration_s=time.perf_counter() - t0,
+        attrs=dict(trial.user_attrs),
+    )
+
+
+def record_env_fault(study: optuna.Study, trial: optuna.Trial, message: str) -> None:
+    """Mark the trial ``env`` (retried on resume, never a deployment), if storage lets us:
+    on a full disk it may not, and the next run fails the RUNNING trial as interrupted."""
+    if study.get_trials(deepcopy=False)[trial.number].state != TrialState.RUNNING:
+        return
+    with contextlib.suppress(Exception):
+        trial.set_user_attr("deployed", False)
+        record_failure(study, trial, "env", message)
