@@ -99,7 +99,7 @@ def _study(root: Path, rows: list[dict[str, Any]]) -> optuna.Study:
     rng = np.random.default_rng(0)
     for i, r in enumerate(rows):
         hit = list(rng.normal(r["hit"], r.get("sd", 2.0), 30))
-        miss = list(rng.normal(300.0, 2.0, 10))
+        miss = list(rng.normal(r.get("miss", 300.0), 2.0, 10))
         doc = MeasurementsDoc(
             trial=i,
             params=r["params"],
@@ -178,6 +178,31 @@ class TestGroupsAndRule:
         assert got == [2, 1, 0]
         assert [t.number for t in validation_candidates(st, rec, 3)] == [2, 1, 3]
 
+    def test_a_point_dominated_by_noise_is_still_a_candidate(self, tmp_path: Path) -> None:
+        """B is 1 % slower than A on HIT with a worse MISS at the same VRAM: off the front on
+        one deployment each, yet the next fastest on HIT, so validation re-measures it before
+        C, a front point 30 % slower (the front alone would have skipped B)."""
+        st = _study(
+            tmp_path,
+            [
+                {"params": BASE, "hit": 300.0, "vram": 10.0, "seed": "base"},
+                {"params": {"mem": 0.95, "prefix": True, "seqs": None}, "hit": 100.0,
+                 "sd": 0.5, "miss": 290.0, "vram": 9.0},
+                {"params": {"mem": 0.95, "prefix": True, "seqs": 32}, "hit": 101.0,
+                 "sd": 0.5, "miss": 310.0, "vram": 9.0},
+                {"params": {"mem": 0.9, "prefix": True, "seqs": None}, "hit": 130.0,
+                 "miss": 280.0, "vram": 8.0},
+            ],
+        )  # fmt: skip
+        front = {t.number for t in st.best_trials}
+        assert 2 not in front
+        assert {1, 3} <= front
+        rec = recommend(st, parse_rule("default"), root=tmp_path)
+        assert rec is not None
+        assert rec.trial.number == 1
+        got = [t.number for t in validation_candidates(st, rec, 2, st.trials[0])]
+        assert got == [1, 2, 0]
+
     def test_a_clear_winner_stands_alone(self, tmp_path: Path) -> None:
         """When the fastest is beyond the noise of every other, it is the group, even with more
         changes than another candidate."""
@@ -220,17 +245,25 @@ class TestGroupsAndRule:
 
 
 class TestAdaptiveMeasurement:
-    def _objective(self, precision: float | None) -> Any:
+    def _objective(self, precision: float | None, only: str | None = None) -> Any:
+        """The shipped objective with ``precision`` on every objective, or on ``only``."""
         from tests.conftest import ROOT
 
         obj = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
-        specs = [o.model_copy(update={"precision": precision}) for o in obj.objectives]
+        specs = [
+            o.model_copy(update={"precision": precision if only in (None, o.name) else None})
+            for o in obj.objectives
+        ]
         return obj.model_copy(update={"objectives": specs})
 
     def test_a_loose_precision_stops_at_the_minimum(self) -> None:
-        """+-90 %: the first 3 conversations are precise enough, measurement stops there."""
+        """+-90 % on HIT: the first 3 conversations are precise enough, measurement stops
+        there. On HIT alone, as in the shipped objective: one slow request (a garbage
+        collection of the test process, 70 ms against 10) cannot move the median of HIT's 9
+        samples, but widens the interval of MISS's 3 past +-90 % (this test failed on 2 runs
+        in 3 when precision was on every objective; with the collector off, never)."""
         workload = FAST_WORKLOAD.model_copy(update={"max_conversations": 8})
-        enough = precise_enough(self._objective(0.9))
+        enough = precise_enough(self._objective(0.9, only="ttft_hit_ms"))
         assert enough is not None
         with fake_server(["--enable-prefix-caching"]) as srv:
             m = measure(Endpoint(srv.base_url, "fake-model"), workload, enough=enough)

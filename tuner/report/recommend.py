@@ -26,6 +26,8 @@ from optuna.trial import FrozenTrial
 
 from tuner.config.profile import DEFAULT_DEPLOYMENT
 from tuner.errors import ConfigError
+from tuner.front import feasible as is_feasible
+from tuner.front import measured_trials
 from tuner.report.decide import (
     TIE,
     Group,
@@ -378,18 +380,23 @@ def recommend(
 def validation_candidates(
     study: optuna.Study, rec: Recommendation, top: int, baseline: FrozenTrial | None = None
 ) -> list[FrozenTrial]:
-    """What validation redeploys: the search's pick, the fastest other front points on TTFT HIT
-    (``top`` in all), then the baseline.
+    """What validation redeploys: the search's pick, the fastest other measured points on
+    TTFT HIT (``top`` in all), then the baseline.
 
     Not the group's order (fewest changes first): each point was deployed once, so the truly
     fastest may sit anywhere in its group, and only a candidate can be found faster by the
-    fresh deployments.
+    fresh deployments. Nor the front alone: the front is drawn from one deployment per point,
+    and a point that a neighbour's lucky deployment dominates (a little faster on HIT and MISS
+    at the same VRAM) may still be the fastest; off the front it would never be re-measured.
     """
-    front, _ = pareto_trials(study)
-    pool = [t for t in front if _miss_ok(study, t)] or front
+    front, feasible_front = pareto_trials(study)
     if HIT in _names(study):
+        done = measured_trials(study)
+        pool = [t for t in done if is_feasible(t) is not False] if feasible_front else done
+        pool = [t for t in pool if _miss_ok(study, t)] or pool
         pool = sorted(pool, key=lambda t: (_value(study, t, HIT), t.number))
     else:
+        pool = [t for t in front if _miss_ok(study, t)] or front
         pool = [*rec.runners_up, *pool]
     chosen = [rec.trial]
     for t in pool:
