@@ -17,7 +17,14 @@ from optuna._hypervolume import compute_hypervolume  # no public API for it in O
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["feasible", "measured_trials", "nondominated", "normalised_hypervolume", "pareto_front"]
+__all__ = [
+    "candidate_trials",
+    "feasible",
+    "measured_trials",
+    "nondominated",
+    "normalised_hypervolume",
+    "pareto_front",
+]
 
 
 def feasible(t: FrozenTrial) -> bool | None:
@@ -55,16 +62,23 @@ def nondominated(
     return [trials[i] for i in sorted(front)]
 
 
+def candidate_trials(study: optuna.Study) -> tuple[list[FrozenTrial], bool]:
+    """The feasible measured trials, and True; or, when none is feasible, all measured trials
+    and False: what the front, and validation's choice of candidates, are drawn from."""
+    done = measured_trials(study)
+    ok = [t for t in done if feasible(t) is not False]
+    return (ok, True) if ok else (done, False)
+
+
 def pareto_front(study: optuna.Study) -> tuple[list[FrozenTrial], bool]:
     """The front of the feasible measured trials, and True; or, when none is feasible, the
     front of all measured trials and False (so the user still sees the trade-off).
 
     Sorted by the first objective. Agrees with ``study.best_trials`` (a test checks it).
     """
-    done = measured_trials(study)
-    ok = [t for t in done if feasible(t) is not False]
-    front = nondominated(ok or done, study.directions)
-    return sorted(front, key=lambda t: (t.values[0], t.number)), bool(ok)
+    pool, ok = candidate_trials(study)
+    front = nondominated(pool, study.directions)
+    return sorted(front, key=lambda t: (t.values[0], t.number)), ok
 
 
 def normalised_hypervolume(

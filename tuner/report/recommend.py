@@ -26,8 +26,7 @@ from optuna.trial import FrozenTrial
 
 from tuner.config.profile import DEFAULT_DEPLOYMENT
 from tuner.errors import ConfigError
-from tuner.front import feasible as is_feasible
-from tuner.front import measured_trials
+from tuner.front import candidate_trials
 from tuner.report.decide import (
     TIE,
     Group,
@@ -389,13 +388,12 @@ def validation_candidates(
     and a point that a neighbour's lucky deployment dominates (a little faster on HIT and MISS
     at the same VRAM) may still be the fastest; off the front it would never be re-measured.
     """
-    front, feasible_front = pareto_trials(study)
     if HIT in _names(study):
-        done = measured_trials(study)
-        pool = [t for t in done if is_feasible(t) is not False] if feasible_front else done
+        pool, _ = candidate_trials(study)
         pool = [t for t in pool if _miss_ok(study, t)] or pool
         pool = sorted(pool, key=lambda t: (_value(study, t, HIT), t.number))
     else:
+        front, _ = pareto_trials(study)
         pool = [t for t in front if _miss_ok(study, t)] or front
         pool = [*rec.runners_up, *pool]
     chosen = [rec.trial]
