@@ -57,9 +57,8 @@ import optuna
 
 from tuner.config import Profile, ReplayConfig, ServerArgs, load_objective, load_seeds, load_space
 from tuner.metrics import bootstrap_interval
-from tuner.report import recommend, tied_candidates, validation_candidates
-from tuner.report.decide import TIE, changes_from, reference_params
-from tuner.report.synthesis import baseline_trial
+from tuner.decide import TIE, baseline_trial, changes_from, reference_params, validation_candidates
+from tuner.report import recommend
 from tuner.schema import (
     MeasurementsDoc,
     RequestRecord,
@@ -162,9 +161,9 @@ def _evaluator(surface: Surface, rng: random.Random, noise: float,
 
 def _today(study: optuna.Study) -> int:
     """The rule before this change: lowest median HIT on the front, 5 % ties -> lowest VRAM."""
-    from tuner.report.pareto import pareto_trials
+    from tuner.front import pareto_front
 
-    front = pareto_trials(study)[0]
+    front = pareto_front(study)[0]
     best = min(t.values[0] for t in front)
     ties = [t for t in front if t.values[0] <= best * 1.05]
     return min(ties, key=lambda t: (t.values[2], t.values[0])).number
@@ -219,14 +218,13 @@ def run_one(job: tuple[str, int, int, float, int, int, int | None, float | None,
             (t for t in study.trials if t.state.name == "COMPLETE"),
             key=lambda t: t.number,
         )
-        candidates = validation_candidates(study, rec, top, base)
+        candidates = validation_candidates(study, paths.root, top, base)
         if extra is None:  # what `tuner optimize` spends by default
             extra = default_extra(result.deployed, rounds, len(candidates))
         val = Validator(paths=paths, space=space, objective=objective, profile=profile,
                         candidates=candidates,
                         settings=ValidationSettings(rounds=rounds, extra=extra),
-                        evaluator=evaluate,
-                        tied=lambda vs, r: tied_candidates(study, vs, paths.root, r)).run()  # fmt: skip
+                        evaluator=evaluate).run()  # fmt: skip
         final = recommend(load_study(paths), root=paths.root)
         assert final is not None and final.validation is not None
         equivalence = _equivalence_pick(study, final.validation)

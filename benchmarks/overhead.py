@@ -24,7 +24,8 @@ import optuna
 from tuner.config import FakeConfig, Profile, ServerArgs, load_objective, load_space
 from tuner.schema import write_json
 from tuner.study import RunSettings, StudyPaths, StudyRunner
-from tuner.study.sampling import FreshSampler, SamplerContext, make_sampler
+from tuner.study.propose import Proposer
+from tuner.study.sampling import SamplerContext, default_sampler
 from tuner.study._trial import TrialOutcome, record_failure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,17 +57,33 @@ def evaluate(study: optuna.Study, trial: optuna.Trial, *, flags: list[str], tria
     return TrialOutcome(trial.number, dict(p), "complete", None, values=(hit, miss, vram), deployed=True)
 
 
-class _TimedSampler(FreshSampler):
-    """The default sampler, timing its proposals (TPE + fallback) apart from the rest."""
+class _TimedSampler(optuna.samplers.BaseSampler):
+    """The default sampler (the proposer around multivariate TPE), timing its proposals apart
+    from the rest."""
 
     spent: list[float] = []
+
+    def __init__(self, inner: optuna.samplers.BaseSampler) -> None:
+        self.inner = inner
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return self.inner.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return super().sample_relative(study, trial, search_space)
+            return self.inner.sample_relative(study, trial, search_space)
         finally:
             self.spent.append(time.perf_counter() - t0)
+
+    def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+        return self.inner.sample_independent(study, trial, name, dist)
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        self.inner.after_trial(study, trial, state, values)
 
 
 def run(storage: str, n: int, tmp: Path) -> tuple[list[float], list[float]]:
@@ -74,9 +91,9 @@ def run(storage: str, n: int, tmp: Path) -> tuple[list[float], list[float]]:
     _TimedSampler.spent = []
 
     def timed(ctx: SamplerContext) -> optuna.samplers.BaseSampler:
-        # The default sampler (FreshSampler around multivariate TPE), timing its proposals.
-        base = make_sampler(ctx.name, ctx.space, ctx.seed)
-        return _TimedSampler(base, ctx.space, ctx.is_fresh, ctx.fallback)
+        inner = default_sampler(ctx)
+        assert isinstance(inner, Proposer)
+        return _TimedSampler(inner)
 
     (tmp / "space.yaml").write_text(SPACE)
     space = load_space(tmp / "space.yaml")

@@ -59,7 +59,7 @@ SURFACES: dict[str, tuple[str, list[str], str | None]] = {
     # the optimum (chunked prefill with a large budget under load) is not among the seeds
     "synthetic_concurrent": ("seed_192", ["--max-model-len", "131072"], "configs/strategic_12.yaml"),
 }
-# strategy -> (sampler, FreshSampler on, enqueue the 12 seeds, then every point in grid order:
+# strategy -> (sampler, the proposer's freshness on, enqueue the 12 seeds, then every point in grid order:
 # "declared" = the space file's order, "permuted" = its dimensions in a seeded random order)
 STRATEGIES: dict[str, tuple[str, bool, bool, str | None]] = {
     "default": ("tpe", True, True, None),

@@ -1,5 +1,5 @@
-"""Values that several layers share: where a started server answers, why a trial failed, the
-process's one TLS context for HTTP clients.
+"""Values that several layers share: where a started server answers, and the process's one TLS
+context for HTTP clients (why a trial failed is ``tuner.errors.Reason``).
 
 ``deploy`` produces an :class:`Endpoint`, ``measure`` consumes one, and neither imports the
 other: they meet in ``tuner.study`` through this module, which imports nothing of the tuner.
@@ -13,21 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["FAILURE_REASONS", "Endpoint", "tls_context"]
-
-# Every reason a trial can fail with; the report groups failed trials by these.
-FAILURE_REASONS = (
-    "invalid",  # vLLM refuses the flags (detected before deploying, or at start-up)
-    "crash",  # the server exited
-    "oom",  # out of memory (exit status or log pattern)
-    "timeout",  # not healthy within the deployer's timeout
-    "request_error",  # the workload failed against a healthy server
-    "hang",  # no token for the stall timeout while /health answered (a known vLLM failure)
-    "overload",  # more requests failed than the workload allows at its load
-    "interrupted",  # Ctrl-C / SIGTERM during the trial
-    "env",  # the environment failed (port taken, engine unreachable, disk full): retried
-    "duplicate",  # the sampler proposed an already evaluated point (not deployed)
-)
+__all__ = ["Endpoint", "WorkerSlot", "tls_context"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +39,24 @@ class Endpoint:
     pids: tuple[int, ...] = ()
     container_id: str | None = None
     reported_vram_mib: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """What worker ``index`` of ``--workers N --gpus ...`` owns: its GPUs (None: the profile's
+    own) and its port offset. A deployer confines a profile to it (``tuner.deploy.confine``).
+
+    Example:
+        >>> WorkerSlot(1, ("2", "3")).label()
+        'worker 1 GPUs 2,3'
+    """
+
+    index: int
+    gpus: tuple[str, ...] | None = None
+
+    def label(self) -> str:
+        gpus = f" GPUs {','.join(self.gpus)}" if self.gpus else ""
+        return f"worker {self.index}{gpus}"
 
 
 @functools.cache

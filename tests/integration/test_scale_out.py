@@ -2,8 +2,9 @@
 
 Workers are real ``tuner`` processes; the servers they deploy are the simulated (``fake``) and
 replayed ones, so that each test runs in seconds. What is checked is what Optuna's distributed
-mode leaves to us: the target reached exactly, no point deployed twice, the seeds once, a
-killed worker's point retried by another one, and the same points as one worker alone.
+mode leaves to us: the target reached (with at most W-1 trials in flight past it), the seeds
+once, no trial shown failed that is not the configuration's failure, a killed worker's point
+retried by another one, and the same points as one worker alone.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tuner.errors import StudyError
 from tuner.study import StudyPaths
 from tuner.study.storage import open_storage
 from tuner.testing import PostgresUnavailable, postgres_server
+from tuner.trial import StoredTrial
 
 ROOT = Path(__file__).resolve().parents[2]
 TUNER = [sys.executable, "-m", "tuner.cli"]
@@ -92,30 +94,29 @@ def _key(t: FrozenTrial) -> str:
     return repr(sorted(t.params.items()))
 
 
-def test_three_workers_reach_the_target_exactly_once_each(tmp_path: Path, storage: str) -> None:
-    """3 workers, 14 deployments: exactly 14, no point twice, each of the 12 seeds once (two
-    of them share a point: one measurement, one pointer), and all three workers deployed."""
+def test_three_workers_reach_the_target_and_no_false_failure(tmp_path: Path, storage: str) -> None:
+    """3 workers, 14 deployments: 14 to 16 (up to 2 in flight finish past the target), each of
+    the 12 seeds on a measured trial (two share a point: one trial, both names), no failed
+    trial that is not a failure, and all three workers deployed."""
     (tmp_path / "fake.yaml").write_text(FAKE % 0.5)
     name, studies = _study_name(tmp_path), tmp_path / "studies"
     r = _tuner("optimize", "--trials", "14", "--study", name, "--workers", "3",
                "--storage", storage, "--profile", str(tmp_path / "fake.yaml"),
                "--studies-dir", str(studies), "--no-validate")  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "12 seeds queued; 3 workers" in r.stdout
+    assert "12 seeds queued (11 trials); 3 workers" in r.stdout
     trials = _trials(name, studies, storage)
     deployed = _deployed(trials)
-    assert len(deployed) == 14
-    assert max(Counter(_key(t) for t in deployed).values()) == 1
+    assert 14 <= len(deployed) <= 16
+    # a point two workers drew in the same instant is a replicate, never a failure
+    assert max(Counter(_key(t) for t in deployed).values()) <= 2
+    assert all(StoredTrial(t).is_failure for t in trials if t.state == TrialState.FAIL)
     # every deployment left its folder, and nothing else did
     folders = [p for p in (studies / name / "trials").iterdir() if (p / "command.json").exists()]
-    assert len(folders) == 14
-    seeds = Counter(
-        t.user_attrs["seed_name"]
-        for t in trials
-        if "seed_name" in t.user_attrs and t.state == TrialState.COMPLETE
-    )
-    assert len(seeds) == 12
-    assert set(seeds.values()) == {1}
+    assert len(folders) == len(deployed)
+    names = Counter(n for t in deployed for n in StoredTrial(t).seed_names)
+    assert len(names) == 12
+    assert set(names.values()) == {1}
     assert len({t.user_attrs["worker"] for t in deployed}) == 3
 
 

@@ -24,16 +24,25 @@ LAYERS: dict[str, int] = {
     "metrics": 0,
     "config": 1,
     "schema": 1,
-    "front": 1,
+    "trial": 1,
     "demo_model": 1,
+    "front": 2,
     "simulate": 2,
     "deploy": 3,
     "measure": 3,
+    "decide": 3,
     "study": 4,
     "report": 4,
     "cli": 5,
     "testing": 6,  # test helpers: may import anything, nothing in the library imports them
 }
+# The config models of each seam's kinds, and the one package allowed to ask which it holds:
+# everything else asks the kind itself (tuner.deploy's functions, the workload's methods).
+KIND_CONFIGS: dict[str, tuple[str, ...]] = {
+    "deploy": ("LocalConfig", "ExternalConfig", "DockerConfig", "ComposeConfig", "ReplayConfig",
+               "FakeConfig"),
+    "measure": ("SyntheticAgentSpec", "TraceSpec"),
+}  # fmt: skip
 
 
 def _unit(module: str) -> str | None:
@@ -86,9 +95,45 @@ def violations(package_root: Path) -> list[str]:
     return bad
 
 
+def kind_tests(package_root: Path) -> list[str]:
+    """Every ``isinstance`` on a deployer or workload config outside the package of its seam."""
+    bad: list[str] = []
+    for path in sorted(package_root.rglob("*.py")):
+        rel = path.relative_to(package_root)
+        unit = rel.parts[0].removesuffix(".py")
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "isinstance"):
+                continue
+            names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)} | {
+                n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)
+            }
+            for seam, configs in KIND_CONFIGS.items():
+                if unit != seam and names & set(configs):
+                    bad.append(f"{rel}:{node.lineno}: asks which {seam} kind it holds")
+    return bad
+
+
 def test_the_package_follows_the_import_rules() -> None:
     """No upward or sideways import anywhere in tuner/."""
     assert violations(ROOT / "tuner") == []
+
+
+def test_no_kind_is_tested_outside_its_seam() -> None:
+    """Nothing outside tuner/deploy/ asks which deployer it holds, nothing outside
+    tuner/measure/ which workload: a kind answers for itself."""
+    assert kind_tests(ROOT / "tuner") == []
+
+
+def test_a_planted_kind_test_is_caught(tmp_path: Path) -> None:
+    """The check is not vacuous: an isinstance on a deployer config planted in study/ fails it."""
+    copy = tmp_path / "tuner"
+    shutil.copytree(ROOT / "tuner", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "study" / "_planted.py").write_text(
+        "from tuner.config.profile import DockerConfig\n"
+        "def f(p):\n    return isinstance(p.deployer, DockerConfig | None)\n"
+    )
+    assert kind_tests(copy) == ["study/_planted.py:3: asks which deploy kind it holds"]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Coverage after the seeds (tuner.study._coverage): unseen values, and carrying a winner."""
+"""Coverage after the seeds (tuner.study._coverage): unseen values, and carrying a winner,
+decided from the stored trials alone."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from optuna.trial import FrozenTrial, create_trial
 from tuner.config import load_space
 from tuner.config.space import ParamValue, SearchSpace
 from tuner.study._coverage import Coverage
+from tuner.study.propose import Snapshot
 
 SPACE = """\
 name: tiny
@@ -60,7 +62,10 @@ class Measured:
         return params
 
     def next_point(self, cov: Coverage) -> tuple[dict[str, ParamValue], dict[str, object]] | None:
-        return cov.next_point(self.study, self.valid, self.evaluated)
+        return cov.next_point(self.study, Snapshot.read(self.study, self.space), self.valid)
+
+    def turn(self, cov: Coverage) -> tuple[dict[str, ParamValue], dict[str, object]] | None:
+        return cov.turn(self.study, Snapshot.read(self.study, self.space), self.valid)
 
 
 def test_a_value_with_no_valid_base_yet_is_tried_once_one_appears(tmp_path: Path) -> None:
@@ -97,9 +102,12 @@ def test_a_winning_value_goes_first_where_the_front_gains_most(tmp_path: Path) -
     assert nxt is not None
     assert nxt[1] == {"carries": ["max_num_batched_tokens", "8192"]}
     assert nxt[0] == {**low, "enable_chunked_prefill": True, "max_num_batched_tokens": 8192}
-    # Then the next best, never the same point twice.
-    again = m.next_point(cov)
+    # Another worker asks while that carry is queued or running: the next best, never the same
+    # point twice (what coverage proposed is read from storage, not this process's memory).
+    m.study.enqueue_trial(nxt[0], user_attrs=nxt[1])
+    again = m.next_point(Coverage(m.space))
     assert again is not None
+    assert again[1] == {"carries": ["max_num_batched_tokens", "8192"]}
     assert again[0] != nxt[0]
 
 
@@ -146,13 +154,28 @@ def test_after_clear_news_the_turn_is_a_carry_and_after_other_news_the_samplers(
     cov = Coverage(m.space)
     m.add(0.95, True, True, None, (100.0, 47.0))
     m.add(0.9, True, False, None, (200.0, 44.0))
-    first = cov.turn(m.study, m.valid, m.evaluated, m.study.trials[-1])  # after a seed
+    first = m.turn(cov)  # after a seed
     assert first is not None
     assert "coverage" in first[1]
     m.add(0.95, True, True, 8192, (50.0, 47.0), coverage=["max_num_batched_tokens", "8192"])
-    carry = cov.turn(m.study, m.valid, m.evaluated, m.study.trials[-1])
+    carry = m.turn(cov)
     assert carry is not None
     assert carry[1] == {"carries": ["max_num_batched_tokens", "8192"]}
     # A try on the front (the least memory) but not the best on HIT: maybe noise.
     m.add(0.9, False, True, None, (400.0, 43.0), coverage=["enable_prefix_caching", "false"])
-    assert cov.turn(m.study, m.valid, m.evaluated, m.study.trials[-1]) is None
+    assert m.turn(cov) is None
+
+
+def test_a_value_tried_by_another_worker_is_not_tried_again(tmp_path: Path) -> None:
+    """An unseen value's first try, queued or running on another worker, counts as tried: a
+    second worker gets the next unseen value, not the same try (the race that once failed
+    two of three workers' trials as 'taken')."""
+    m = Measured(tmp_path)
+    m.add(0.95, True, True, None, (100.0, 47.0))
+    first = m.next_point(Coverage(m.space))
+    assert first is not None
+    m.study.enqueue_trial(first[0], user_attrs=first[1])  # the other worker's trial
+    second = m.next_point(Coverage(m.space))
+    assert second is not None
+    assert second[1]["coverage"] != first[1]["coverage"]
+    assert second[0] != first[0]

@@ -14,10 +14,10 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
 from tuner.config import load_objective
+from tuner.decide import best_group, changes_from, effects, load_observations, validation_candidates
 from tuner.measure import measure
 from tuner.metrics import bootstrap_diff, bootstrap_interval, within_precision
-from tuner.report import parse_rule, recommend, validation_candidates
-from tuner.report.decide import best_group, changes_from, effects, load_observations
+from tuner.report import parse_rule, recommend
 from tuner.schema import MeasurementsDoc, RequestRecord, TrialFolder
 from tuner.study._trial import precise_enough
 from tuner.testing import FAST_WORKLOAD, fake_server
@@ -173,10 +173,9 @@ class TestGroupsAndRule:
         assert sorted(rec.group.numbers) == [1, 2, 3]
         assert rec.trial.number == 2
         assert [t.number for t in rec.runners_up][:1] == [3]  # the group's order: changes
-        base = st.trials[0]
-        got = [t.number for t in validation_candidates(st, rec, 2, base)]
-        assert got == [2, 1, 0]
-        assert [t.number for t in validation_candidates(st, rec, 3)] == [2, 1, 3]
+        got = [t.number for t in validation_candidates(st, tmp_path, 2)]
+        assert got == [2, 1, 0]  # the criteria's baseline seed last
+        assert [t.number for t in validation_candidates(st, tmp_path, 3)] == [2, 1, 3, 0]
 
     def test_a_point_dominated_by_noise_is_still_a_candidate(self, tmp_path: Path) -> None:
         """B is 1 % slower than A on HIT with a worse MISS at the same VRAM: off the front on
@@ -200,7 +199,7 @@ class TestGroupsAndRule:
         rec = recommend(st, parse_rule("default"), root=tmp_path)
         assert rec is not None
         assert rec.trial.number == 1
-        got = [t.number for t in validation_candidates(st, rec, 2, st.trials[0])]
+        got = [t.number for t in validation_candidates(st, tmp_path, 2, st.trials[0])]
         assert got == [1, 2, 0]
 
     def test_a_clear_winner_stands_alone(self, tmp_path: Path) -> None:

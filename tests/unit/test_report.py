@@ -147,7 +147,7 @@ class TestRecommendation:
     def test_default_rule(self, study: optuna.Study, study_dir: Path) -> None:
         """The pick is in the best group on HIT of the feasible front points within the MISS
         criteria (the fastest leads it), with the fewest changes from the baseline."""
-        from tuner.report.decide import changes_from, reference_params
+        from tuner.decide import changes_from, reference_params
 
         cands = [t for t in _candidates(study) if t.constraints["miss_vs_baseline"] <= 0]
         rec = recommend(study, parse_rule("default"), root=study_dir / "r")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from tuner.config.space import SearchSpace
 from tuner.deploy.fake import FakeDeployer
 from tuner.errors import ConfigError, StudyError
 from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
+from tuner.study.sampling import SamplerContext
 from tuner.study.workers import worker_lease
 from tuner.testing import fake_profile, study_starts
+from tuner.trial import Role, StoredTrial, deployments
 
 
 def make_runner(
@@ -64,17 +66,20 @@ class TestSeedsAndDedup:
     def test_twelve_seeds_first_one_reused(
         self, tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
     ) -> None:
-        """The 12 seeds run first, by name; the two identical ones share one deployment."""
+        """The 12 seeds run first, in the file's order; the two identical ones are queued as
+        one trial carrying both names: 11 deployments, each seed name on a measured trial."""
         result = make_runner(tmp_path, space, seeds, objective, trials=11).run()
         study = load_study(StudyPaths.create("s", tmp_path))
-        names = [t.user_attrs.get("seed_name") for t in study.trials]
-        assert names == [s.name for s in seeds]
-        assert result.deployed == 11
+        names = [n for t in study.trials for n in StoredTrial(t).seed_names]
+        assert sorted(names) == sorted(s.name for s in seeds)
+        assert [StoredTrial(t).seed_name for t in study.trials] == list(
+            dict.fromkeys(s.name for s in seeds if s.name != "chunked_only_high_tokens")
+        )
+        assert result.deployed == 11 == len(study.trials)
         assert study_starts(tmp_path / "s") == 11
-        twin = by_seed(study)["chunked_only_high_tokens"]
-        assert twin.state == TrialState.COMPLETE
-        assert twin.user_attrs["duplicate_of"] == by_seed(study)["chunked_only_default"].number
-        assert twin.values == by_seed(study)["chunked_only_default"].values
+        twin = by_seed(study)["chunked_only_default"]
+        assert twin.user_attrs["seed_aliases"] == ["chunked_only_high_tokens"]
+        assert StoredTrial(twin).name == "chunked_only_default = chunked_only_high_tokens"
 
     def test_forty_distinct_deployments(
         self, tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
@@ -85,9 +90,9 @@ class TestSeedsAndDedup:
         deployed = [t for t in study.trials if t.user_attrs.get("deployed")]
         assert result.deployed == 40 == len(deployed) == study_starts(tmp_path / "s")
         assert len({space.key(t.params) for t in deployed}) == 40
-        # The default sampler never proposes a measured or known-invalid point: the only extra
-        # trial is the seed that repeats another seed.
-        assert len(study.trials) == 41
+        # The default sampler never proposes a measured or known-invalid point, and the seed
+        # that repeats another shares its trial: one trial per deployment.
+        assert len(study.trials) == 40
         assert not [t for t in study.trials if t.user_attrs.get("reason") == "duplicate"]
         assert not [
             t
@@ -277,19 +282,21 @@ class TestInterruptAndResume:
             by_seed(load_study(StudyPaths.create("s", tmp_path)))["b"].state == TrialState.COMPLETE
         )
 
-    def test_an_interrupted_seed_runs_first_on_resume(
+    def test_an_interrupted_seed_runs_again_on_resume(
         self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
     ) -> None:
-        """Seeds a, b, c: Ctrl-C during b. On resume b runs before c (not after it)."""
+        """Seeds a, b, c: Ctrl-C during b. On resume b is queued again and every seed runs
+        before the sampler's first trial."""
         s = [seed(space, "a"), seed(space, "b", max_num_seqs=64), seed(space, "c", max_num_seqs=32)]
         make_runner(tmp_path, space, s[:1], objective, trials=1).run()
         with pytest.raises(KeyboardInterrupt):
             make_runner(tmp_path, space, s, objective, trials=3,
                         deployer_factory=_Interrupting).run()  # fmt: skip
-        make_runner(tmp_path, space, s, objective, trials=3).run()
+        make_runner(tmp_path, space, s, objective, trials=4).run()
         study = load_study(StudyPaths.create("s", tmp_path))
-        done = [t.user_attrs["seed_name"] for t in study.trials if t.state == TrialState.COMPLETE]
-        assert done == ["a", "b", "c"]
+        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert sorted(StoredTrial(t).seed_name or "" for t in done[:3]) == ["a", "b", "c"]
+        assert StoredTrial(done[3]).role != Role.SEED
 
     def test_stale_running_trial_is_recovered(
         self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
@@ -330,7 +337,8 @@ class TestEnvironmentFaults:
         with pytest.raises(EnvironmentFault, match="in use|disk full"):
             make_runner(tmp_path, space, s, objective, profile=broken, trials=2).run()
         study = load_study(StudyPaths.create("s", tmp_path))
-        (t,) = study.trials
+        t, queued = study.trials  # seed b still queued
+        assert queued.state == TrialState.WAITING
         assert t.state == TrialState.FAIL
         assert t.user_attrs["reason"] == "env"
         assert t.user_attrs["deployed"] is False
@@ -438,11 +446,12 @@ class TestCoverage:
         allowed = ([name, value], None) if clear else (None,)
         assert fourth.user_attrs.get("carries") in allowed
 
-    def test_a_worker_waits_for_a_trial_under_way_that_may_fill_the_target(
+    def test_a_worker_does_not_wait_for_a_trial_under_way(
         self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
     ) -> None:
-        """Another live worker has drawn its point and not yet said it deploys: with one
-        deployment to go, this worker waits for it instead of deploying a second one."""
+        """Another live worker has drawn its point with one deployment to go: this worker
+        neither waits nor steps back, it deploys too (``MaxTrialsCallback``: the target counts
+        finished deployments, and up to N-1 trials in flight finish past it)."""
         runner = make_runner(tmp_path, space, [], objective, trials=1)
         runner.settings = RunSettings(n_trials=1, sampler_seed=1, exclusive=False)
         runner.open_study()
@@ -453,70 +462,89 @@ class TestCoverage:
             trial.set_user_attr("worker", other)
             for d in space.dimensions:
                 trial.suggest_categorical(d.name, list(d.values))
-
-            def deploys_and_ends() -> None:
-                trial.set_user_attr("deployed", True)
-                study.tell(trial, [1.0] * len(study.directions))
-
-            timer = threading.Timer(0.5, deploys_and_ends)
-            timer.start()
-            try:
-                result = runner.run()
-            finally:
-                timer.join()
+            result = runner.run()
+            trial.set_user_attr("deployed", True)
+            study.tell(trial, [1.0] * len(study.directions))
         assert result.deployed == 1
-        assert result.outcomes == ()
-        assert [t.number for t in load_study(runner.paths).trials] == [trial.number]
+        assert len(result.outcomes) == 1
+        assert deployments(load_study(runner.paths).trials) == 2  # one past the target
+
+
+def _threads(work: Callable[[], None], n: int) -> list[BaseException]:
+    """Run ``work`` in ``n`` threads (workers of one study); the errors they raised."""
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller's assert
+            errors.append(exc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # heartbeats outside optimize
+        threads = [threading.Thread(target=guarded, daemon=True) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a worker never finished"
+    return errors
 
 
 class TestSharedStudy:
     """Workers (``--workers``) on one study, as threads of this process."""
 
-    def test_two_workers_on_the_two_seeds_of_one_point_at_once(
+    def test_four_workers_show_no_failure_that_is_not_one(
         self, tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
     ) -> None:
-        """Two workers each take one of the two seeds of one point, and both store it before
-        either reads the other's (held at a barrier): one deploys it, the other points to it.
-        Before, each waited for the other forever (a CI run hung on it)."""
-        twins = {"chunked_only_default", "chunked_only_high_tokens"}
-        both_drawn = threading.Barrier(2, timeout=30)
-
-        def on_start(number: int, params: dict[str, Any], seed_name: str | None) -> None:
-            if seed_name in twins:
-                both_drawn.wait()
+        """``--workers 4 --trials 15`` on the simulated server: 15 to 18 deployments (up to 3
+        in flight finish past the target), every seed once, and no failed trial that is not
+        the configuration's failure (no 'taken', no 'surplus', no wait)."""
 
         def runner() -> StudyRunner:
-            r = make_runner(tmp_path, space, seeds, objective, on_trial_start=on_start)
-            r.settings = RunSettings(n_trials=11, enqueue_seeds=False, exclusive=False)
+            r = make_runner(tmp_path, space, seeds, objective)
+            r.settings = RunSettings(n_trials=15, enqueue_seeds=False, exclusive=False,
+                                     sampler_seed=None)  # fmt: skip
             return r
 
-        assert runner().queue_seeds() == 12
-        errors: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                runner().run()
-            except BaseException as exc:  # noqa: BLE001 - reported by the assert below
-                errors.append(exc)
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # heartbeats outside optimize
-            threads = [threading.Thread(target=work, daemon=True) for _ in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=120)
-        assert not any(t.is_alive() for t in threads), "the workers wait for each other"
-        assert errors == []
+        assert runner().queue_seeds() == 11
+        assert _threads(lambda: runner().run(), 4) == []
         study = load_study(StudyPaths.create("s", tmp_path))
-        pair = [t for t in study.trials if t.user_attrs.get("seed_name") in twins]
-        done = [t for t in pair if t.state == TrialState.COMPLETE]
-        assert len(done) == 2
-        deployed = [t for t in done if t.user_attrs.get("deployed")]
-        assert len(deployed) == 1
-        (twin,) = [t for t in done if t is not deployed[0]]
-        assert twin.user_attrs["duplicate_of"] == deployed[0].number
-        assert len([t for t in study.trials if t.user_attrs.get("deployed")]) == 11
+        views = [StoredTrial(t) for t in study.trials]
+        assert 15 <= deployments(study.trials) <= 18
+        assert all(v.is_failure for v in views if v.trial.state == TrialState.FAIL)
+        assert all(v.reason is None or v.reason.is_failure for v in views)
+        names = [n for v in views for n in v.seed_names]
+        assert sorted(names) == sorted(s.name for s in seeds)
+        assert len({v.trial.user_attrs.get("worker") for v in views}) == 4
+
+    def test_a_point_drawn_twice_at_once_is_a_replicate(
+        self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
+    ) -> None:
+        """Two workers draw the same point in the same instant (held at a barrier after the
+        draw): both deploy it and both measurements are kept, as two deployments of one
+        configuration (the noise model pools them); neither is failed."""
+        both_drawn = threading.Barrier(2, timeout=30)
+
+        class Stuck(optuna.samplers.RandomSampler):
+            def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+                return dist.choices[0]  # every worker draws the same point
+
+        def stuck(ctx: SamplerContext) -> optuna.samplers.BaseSampler:
+            return Stuck(seed=0)
+
+        def runner() -> StudyRunner:
+            r = make_runner(tmp_path, space, [], objective, sampler_factory=stuck,
+                            on_trial_start=lambda *_: both_drawn.wait())  # fmt: skip
+            r.settings = RunSettings(n_trials=1, exclusive=False, sampler="random")
+            return r
+
+        runner().open_study()
+        assert _threads(lambda: runner().run(), 2) == []
+        study = load_study(StudyPaths.create("s", tmp_path))
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+        assert len({space.key(t.params) for t in study.trials}) == 1
+        assert deployments(study.trials) == 2
 
 
 class TestStopWhenMet:

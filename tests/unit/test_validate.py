@@ -16,9 +16,9 @@ from tests.conftest import ROOT
 from tuner.config import ObjectiveFile, Profile, ReplayConfig, ServerArgs
 from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
+from tuner.decide import baseline_trial
 from tuner.deploy.fake import FakeDeployer
-from tuner.report import recommend, tied_candidates
-from tuner.report.synthesis import baseline_trial
+from tuner.report import recommend
 from tuner.schema import MeasurementsDoc, RequestRecord, TrialFolder
 from tuner.study import (
     RunSettings,
@@ -72,7 +72,7 @@ def _validator(paths: StudyPaths, space: SearchSpace, obj: ObjectiveFile, profil
         objective=obj,
         profile=profile,
         candidates=[pick, other, base],
-        settings=ValidationSettings(rounds=2),
+        settings=ValidationSettings(rounds=2, extra=0),
         **kw,
     )
 
@@ -209,7 +209,6 @@ def test_a_pick_that_does_not_hold_is_flagged(
 def _adaptive(paths: StudyPaths, space: SearchSpace, obj: ObjectiveFile, profile: Profile,
               extra: int, evaluator: Any) -> Validator:  # fmt: skip
     validator = _validator(paths, space, obj, profile, evaluator=evaluator)
-    search = load_study(paths)
     return Validator(
         paths=paths,
         space=space,
@@ -218,7 +217,6 @@ def _adaptive(paths: StudyPaths, space: SearchSpace, obj: ObjectiveFile, profile
         candidates=validator.candidates,
         settings=ValidationSettings(rounds=2, extra=extra),
         evaluator=evaluator,
-        tied=lambda vs, rnd: tied_candidates(search, vs, paths.root, rnd),
     )
 
 
@@ -305,11 +303,24 @@ def test_an_adaptive_round_interrupted_resumes_the_same_plan(
 def test_validation_extra_by_default_fills_a_quarter_of_the_search(
     extra: int | None, deployed: int, candidates: int, expected: int
 ) -> None:
-    from tuner.cli.optimize import _Plan
+    assert (extra if extra is not None else default_extra(deployed, 2, candidates)) == expected
 
-    assert _Plan(3, 2, extra).extra_for(deployed, candidates) == expected
-    if extra is None:
-        assert default_extra(deployed, 2, candidates) == expected
+
+def test_the_validator_picks_its_candidates_and_its_budget(
+    tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+) -> None:
+    """Given no candidates, validation takes the search's pick, the fastest others on HIT and
+    the baseline (tuner.decide.validation_candidates), and by default spends what a quarter of
+    the search's deployments leaves after its fixed rounds."""
+    from tuner.decide import validation_candidates
+
+    profile = fake_profile()
+    paths = _search(tmp_path, space, seeds, objective, profile, 5)
+    v = Validator(paths=paths, space=space, objective=objective, profile=profile,
+                  settings=ValidationSettings(top=2, rounds=1))  # fmt: skip
+    want = validation_candidates(load_study(paths), paths.root, 2)
+    assert [c.number for c in v.candidates] == [c.number for c in want]
+    assert v.extra == default_extra(5, 1, len(want))
 
 
 def test_the_default_extra_counts_deployments_as_the_target_does() -> None:
@@ -317,7 +328,7 @@ def test_the_default_extra_counts_deployments_as_the_target_does() -> None:
     target, the quarter counts it not; a pointer to a duplicate deployed nothing."""
     from optuna.distributions import CategoricalDistribution
 
-    from tuner.study import deployments
+    from tuner.trial import deployments
 
     study = optuna.create_study()
     dist = {"x": CategoricalDistribution([1, 2])}
@@ -330,4 +341,4 @@ def test_the_default_extra_counts_deployments_as_the_target_does() -> None:
         value = 1.0 if state == TrialState.COMPLETE else None
         study.add_trial(optuna.trial.create_trial(params={"x": 1}, distributions=dist,
                                                   value=value, state=state, user_attrs=attrs))  # fmt: skip
-    assert deployments(study) == 2
+    assert deployments(study.trials) == 2

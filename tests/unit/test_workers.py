@@ -1,4 +1,4 @@
-"""Workers on one study: liveness by lock, lost trials, GPU slots, the storage survey."""
+"""Workers on one study: liveness by lock, lost trials, GPU slots, what storage says of a trial."""
 
 from __future__ import annotations
 
@@ -12,19 +12,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.cli.workers import parse_gpus
+from tuner.cli._common import parse_gpus
 from tuner.config.profile import DockerConfig, LocalConfig, Profile, ServerArgs
+from tuner.deploy import confine, plan_slots
 from tuner.errors import ConfigError
-from tuner.study._survey import WAITS_FOR, evaluated, survey
-from tuner.study.workers import (
-    alive,
-    lost_trials,
-    plan_slots,
-    retry_lost,
-    slot_profile,
-    worker_lease,
-)
+from tuner.study.workers import alive, lost_trials, retry_lost, worker_lease
 from tuner.testing import fake_profile
+from tuner.trial import StoredTrial
 
 
 def _profile(deployer: DockerConfig | LocalConfig, tp: int = 1) -> Profile:
@@ -119,45 +113,25 @@ def test_a_heartbeat_failed_trial_is_not_evaluated() -> None:
     study = _study()
     t = _running(study, "w", a=1)
     study.tell(t, state=TrialState.FAIL)
-    assert not evaluated(study.trials[0])
+    assert not StoredTrial(study.trials[0]).evaluated
+    assert not StoredTrial(study.trials[0]).is_failure  # an interruption, not a failure
     t2 = _running(study, "w", a=2)
     t2.set_user_attr("reason", "oom")
     study.tell(t2, state=TrialState.FAIL)
-    assert evaluated(study.trials[1])
+    assert StoredTrial(study.trials[1]).evaluated
 
 
-def test_of_two_claims_at_once_the_earlier_trial_wins() -> None:
-    """Two workers drew their points at once for the last deployment of the target: each
-    sees the other RUNNING, undecided. The earlier-numbered one goes on; the later steps back
-    (were both to count only decided deployments, both would deploy: one too many)."""
+def test_a_queued_trial_lost_before_its_point_was_drawn_is_retried() -> None:
+    """A worker died between popping a queued seed and drawing its parameters: the retry
+    takes the point from the trial's fixed parameters."""
     study = _study()
-    done = _running(study, "x", a=3)
-    done.set_user_attr("deployed", True)
-    study.tell(done, 1.0)
-    first, second = _running(study, "w1", a=1), _running(study, "w2", a=2)
-    key = lambda p: repr(sorted(p.items()))  # noqa: E731
-    target = 2
-    assert survey(study, key, 1, besides=first.number).ahead_of(first.number) < target
-    assert survey(study, key, 1, besides=second.number).ahead_of(second.number) >= target
-    # A third target slot: both go on.
-    assert survey(study, key, 1, besides=second.number).ahead_of(second.number) < target + 1
-
-
-def test_survey_sees_running_points_of_others() -> None:
-    study = _study()
-    mine = _running(study, "me", a=1)
-    other = _running(study, "other", a=1)
-    other.set_user_attr("deployed", True)
-    partial = study.ask()  # parameters not set yet: not a claim
-    done = _running(study, "x", a=2)
-    done.set_user_attr("deployed", True)
-    study.tell(done, 1.0)
-    now = survey(study, lambda p: repr(sorted(p.items())), 1, besides=mine.number)
-    assert [t.number for t in now.running.values()] == [other.number]
-    assert now.under_way == 2  # ``partial`` too: drawn, maybe about to deploy
-    assert now.deployed == 1
-    assert now.taken(repr([("a", 2)])) is not None
-    assert partial.number not in {t.number for t in now.running.values()}
+    study.enqueue_trial({"a": 4}, user_attrs={"seed_name": "s4"})
+    lost = study.ask()  # popped, nothing drawn
+    study.tell(lost, state=TrialState.FAIL)
+    retry_lost(study, study.trials[0])
+    nxt = study.ask()
+    assert nxt.user_attrs["seed_name"] == "s4"
+    assert nxt.suggest_categorical("a", [1, 2, 3, 4, 5]) == 4
 
 
 class TestSlots:
@@ -165,7 +139,7 @@ class TestSlots:
         prof = _profile(DockerConfig(), tp=2)
         slots = plan_slots(2, ["0", "1", "2", "3"], prof)
         assert [s.gpus for s in slots] == [("0", "1"), ("2", "3")]
-        cfg = slot_profile(prof, slots[1]).deployer
+        cfg = confine(prof, slots[1]).deployer
         assert isinstance(cfg, DockerConfig)
         assert cfg.gpus == ["2", "3"]
         with pytest.raises(ConfigError, match="need 6 GPUs"):
@@ -174,7 +148,7 @@ class TestSlots:
     def test_local_gets_cuda_visible_devices_and_its_own_port(self) -> None:
         prof = _profile(LocalConfig(port=8100, env={"A": "1"}))
         slot = plan_slots(2, ["4", "5"], prof)[1]
-        cfg = slot_profile(prof, slot).deployer
+        cfg = confine(prof, slot).deployer
         assert isinstance(cfg, LocalConfig)
         assert cfg.env == {"A": "1", "CUDA_VISIBLE_DEVICES": "5"}
         assert cfg.port == 8101
@@ -185,7 +159,7 @@ class TestSlots:
         prof = fake_profile()
         slots = plan_slots(3, None, prof)
         assert [s.gpus for s in slots] == [None, None, None]
-        assert slot_profile(prof, slots[2]) is prof
+        assert confine(prof, slots[2]) is prof
 
     def test_gpu_ids_are_checked(self) -> None:
         assert parse_gpus("0, 1") == ["0", "1"]
@@ -220,29 +194,3 @@ def test_cleanup_refuses_while_a_worker_runs(tmp_path: Path) -> None:
         assert f"workers are running: {run_id} (s1)" in r.stderr
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
-
-
-def test_of_two_seeds_of_one_point_the_earlier_deploys_and_the_later_waits() -> None:
-    """Two workers took the two seeds of one point at once, each seeing the other. The later
-    waits for the earlier; the earlier waits for the later only until it says so (``waits_for``):
-    were both to wait for each other, neither would ever deploy (a CI run hung on it)."""
-    study = _study()
-    first, second = _running(study, "w1", a=1), _running(study, "w2", a=1)
-    key = repr([("a", 1)])
-
-    def blocker(t: optuna.Trial) -> int | None:
-        b = survey(study, lambda p: repr(sorted(p.items())), 1, besides=t.number).blocker(
-            key, t.number
-        )
-        return None if b is None else b.number
-
-    assert blocker(second) == first.number  # the earlier one: waits
-    assert blocker(first) == second.number  # the later one, undecided: one more poll
-    second.set_user_attr(WAITS_FOR, first.number)
-    assert blocker(first) is None  # it waits for this one: go on
-    first.set_user_attr("deployed", True)
-    assert blocker(second) == first.number
-    # A later trial that deploys the point (it read before the earlier one claimed it) is
-    # waited for, whatever it said before.
-    second.set_user_attr("deployed", True)
-    assert blocker(first) == second.number

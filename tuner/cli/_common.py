@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tuner.config import Profile
-from tuner.study import (
-    TrialOutcome,
-)
+from tuner.errors import ConfigError, Reason
+from tuner.study import TrialOutcome
 
 app = typer.Typer(
     add_completion=False,
@@ -38,6 +38,32 @@ ObjectiveOpt = Annotated[
 ]
 ProfileOpt = Annotated[Path, typer.Option("--profile", help="deploy profile YAML")]
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL")]
+HeartbeatOpt = Annotated[
+    int, typer.Option("--heartbeat", min=1, help="seconds between a running trial's heartbeats")
+]
+GraceOpt = Annotated[
+    int,
+    typer.Option("--grace", min=1, help="seconds without a heartbeat before a trial is retried"),
+]
+ArtifactsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--artifacts", help="the trials' files: a folder, or s3://BUCKET (default STUDY/artifacts)"
+    ),
+]
+GpusOpt = Annotated[
+    str | None, typer.Option("--gpus", help="GPU ids to use, e.g. 0,1,2,3 (split among workers)")
+]
+
+
+def parse_gpus(text: str | None) -> list[str] | None:
+    """``0,1,2`` as ids; None when not given. ConfigError for an empty or repeated id."""
+    if text is None:
+        return None
+    ids = [g.strip() for g in text.split(",")]
+    if not all(ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"--gpus {text!r}: give distinct ids separated by commas, e.g. 0,1")
+    return ids
 
 
 def objective_path(given: Path | None, prof: Profile) -> Path:
@@ -80,5 +106,9 @@ def trial_line(o: TrialOutcome) -> str:
             f"hit-rate {fmt_value(a.get('hit_rate_hit'), '', 2)}  "
             f"startup {fmt_value(a.get('startup_s'), ' s')}{dup}"
         )
-    colour = "yellow" if o.reason in ("invalid", "duplicate") else "red"
-    return f"#{o.number:<3} {name:<34} [{colour}]{o.reason}[/]  {a.get('error', '')}"
+    # Red is for what failed: an invalid point is refused in milliseconds (yellow), and what
+    # says nothing of its point (interrupted, the machine's fault, a duplicate) is no failure.
+    reason = Reason.of(o.reason)
+    colour = "dim" if reason is None or not reason.is_failure else "red"
+    colour = "yellow" if reason == Reason.INVALID else colour
+    return f"#{o.number:<3} {name:<34} [{colour}]{o.reason}[/]  {escape(str(a.get('error', '')))}"

@@ -20,28 +20,17 @@ def cleanup(
 ) -> None:
     """Stop what hard-killed runs left: local servers recorded in the study folders (after
     checking each is still the recorded process) and labelled containers, and only those."""
-    from tuner.deploy._records import reclaim_processes
-    from tuner.deploy.docker import docker_client, remove_containers
+    from tuner.deploy import reclaim
+    from tuner.study.workers import live_workers
 
     roots = (
         [studies_dir / study] if study else sorted(p for p in studies_dir.glob("*") if p.is_dir())
     )
-    from tuner.study.workers import live_workers
-
     running = [f"{w} ({root.name})" for root in roots if root.is_dir() for w in live_workers(root)]
     if running:  # their servers are theirs: a worker stops its own
         raise TunerError(f"workers are running: {', '.join(running)}; stop them first")
-    stopped = [s for root in roots if root.is_dir() for s in reclaim_processes(root)]
-    out.print(f"stopped {len(stopped)} server(s)" + (f": {', '.join(stopped)}" if stopped else ""))
-    try:
-        client = docker_client()
-    except TunerError as exc:
-        out.print(f"containers: not checked ({exc})")
-        return
-    removed = remove_containers(client, study)
-    out.print(
-        f"removed {len(removed)} container(s)" + (f": {', '.join(removed)}" if removed else "")
-    )
+    for line in reclaim([r for r in roots if r.is_dir()], study):
+        out.print(line)
 
 
 @app.command()

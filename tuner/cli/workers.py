@@ -23,6 +23,10 @@ from tuner.cli._common import (
     SEEDS,
     SPACE,
     STUDIES,
+    ArtifactsOpt,
+    GpusOpt,
+    GraceOpt,
+    HeartbeatOpt,
     ObjectiveOpt,
     ProfileOpt,
     SpaceOpt,
@@ -31,46 +35,21 @@ from tuner.cli._common import (
     app,
     objective_path,
     out,
+    parse_gpus,
 )
+from tuner.cli._progress import run_study
 from tuner.config import Profile, SearchSpace, load_objective, load_profile, load_seeds, load_space
-from tuner.errors import ConfigError, TunerError
+from tuner.deploy import confine
+from tuner.errors import TunerError
 from tuner.study import (
     Heartbeat,
     RunSettings,
     StudyPaths,
     StudyRunner,
-    WorkerSlot,
     load_study,
     sigterm_as_interrupt,
-    slot_profile,
 )
-
-HeartbeatOpt = Annotated[
-    int, typer.Option("--heartbeat", min=1, help="seconds between a running trial's heartbeats")
-]
-GraceOpt = Annotated[
-    int,
-    typer.Option("--grace", min=1, help="seconds without a heartbeat before a trial is retried"),
-]
-ArtifactsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--artifacts", help="the trials' files: a folder, or s3://BUCKET (default STUDY/artifacts)"
-    ),
-]
-GpusOpt = Annotated[
-    str | None, typer.Option("--gpus", help="GPU ids to use, e.g. 0,1,2,3 (split among workers)")
-]
-
-
-def parse_gpus(text: str | None) -> list[str] | None:
-    """``0,1,2`` as ids; None when not given. ConfigError for an empty or repeated id."""
-    if text is None:
-        return None
-    ids = [g.strip() for g in text.split(",")]
-    if not all(ids) or len(set(ids)) != len(ids):
-        raise ConfigError(f"--gpus {text!r}: give distinct ids separated by commas, e.g. 0,1")
-    return ids
+from tuner.types import WorkerSlot
 
 
 @app.command()
@@ -115,9 +94,7 @@ def worker(
         artifacts=artifacts,
         deadline=time.monotonic() + timeout if timeout else None,
     )
-    from tuner.cli.optimize import _run
-
-    _run(paths, sp, SEEDS, obj, slot_profile(prof, ws), settings, plain=f"[{ws.label()}]")
+    run_study(paths, sp, SEEDS, obj, confine(prof, ws), settings, plain=f"[{ws.label()}]")
 
 
 def run_workers(
@@ -145,7 +122,8 @@ def run_workers(
     )
     queued = runner.queue_seeds()
     hb = settings.heartbeat or Heartbeat()
-    out.print(f"study {paths.name}: {queued} seeds queued; {len(slots)} workers on {_where(slots)}")
+    out.print(f"study {paths.name}: {len(sd)} seeds queued ({queued} trials); {len(slots)} "
+              f"workers on {_where(slots)}")  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
     with sigterm_as_interrupt():
         try:

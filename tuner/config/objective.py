@@ -134,8 +134,4 @@ class ObjectiveFile(StrictModel):
 def load_objective(path: Path) -> ObjectiveFile:
     """Load an objective YAML file; a trace's path is relative to the file's folder."""
     obj = load_model(path, ObjectiveFile)
-    w = obj.workload
-    if isinstance(w, TraceSpec) and not w.path.is_absolute():
-        trace = w.model_copy(update={"path": (path.parent / w.path).resolve()})
-        obj = obj.model_copy(update={"workload": trace})
-    return obj
+    return obj.model_copy(update={"workload": obj.workload.relative_to(path.parent)})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import urlsplit
 
 from pydantic import Field
 
@@ -12,6 +11,7 @@ from tuner.config._yaml import StrictModel, load_model
 
 __all__ = [
     "DEFAULT_DEPLOYMENT",
+    "DEFAULT_PORT",
     "DEPLOYER_CONFIGS",
     "ComposeConfig",
     "DeployerConfig",
@@ -22,7 +22,6 @@ __all__ = [
     "Profile",
     "ReplayConfig",
     "ServerArgs",
-    "deployment_hints",
     "load_profile",
 ]
 
@@ -192,31 +191,6 @@ DEFAULT_DEPLOYMENT: dict[str, Any] = {
     "pass_env": ["HF_TOKEN"],
     "shm_size": None,
 }
-
-
-def deployment_hints(profile: Profile) -> dict[str, Any]:
-    """What the recommendation's command lines need from the profile, as plain data.
-
-    Stored with the study (the report reads no profile file): image, GPUs, port, volumes and the
-    names (never the values) of the environment variables to pass.
-    """
-    cfg = profile.deployer
-    hints = dict(DEFAULT_DEPLOYMENT)
-    if isinstance(cfg, DockerConfig):
-        hints.update(
-            image=cfg.image,
-            gpus=cfg.gpus,
-            port=cfg.container_port if cfg.network == "bridge" else (cfg.port or DEFAULT_PORT),
-            volumes=dict(cfg.volumes),
-            pass_env=list(cfg.pass_env),
-            shm_size=cfg.shm_size,
-        )
-    elif isinstance(cfg, LocalConfig):
-        hints.update(port=cfg.port or DEFAULT_PORT, pass_env=list(cfg.pass_env) or ["HF_TOKEN"])
-    elif isinstance(cfg, ComposeConfig):
-        port = urlsplit(cfg.url).port
-        hints.update(port=port or DEFAULT_PORT)
-    return hints
 
 
 def load_profile(path: Path) -> Profile:

@@ -8,7 +8,7 @@ own recorded conversations. Every kind shares the load settings of :class:`LoadS
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -60,6 +60,15 @@ class LoadSpec(StrictModel):
     def _one_load_shape(self) -> LoadSpec:
         if self.rate is not None and self.concurrency > 1:
             raise ValueError("give either `concurrency` (closed loop) or `rate` (open loop)")
+        return self
+
+    def held_out(self) -> Self:
+        """The same workload on conversations the search never used (for validation): the
+        next seed's."""
+        return self.model_copy(update={"seed": self.seed + 1})
+
+    def relative_to(self, folder: Path) -> Self:
+        """Paths in the spec resolved against ``folder`` (the objective file's): none here."""
         return self
 
 
@@ -118,6 +127,16 @@ class TraceSpec(LoadSpec):
     split: Literal["search", "holdout"] = "search"
     max_tokens: int = Field(default=256, ge=1)
 
+    def held_out(self) -> TraceSpec:
+        """The holdout split: conversations the search never used."""
+        return self.model_copy(update={"split": "holdout"})
+
+    def relative_to(self, folder: Path) -> TraceSpec:
+        """The trace's path resolved against ``folder`` (the objective file's)."""
+        if self.path.is_absolute():
+            return self
+        return self.model_copy(update={"path": (folder / self.path).resolve()})
+
 
 WorkloadConfig = Annotated[SyntheticAgentSpec | TraceSpec, Field(discriminator="kind")]
 WorkloadSpec = SyntheticAgentSpec  # the name before the seam existed
@@ -125,6 +144,4 @@ WorkloadSpec = SyntheticAgentSpec  # the name before the seam existed
 
 def held_out(spec: SyntheticAgentSpec | TraceSpec) -> SyntheticAgentSpec | TraceSpec:
     """The same workload on conversations the search never used (for validation)."""
-    if isinstance(spec, TraceSpec):
-        return spec.model_copy(update={"split": "holdout"})
-    return spec.model_copy(update={"seed": spec.seed + 1})
+    return spec.held_out()

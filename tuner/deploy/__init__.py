@@ -13,13 +13,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 from tuner.config.profile import Profile
+from tuner.config.space import ParamValue, SearchSpace
 from tuner.deploy._identity import check_model
 from tuner.deploy.base import (
-    FAILURE_REASONS,
     Deployer,
     DeployerClass,
     Endpoint,
@@ -32,11 +33,12 @@ from tuner.deploy.external import ExternalDeployer
 from tuner.deploy.fake import FakeDeployer
 from tuner.deploy.local import LocalDeployer
 from tuner.deploy.replay import ReplayDeployer
+from tuner.errors import ConfigError
+from tuner.types import WorkerSlot
 
 __all__ = [
     "DEPLOYERS",
     "DEPLOYER_KINDS",
-    "FAILURE_REASONS",
     "ComposeDeployer",
     "Deployer",
     "DeployerClass",
@@ -47,10 +49,17 @@ __all__ = [
     "LocalDeployer",
     "ReplayDeployer",
     "check_model",
+    "check_profile",
     "classify_exit",
     "cleanup_stale",
+    "confine",
+    "deployment_hints",
+    "fixed_params",
     "hand_back",
+    "keep",
     "make_deployer",
+    "plan_slots",
+    "reclaim",
     "wait_healthy",
 ]
 
@@ -98,3 +107,60 @@ def cleanup_stale(
 def hand_back(profile: Profile) -> list[str]:
     """Give the user's server back as it was before the study (compose); what was done."""
     return _class_of(profile).hand_back(profile)
+
+
+def reclaim(roots: Sequence[Path], study: str | None, profile: Profile | None = None) -> list[str]:
+    """``tuner cleanup``: what hard-killed runs left, stopped by every kind; one line each."""
+    return [line for cls in DEPLOYERS.values() for line in cls.reclaim(roots, study, profile)]
+
+
+def fixed_params(profile: Profile, space: SearchSpace) -> dict[str, ParamValue] | None:
+    """The one configuration the profile's server runs, when its deployer cannot change flags
+    (external): the study measures that point once and validates nothing."""
+    return _class_of(profile).fixed_params(profile, space)
+
+
+def check_profile(profile: Profile, space: SearchSpace) -> None:
+    """ConfigError, before any deployment, when the profile cannot serve ``space``."""
+    _class_of(profile).check(profile, space)
+
+
+def deployment_hints(profile: Profile) -> dict[str, Any]:
+    """What the recommendation's command lines need from the profile (image, GPUs, port,
+    volumes, names of variables to pass), stored with the study: never environment values."""
+    return _class_of(profile).hints(profile)
+
+
+def confine(profile: Profile, slot: WorkerSlot) -> Profile:
+    """``profile`` confined to one worker's slot: its GPUs and, when it fixes one, its port."""
+    return _class_of(profile).confine(profile, slot)
+
+
+def plan_slots(workers: int, gpus: Sequence[str] | None, profile: Profile) -> list[WorkerSlot]:
+    """One slot per worker: disjoint GPU slices as wide as the tensor parallel size.
+
+    ConfigError when the deployer tunes a single server (compose, external), or when the GPUs
+    cannot be split (4 GPUs, TP 2: at most 2 workers).
+    """
+    cls = _class_of(profile)
+    if workers > 1 and cls.one_server:
+        raise ConfigError(
+            f"the {cls.kind} deployer tunes one server ({cls.describe(profile)}): it cannot run "
+            f"{workers} workers; use --workers 1, or a docker/local profile",
+            key="deployer.kind",
+        )
+    if not gpus:
+        return [WorkerSlot(i) for i in range(workers)]
+    tp = profile.server.tensor_parallel_size
+    if workers * tp > len(gpus):
+        raise ConfigError(
+            f"{workers} workers at tensor parallel size {tp} need {workers * tp} GPUs; "
+            f"--gpus names {len(gpus)} ({','.join(gpus)})"
+        )
+    return [WorkerSlot(i, tuple(gpus[i * tp : (i + 1) * tp])) for i in range(workers)]
+
+
+def keep(profile: Profile, flags: Sequence[str] | None, managed: Collection[str], why: str) -> str:
+    """``--keep-best``: the user's service left running ``flags`` (None: only check that the
+    profile's kind can); a line saying what was done."""
+    return _class_of(profile).keep(profile, flags, managed, why)

@@ -20,7 +20,7 @@ import psutil
 from tuner.errors import EnvironmentFault
 from tuner.types import tls_context
 
-__all__ = ["check_model", "check_port_free", "check_served_by", "port_owner"]
+__all__ = ["check_model", "check_port_free", "check_served_by", "free_port", "port_owner"]
 
 
 def _listeners(port: int) -> list[int]:
@@ -51,6 +51,13 @@ def port_owner(host: str, port: int) -> str | None:
         return None
     pids = _listeners(port)
     return ", ".join(_describe(p) for p in pids) if pids else "another process"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def check_port_free(host: str, port: int) -> None:

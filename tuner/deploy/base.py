@@ -6,6 +6,7 @@ was started. They meet in ``tuner.study.runner`` through an :class:`Endpoint`.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -16,18 +17,20 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 import httpx
 from pydantic import BaseModel
 
-from tuner.config.profile import Profile
-from tuner.errors import DeployError, StartupTimeout
-from tuner.types import FAILURE_REASONS, Endpoint, tls_context
+from tuner.config.profile import DEFAULT_DEPLOYMENT, Profile
+from tuner.config.space import ParamValue, SearchSpace
+from tuner.deploy._identity import check_port_free, free_port
+from tuner.errors import ConfigError, DeployError, StartupTimeout
+from tuner.types import Endpoint, WorkerSlot, tls_context
 
 __all__ = [
-    "FAILURE_REASONS",
     "BaseDeployer",
     "Deployer",
     "DeployerClass",
     "Endpoint",
     "InProcessDeployer",
     "classify_exit",
+    "confined",
     "tail",
     "wait_healthy",
 ]
@@ -143,9 +146,9 @@ def wait_healthy(
 class DeployerClass(Protocol):
     """A deployer implementation as the registry holds it: the class itself.
 
-    Called with the profile (and the flags the search space manages) it gives a Deployer;
-    ``cleanup_stale`` removes what a hard-killed earlier run of a study left behind;
-    ``hand_back`` returns the user's server to its state before the study.
+    Called with the profile (and the flags the search space manages) it gives a Deployer. The
+    class answers every question the rest of the tuner has about its kind, so that nothing
+    outside ``tuner.deploy`` asks which kind it holds (``BaseDeployer`` has the defaults).
     """
 
     @property
@@ -156,11 +159,34 @@ class DeployerClass(Protocol):
 
     def __call__(self, profile: Profile, managed_flags: Collection[str] = ()) -> Deployer: ...
 
+    @property
+    def one_server(self) -> bool: ...
+
     def cleanup_stale(
         self, profile: Profile, study: str, root: Path | None = None, keep: Collection[Path] = ()
     ) -> list[str]: ...
 
+    def reclaim(
+        self, roots: Sequence[Path], study: str | None, profile: Profile | None
+    ) -> list[str]: ...
+
     def hand_back(self, profile: Profile) -> list[str]: ...
+
+    def describe(self, profile: Profile) -> str: ...
+
+    def fixed_params(
+        self, profile: Profile, space: SearchSpace
+    ) -> dict[str, ParamValue] | None: ...
+
+    def confine(self, profile: Profile, slot: WorkerSlot) -> Profile: ...
+
+    def hints(self, profile: Profile) -> dict[str, Any]: ...
+
+    def check(self, profile: Profile, space: SearchSpace) -> None: ...
+
+    def keep(
+        self, profile: Profile, flags: Sequence[str] | None, managed: Collection[str], why: str
+    ) -> str: ...
 
 
 class BaseDeployer:
@@ -172,6 +198,9 @@ class BaseDeployer:
 
     kind: ClassVar[str] = "base"
     config_type: ClassVar[type[BaseModel]] = BaseModel
+    # It tunes a server that exists once (the user's compose service, a running server):
+    # several workers would fight over it.
+    one_server: ClassVar[bool] = False
 
     @classmethod
     def _config_of(cls, profile: Profile) -> Any:
@@ -200,8 +229,71 @@ class BaseDeployer:
         deployer that takes over a running service (compose) has anything to give back."""
         return []
 
+    @classmethod
+    def reclaim(
+        cls, roots: Sequence[Path], study: str | None, profile: Profile | None
+    ) -> list[str]:
+        """``tuner cleanup``: what hard-killed runs of the studies in ``roots`` (only
+        ``study``'s, when given) left running, stopped; one line per thing. ``profile``: the
+        study's, where known (the engine it ran on). Nothing by default."""
+        return []
+
+    @classmethod
+    def describe(cls, profile: Profile) -> str:
+        """What the profile deploys, in words (for messages)."""
+        return f"the {cls.kind} deployer"
+
+    @classmethod
+    def fixed_params(cls, profile: Profile, space: SearchSpace) -> dict[str, ParamValue] | None:
+        """The one configuration a deployer that cannot change flags measures (a running
+        server's); None: it deploys whatever the study proposes."""
+        return None
+
+    @classmethod
+    def confine(cls, profile: Profile, slot: WorkerSlot) -> Profile:
+        """``profile`` confined to one worker's GPUs and port; unchanged by default (a
+        simulated server uses no GPU and takes a free port)."""
+        return profile
+
+    @classmethod
+    def hints(cls, profile: Profile) -> dict[str, Any]:
+        """What the recommendation's command lines need from the profile (image, GPUs, port,
+        volumes, the names of the variables to pass), as plain data stored with the study."""
+        return dict(DEFAULT_DEPLOYMENT)
+
+    @classmethod
+    def check(cls, profile: Profile, space: SearchSpace) -> None:
+        """ConfigError, before any deployment, when the profile cannot serve ``space``."""
+
+    @classmethod
+    def keep(
+        cls, profile: Profile, flags: Sequence[str] | None, managed: Collection[str], why: str
+    ) -> str:
+        """``--keep-best``: leave the user's server running ``flags`` (None: only check that
+        this kind can); what was done, in a line. Only a deployer that tunes the user's own
+        service can (compose)."""
+        raise ConfigError(
+            f"--keep-best needs a compose profile (deployer.kind: compose), not {cls.kind}",
+            key="deployer.kind",
+        )
+
     def stop(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def _begin(self, workdir: Path, host: str, port: int) -> int:
+        """Before a start: stop what runs, make the trial folder, choose the port (the fixed
+        one, checked free: another process on it is the machine's fault; or a free one)."""
+        self.stop()
+        workdir.mkdir(parents=True, exist_ok=True)
+        if port:
+            check_port_free(host, port)
+        return port or free_port(host)
+
+    @staticmethod
+    def _write_command(workdir: Path, record: Mapping[str, Any]) -> None:
+        """``command.json``: how the server was started. Environment variables by name only:
+        values (HF_TOKEN...) never reach disk or logs."""
+        (workdir / "command.json").write_text(json.dumps(record, indent=2))
 
     _log_path: Path | None = None  # the server log of the current trial, where there is one
 
@@ -238,6 +330,14 @@ class BaseDeployer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def confined(profile: Profile, cfg: BaseModel, update: Mapping[str, object]) -> Profile:
+    """``profile`` with its deployer section ``cfg`` updated (unchanged when ``update`` is
+    empty): what ``confine`` gives back."""
+    if not update:
+        return profile
+    return profile.model_copy(update={"deployer": cfg.model_copy(update=dict(update))})
 
 
 class InProcessDeployer(BaseDeployer):

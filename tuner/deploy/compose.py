@@ -24,12 +24,13 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker.errors
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from tuner.config.profile import ComposeConfig, Profile
+from tuner.config.profile import DEFAULT_DEPLOYMENT, DEFAULT_PORT, ComposeConfig, Profile
 from tuner.deploy.base import BaseDeployer, tail, wait_healthy
 from tuner.deploy.compose_file import restore, write_flags
 from tuner.deploy.docker import container_exited, docker_client
@@ -119,6 +120,7 @@ class ComposeDeployer(BaseDeployer):
 
     kind = "compose"
     config_type = ComposeConfig
+    one_server = True  # the user's one service
 
     def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
         self._profile = profile
@@ -265,10 +267,33 @@ class ComposeDeployer(BaseDeployer):
         state_path(self._file).write_text(json.dumps(state, indent=2))
 
     @classmethod
-    def recreate(cls, profile: Profile) -> None:
-        """Run the service with what its file says now (``--keep-best``), others untouched."""
+    def describe(cls, profile: Profile) -> str:
+        cfg: ComposeConfig = cls._config_of(profile)
+        return f"service {cfg.service!r} of {cfg.file}"
+
+    @classmethod
+    def hints(cls, profile: Profile) -> dict[str, Any]:
+        cfg: ComposeConfig = cls._config_of(profile)
+        return {**DEFAULT_DEPLOYMENT, "port": urlsplit(cfg.url).port or DEFAULT_PORT}
+
+    @classmethod
+    def keep(
+        cls, profile: Profile, flags: Sequence[str] | None, managed: Collection[str], why: str
+    ) -> str:
+        """The file set to ``flags`` with a comment saying so, and the service recreated from
+        it (the others untouched)."""
+        cfg: ComposeConfig = cls._config_of(profile)
+        if flags is None:
+            return ""
+        note = (
+            f"vllm-tuner: service {cfg.service!r} set to the recommended configuration ({why}).\n"
+            f"The original file is {cfg.file.name}.vllm-tuner.bak; "
+            f"`tuner restore {cfg.file}` puts it back."
+        )
+        write_flags(cfg.file, cfg.service, list(flags), managed, note)
         dep = cls(profile)
         dep._compose(*_recreate(dep._cfg.service))
+        return f"{cfg.file}: set to the recommended configuration ({why}) {' '.join(flags)}"
 
     @classmethod
     def hand_back(cls, profile: Profile) -> list[str]:

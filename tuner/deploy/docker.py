@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from collections.abc import Collection, Mapping, Sequence
@@ -15,12 +14,11 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import DeviceRequest
 
-from tuner.config.profile import DockerConfig, Profile
-from tuner.deploy._identity import check_port_free
-from tuner.deploy.base import BaseDeployer, classify_exit, tail
-from tuner.deploy.local import deferred_interrupts, free_port
-from tuner.errors import ConfigError, DeployError, EnvironmentFault, ServerExited
-from tuner.types import Endpoint
+from tuner.config.profile import DEFAULT_DEPLOYMENT, DEFAULT_PORT, DockerConfig, Profile
+from tuner.deploy.base import BaseDeployer, classify_exit, confined, tail
+from tuner.deploy.local import deferred_interrupts
+from tuner.errors import ConfigError, DeployError, EnvironmentFault, ServerExited, TunerError
+from tuner.types import Endpoint, WorkerSlot
 
 __all__ = ["LABEL", "DockerDeployer", "docker_client", "remove_containers"]
 
@@ -112,6 +110,42 @@ class DockerDeployer(BaseDeployer):
         cfg: DockerConfig = cls._config_of(profile)
         return remove_containers(docker_client(cfg.docker_host), study, {p.name for p in keep})
 
+    @classmethod
+    def reclaim(
+        cls, roots: Sequence[Path], study: str | None, profile: Profile | None
+    ) -> list[str]:
+        """The labelled containers of the study (or of every study), removed, on the engine of
+        ``profile`` when it is a docker one, else the environment's."""
+        cfg = profile.deployer if profile is not None else None
+        host = cfg.docker_host if isinstance(cfg, DockerConfig) else None
+        try:
+            client = docker_client(host)
+        except TunerError as exc:
+            return [f"containers: not checked ({exc})"]
+        removed = remove_containers(client, study)
+        return [
+            f"removed {len(removed)} container(s)" + (f": {', '.join(removed)}" if removed else "")
+        ]
+
+    @classmethod
+    def confine(cls, profile: Profile, slot: WorkerSlot) -> Profile:
+        """The slot's GPUs as the container's device ids; a fixed port + the slot's index."""
+        cfg: DockerConfig = cls._config_of(profile)
+        update: dict[str, object] = {}
+        if cfg.port:
+            update["port"] = cfg.port + slot.index
+        if slot.gpus is not None:
+            update["gpus"] = list(slot.gpus)
+        return confined(profile, cfg, update)
+
+    @classmethod
+    def hints(cls, profile: Profile) -> dict[str, Any]:
+        cfg: DockerConfig = cls._config_of(profile)
+        port = cfg.container_port if cfg.network == "bridge" else (cfg.port or DEFAULT_PORT)
+        return {**DEFAULT_DEPLOYMENT, "image": cfg.image, "gpus": cfg.gpus, "port": port,
+                "volumes": dict(cfg.volumes), "pass_env": list(cfg.pass_env),
+                "shm_size": cfg.shm_size}  # fmt: skip
+
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
@@ -127,25 +161,17 @@ class DockerDeployer(BaseDeployer):
     def start(
         self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
     ) -> Endpoint:
-        extra_env = dict(env or {})
-        self.stop()
-        workdir.mkdir(parents=True, exist_ok=True)
-        if self._cfg.port:
-            check_port_free(self._cfg.host, self._cfg.port)
-        port = self._cfg.port or free_port(self._cfg.host)
+        port = self._begin(workdir, self._cfg.host, self._cfg.port)
         args = self.server_args(flags, port)
-        env = dict(self._cfg.env)
-        env.update(extra_env)
+        env = {**self._cfg.env, **(env or {})}
         env.update({k: os.environ[k] for k in self._cfg.pass_env if k in os.environ})
         labels = {
             LABEL: "true",
             STUDY_LABEL: workdir.parent.parent.name,
             TRIAL_LABEL: workdir.name,
         }
-        # Names only: values (HF_TOKEN...) never reach disk or logs.
-        record = {"image": self._cfg.image, "entrypoint": self._cfg.entrypoint, "command": args,
-                  "env": sorted(env), "labels": labels}  # fmt: skip
-        (workdir / "command.json").write_text(json.dumps(record, indent=2))
+        record = {"image": self._cfg.image, "entrypoint": self._cfg.entrypoint, "command": args}
+        self._write_command(workdir, {**record, "env": sorted(env), "labels": labels})
         kwargs: dict[str, Any] = {
             "command": args,
             "entrypoint": self._cfg.entrypoint,

@@ -6,8 +6,9 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from tuner.config.profile import ExternalConfig, Profile
+from tuner.config.space import ParamValue, SearchSpace
 from tuner.deploy.base import BaseDeployer, wait_healthy
-from tuner.errors import EnvironmentFault, StartupTimeout
+from tuner.errors import ConfigError, EnvironmentFault, StartupTimeout
 from tuner.types import Endpoint
 
 __all__ = ["ExternalDeployer"]
@@ -18,6 +19,25 @@ class ExternalDeployer(BaseDeployer):
 
     kind = "external"
     config_type = ExternalConfig
+    one_server = True  # the user's running server
+
+    @classmethod
+    def describe(cls, profile: Profile) -> str:
+        cfg: ExternalConfig = cls._config_of(profile)
+        return f"the server at {cfg.url}"
+
+    @classmethod
+    def fixed_params(cls, profile: Profile, space: SearchSpace) -> dict[str, ParamValue] | None:
+        """The configuration the server runs (``deployer.params``), checked against ``space``."""
+        cfg: ExternalConfig = cls._config_of(profile)
+        if cfg.params is None:
+            raise ConfigError(
+                "the external deployer measures one running server: set deployer.params to the "
+                "configuration it runs",
+                key="deployer.params",
+            )
+        space.check(cfg.params, where="deployer.params")
+        return dict(cfg.params)
 
     def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
         self._profile = profile

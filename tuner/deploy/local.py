@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from tuner.config.profile import LocalConfig, Profile
-from tuner.deploy._identity import check_port_free, check_served_by
+from tuner.config.profile import DEFAULT_DEPLOYMENT, DEFAULT_PORT, LocalConfig, Profile
+from tuner.deploy._identity import check_served_by, free_port
 from tuner.deploy._records import forget, reclaim_processes, remember
-from tuner.deploy.base import BaseDeployer, classify_exit, tail
+from tuner.deploy.base import BaseDeployer, classify_exit, confined, tail
 from tuner.errors import DeployError, ServerExited
-from tuner.types import Endpoint
+from tuner.types import Endpoint, WorkerSlot
 
 __all__ = ["LocalDeployer", "free_port"]
 
@@ -52,13 +50,6 @@ def deferred_interrupts() -> Iterator[None]:
             signal.signal(sig, handler)
     if caught:
         raise KeyboardInterrupt
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _resolve_model(model: str) -> str:
@@ -108,27 +99,12 @@ class LocalDeployer(BaseDeployer):
         self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
     ) -> Endpoint:
         extra_env = dict(env or {})
-        self.stop()
-        workdir.mkdir(parents=True, exist_ok=True)
-        if self._cfg.port:
-            check_port_free(self._cfg.host, self._cfg.port)
-        port = self._cfg.port or free_port(self._cfg.host)
-        self._port = port
+        port = self._port = self._begin(workdir, self._cfg.host, self._cfg.port)
         argv = self.command(flags, port)
-        env = dict(os.environ)
-        env.update(self._cfg.env)
-        env.update(extra_env)
-        # Only names are written: values (HF_TOKEN...) never reach disk or logs.
-        (workdir / "command.json").write_text(
-            json.dumps(
-                {
-                    "argv": argv,
-                    "env": sorted(self._cfg.env) + list(self._cfg.pass_env),
-                    "trial_env": dict(extra_env),  # the tuned values: never secrets
-                },
-                indent=2,
-            )
-        )
+        env = {**os.environ, **self._cfg.env, **extra_env}
+        names = sorted(self._cfg.env) + list(self._cfg.pass_env)
+        # the tuned values are never secrets
+        self._write_command(workdir, {"argv": argv, "env": names, "trial_env": extra_env})
         self._log_path = workdir / "server.log"
         self._log = self._log_path.open("wb")
         # Ctrl-C / SIGTERM inside Popen (after the fork, before it returns) would orphan the
@@ -196,6 +172,33 @@ class LocalDeployer(BaseDeployer):
         """Servers a hard-killed run of the study left running, stopped (identity checked)."""
         cfg: LocalConfig = cls._config_of(profile)
         return reclaim_processes(root, cfg.stop_timeout_s, keep) if root is not None else []
+
+    @classmethod
+    def reclaim(
+        cls, roots: Sequence[Path], study: str | None, profile: Profile | None
+    ) -> list[str]:
+        """Servers recorded in the study folders that are still the recorded process, stopped."""
+        stopped = [s for root in roots for s in reclaim_processes(root)]
+        return [
+            f"stopped {len(stopped)} server(s)" + (f": {', '.join(stopped)}" if stopped else "")
+        ]
+
+    @classmethod
+    def confine(cls, profile: Profile, slot: WorkerSlot) -> Profile:
+        """The slot's GPUs as ``CUDA_VISIBLE_DEVICES``; a fixed port + the slot's index."""
+        cfg: LocalConfig = cls._config_of(profile)
+        update: dict[str, object] = {}
+        if cfg.port:
+            update["port"] = cfg.port + slot.index
+        if slot.gpus is not None:
+            update["env"] = {**cfg.env, "CUDA_VISIBLE_DEVICES": ",".join(slot.gpus)}
+        return confined(profile, cfg, update)
+
+    @classmethod
+    def hints(cls, profile: Profile) -> dict[str, Any]:
+        cfg: LocalConfig = cls._config_of(profile)
+        pass_env = list(cfg.pass_env) or ["HF_TOKEN"]
+        return {**DEFAULT_DEPLOYMENT, "port": cfg.port or DEFAULT_PORT, "pass_env": pass_env}
 
     def _close_log(self) -> None:
         if self._log is not None:

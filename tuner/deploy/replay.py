@@ -14,8 +14,9 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from tuner.config.profile import Profile, ReplayConfig
+from tuner.config.space import SearchSpace
 from tuner.deploy.base import InProcessDeployer, wait_healthy
-from tuner.errors import ServerExited
+from tuner.errors import ConfigError, ServerExited
 from tuner.schema import SurfacePoint, TrialFolder, load_surface, point_key, write_json
 from tuner.simulate import ReplayEngine, SimulatedServer
 from tuner.types import Endpoint
@@ -28,6 +29,18 @@ class ReplayDeployer(InProcessDeployer):
 
     kind = "replay"
     config_type = ReplayConfig
+
+    @classmethod
+    def check(cls, profile: Profile, space: SearchSpace) -> None:
+        """The surface must hold points of ``space``, or every trial would 'crash'."""
+        cfg: ReplayConfig = cls._config_of(profile)
+        points = load_surface(cfg.surface).by_key()
+        if not any(point_key(space.to_flags(p), space.to_env(p)) in points for p in space.points()):
+            raise ConfigError(
+                f"the surface {cfg.surface} holds no configuration of space {space.name!r}: it "
+                "was recorded over another space",
+                key="deployer.surface",
+            )
 
     def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
         self._profile = profile

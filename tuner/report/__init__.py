@@ -2,14 +2,7 @@
 
 from tuner.report.documents import build_report, write_report
 from tuner.report.pareto import pareto_frame, pareto_trials, trials_frame, write_pareto
-from tuner.report.recommend import (
-    Recommendation,
-    Rule,
-    parse_rule,
-    recommend,
-    validation_candidates,
-)
-from tuner.report.validation import tied_candidates
+from tuner.report.recommend import Recommendation, Rule, parse_rule, recommend
 
 __all__ = [
     "Recommendation",
@@ -19,9 +12,7 @@ __all__ = [
     "pareto_trials",
     "parse_rule",
     "recommend",
-    "tied_candidates",
     "trials_frame",
-    "validation_candidates",
     "write_pareto",
     "write_report",
 ]

@@ -13,8 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 
+from tuner.decide import Effect, effects
 from tuner.front import measured_trials
-from tuner.report.decide import Effect, effects
 from tuner.report.figures import figures
 from tuner.report.pareto import pareto_trials, write_pareto
 from tuner.report.recommend import Recommendation, Rule, recommend

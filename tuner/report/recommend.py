@@ -21,28 +21,29 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from tuner.config.profile import DEFAULT_DEPLOYMENT
-from tuner.errors import ConfigError
-from tuner.front import candidate_trials
-from tuner.report.decide import (
+from tuner.decide import (
+    HIT,
+    MISS,
     TIE,
+    VRAM,
     Group,
-    best_group,
+    ValidationSummary,
     changes_from,
     exclusion,
-    load_observations,
+    load_validation,
+    miss_ok,
     reference_params,
+    search_order,
+    summarize_validation,
 )
-from tuner.report.pareto import pareto_trials
+from tuner.errors import ConfigError
 from tuner.report.synthesis import ranges_overlap, sample_range
-from tuner.report.validation import ValidationSummary, load_validation, summarize_validation
+from tuner.trial import Attr, StoredTrial, StudyAttr, metric_sign, metric_value
 
-__all__ = ["Recommendation", "Rule", "parse_rule", "recommend", "validation_candidates"]
-
-HIT, MISS, VRAM = "ttft_hit_ms", "ttft_miss_ms", "vram_mib"
+__all__ = ["Recommendation", "Rule", "parse_rule", "recommend"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,11 @@ class Recommendation:
     validation: ValidationSummary | None = None  # what the validation rounds found, if run
 
     @property
+    def flags(self) -> list[str]:
+        """The tuned flags alone (what a compose file's command gets)."""
+        return [str(f) for f in self.trial.user_attrs.get(Attr.FLAGS, [])]
+
+    @property
     def vllm_command(self) -> str:
         """``vllm serve MODEL ...`` with the fixed arguments and the trial's flags."""
         args = list(self.vllm_args)
@@ -166,42 +172,33 @@ def _names(study: optuna.Study) -> list[str]:
 
 
 def _value(study: optuna.Study, t: FrozenTrial, name: str) -> float:
+    """``metric_value``, refusing a name the study neither optimises nor records (a rule's
+    typo would otherwise sort on NaN)."""
     names = _names(study)
-    if name in names:
-        return float(t.values[names.index(name)])
-    v = t.user_attrs.get(name)
-    if isinstance(v, (int, float)):
-        return float(v)
-    raise ConfigError(f"unknown objective {name!r}: the study has {', '.join(names)}", key="rule")
+    if name not in names and name not in t.user_attrs:
+        raise ConfigError(
+            f"unknown objective {name!r}: the study has {', '.join(names)}", key="rule"
+        )
+    return metric_value(study, t, name)
 
 
 def _label(t: FrozenTrial) -> str:
-    seed = t.user_attrs.get("seed_name")
+    seed = StoredTrial(t).seed_name
     return f"trial {t.number} ({seed})" if seed else f"trial {t.number}"
-
-
-def _miss_ok(study: optuna.Study, t: FrozenTrial) -> bool:
-    return t.constraints.get("miss_vs_baseline", 0.0) <= 0
 
 
 def _score(study: optuna.Study, rule: Rule, cands: list[FrozenTrial]) -> list[FrozenTrial]:
     """Candidates ordered best first under ``rule``."""
-    names = _names(study)
     if rule.kind == "objective":
         assert rule.objective is not None
         name = rule.objective
-        sign = 1.0
-        if name in names and study.directions[names.index(name)] == StudyDirection.MAXIMIZE:
-            sign = -1.0
+        sign = metric_sign(study, name)
         return sorted(cands, key=lambda t: (sign * _value(study, t, name), t.number))
     if rule.kind == "weights":
         cols: dict[str, tuple[float, float, float]] = {}
         for name, _ in rule.weights:
             vals = [_value(study, t, name) for t in cands]
-            sign = 1.0
-            if name in names and study.directions[names.index(name)] == StudyDirection.MAXIMIZE:
-                sign = -1.0
-            cols[name] = (min(vals), max(vals), sign)
+            cols[name] = (min(vals), max(vals), metric_sign(study, name))
 
         def weighted(t: FrozenTrial) -> float:
             total = 0.0
@@ -214,24 +211,6 @@ def _score(study: optuna.Study, rule: Rule, cands: list[FrozenTrial]) -> list[Fr
         return sorted(cands, key=lambda t: (weighted(t), t.number))
     # default: ordered by recommend() with the group (needs the raw samples)
     return sorted(cands, key=lambda t: (_value(study, t, HIT), t.number))
-
-
-def _default_order(
-    study: optuna.Study, cands: list[FrozenTrial], root: Path | None
-) -> tuple[list[FrozenTrial], Group]:
-    """The default rule: best group on HIT, then fewest changes, lowest VRAM; the rest by HIT."""
-    names = _names(study)
-    pool = [t for t in cands if _miss_ok(study, t)] or cands
-    group = best_group(study, pool, HIT, load_observations(study, root, pool))
-    ref = reference_params(study)
-
-    def inside(t: FrozenTrial) -> tuple[float, ...]:
-        vram = _value(study, t, VRAM) if VRAM in names else 0.0
-        return (changes_from(t.params, ref), vram, _value(study, t, HIT), t.number)
-
-    chosen = sorted(group.members, key=inside)
-    rest = sorted((t for t in cands if t not in chosen), key=lambda t: _value(study, t, HIT))
-    return chosen + rest, group
 
 
 def _group_words(study: optuna.Study, group: Group, best: FrozenTrial) -> str:
@@ -333,14 +312,14 @@ def recommend(
     starts with what validation found (``use_validation=False``: the search's own pick).
     """
     rule = rule or Rule("default")
-    front, feasible = pareto_trials(study)
+    front, group, feasible = search_order(study, root)
     if not front:
         return None
-    group: Group | None = None
-    if rule.kind == "default" and HIT in _names(study):
-        ordered, group = _default_order(study, front, root)
-    else:
+    if rule.kind != "default" or group is None:
+        group = None
         ordered = _score(study, rule, front)
+    else:
+        ordered = front
     best = ordered[0]
     validated: ValidationSummary | None = None
     vstudy = load_validation(study) if use_validation and rule.kind == "default" else None
@@ -356,13 +335,13 @@ def recommend(
         notes.append(
             "no trial meets the success criteria: chosen from the Pareto front of all trials"
         )
-    if rule.kind == "default" and not _miss_ok(study, best):
+    if rule.kind == "default" and not miss_ok(best):
         notes.append("no front point keeps TTFT MISS within the criteria")
     fixed = server_args if server_args is not None else _server_args(study)
-    flags: list[str] = list(best.user_attrs.get("flags", []))
+    flags: list[str] = list(best.user_attrs.get(Attr.FLAGS, []))
     return Recommendation(
         trial=best,
-        name=str(best.user_attrs.get("seed_name") or f"trial_{best.number}"),
+        name=StoredTrial(best).seed_name or f"trial_{best.number}",
         rule=rule,
         feasible=feasible,
         runners_up=tuple(ordered[1:4]),
@@ -372,41 +351,10 @@ def recommend(
         notes=tuple(notes),
         group=group,
         validation=validated,
-        deployment=dict(study.user_attrs.get("deployment") or {}),
+        deployment=dict(study.user_attrs.get(StudyAttr.DEPLOYMENT) or {}),
     )
 
 
-def validation_candidates(
-    study: optuna.Study, rec: Recommendation, top: int, baseline: FrozenTrial | None = None
-) -> list[FrozenTrial]:
-    """What validation redeploys: the search's pick, the fastest other measured points on
-    TTFT HIT (``top`` in all), then the baseline.
-
-    Not the group's order (fewest changes first): each point was deployed once, so the truly
-    fastest may sit anywhere in its group, and only a candidate can be found faster by the
-    fresh deployments. Nor the front alone: the front is drawn from one deployment per point,
-    and a point that a neighbour's lucky deployment dominates (a little faster on HIT and MISS
-    at the same VRAM) may still be the fastest; off the front it would never be re-measured.
-    """
-    if HIT in _names(study):
-        pool, _ = candidate_trials(study)
-        pool = [t for t in pool if _miss_ok(study, t)] or pool
-        pool = sorted(pool, key=lambda t: (_value(study, t, HIT), t.number))
-    else:
-        front, _ = pareto_trials(study)
-        pool = [t for t in front if _miss_ok(study, t)] or front
-        pool = [*rec.runners_up, *pool]
-    chosen = [rec.trial]
-    for t in pool:
-        if len(chosen) >= top:
-            break
-        if t.number not in {c.number for c in chosen}:
-            chosen.append(t)
-    if baseline is not None and baseline.number not in {c.number for c in chosen}:
-        chosen.append(baseline)
-    return chosen
-
-
 def _server_args(study: optuna.Study) -> list[str]:
-    args: Any = study.user_attrs.get("server_args")
+    args: Any = study.user_attrs.get(StudyAttr.SERVER_ARGS)
     return [str(a) for a in args] if isinstance(args, list) else []

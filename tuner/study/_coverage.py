@@ -21,6 +21,11 @@ try's news is clear: an unseen value that became the front's best on the first o
 carried at once, and a carry that landed on the front is followed by the next one; a try that
 did not (a value on the front by noise, a carry that missed) hands the turn back.
 
+Coverage keeps nothing in memory: which values were tried and which points carried are the
+``coverage`` and ``carries`` attributes of the stored trials (``tuner.study.propose.Snapshot``),
+so workers on several hosts share them, and a point another worker is measuring is never
+proposed again.
+
 Measured on ``benchmarks/sample_efficiency.py`` (``default`` against ``default_no_coverage``):
 the predicted gain took ``synthetic_concurrent`` from 21 to 16 deployments to 95 %, keeping
 the turn on clear news from 16 to 15 (100 seeds: mean 16.8 -> 15.1), with ``synthetic_mission``
@@ -30,7 +35,8 @@ unchanged (median 13, mean 14.9).
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -38,8 +44,15 @@ from optuna.trial import FrozenTrial
 
 from tuner.config.space import ParamValue, SearchSpace
 from tuner.front import normalised_hypervolume, pareto_front
+from tuner.trial import Attr, StoredTrial
+
+if TYPE_CHECKING:
+    from tuner.study.propose import Snapshot
 
 __all__ = ["Coverage"]
+
+Valid = Mapping[str, dict[str, ParamValue]]
+Proposal = tuple[dict[str, ParamValue], dict[str, Any]]
 
 
 def _extremes_first(values: list[Any]) -> list[Any]:
@@ -63,40 +76,28 @@ def _signs(study: optuna.Study) -> np.ndarray:
 
 
 class Coverage:
-    """The runner's next exploratory point after the seeds (None: leave it to the sampler)."""
+    """The proposer's exploratory point after the seeds (None: leave it to the sampler)."""
 
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
-        self.tried: set[tuple[str, str]] = set()  # (dimension, value) given their first try
-        self.carried: set[str] = set()  # points proposed to carry a winning value
 
-    def turn(
-        self,
-        study: optuna.Study,
-        valid: dict[str, dict[str, ParamValue]],
-        evaluated: dict[str, FrozenTrial],
-        last: FrozenTrial | None,
-    ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
-        """The coverage trial to run after ``last`` (the study's latest trial), or None for the
+    def turn(self, study: optuna.Study, snap: Snapshot, valid: Valid) -> Proposal | None:
+        """(params, user attributes) of the coverage trial to run now, or None for the
         sampler's turn: after any other trial, the next coverage trial; after a coverage
         trial, a carry, and only when that trial's news was clear (``keeps_turn``)."""
         front, _ = pareto_front(study)  # read once for the decision and the proposal
-        if last is None or not {"coverage", "carries"} & set(last.user_attrs):
-            return self._propose(study, front, valid, evaluated, carry_only=False)
+        last = snap.trials[-1] if snap.trials else None
+        if last is None or StoredTrial(last).role not in ("coverage", "carry"):
+            return self._propose(study, front, snap, valid, carry_only=False)
         if self._keeps_turn(study, front, last):
-            return self._propose(study, front, valid, evaluated, carry_only=True)
+            return self._propose(study, front, snap, valid, carry_only=True)
         return None
 
-    def next_point(
-        self,
-        study: optuna.Study,
-        valid: dict[str, dict[str, ParamValue]],
-        evaluated: dict[str, FrozenTrial],
-    ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
+    def next_point(self, study: optuna.Study, snap: Snapshot, valid: Valid) -> Proposal | None:
         """(params, user attributes) of the next coverage trial, or None: a carry first, then
         an unseen value."""
         front, _ = pareto_front(study)
-        return self._propose(study, front, valid, evaluated, carry_only=False)
+        return self._propose(study, front, snap, valid, carry_only=False)
 
     def keeps_turn(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Whether coverage trial ``trial`` brought news clear enough to act on before the
@@ -109,70 +110,63 @@ class Coverage:
         self,
         study: optuna.Study,
         front: list[FrozenTrial],
-        valid: dict[str, dict[str, ParamValue]],
-        evaluated: dict[str, FrozenTrial],
+        snap: Snapshot,
+        valid: Valid,
         *,
         carry_only: bool,
-    ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
+    ) -> Proposal | None:
         """A carry first, then an unseen value (``carry_only``: a carry or nothing)."""
         if not front:
             return None
-        carry = self._carry(study, front, valid, evaluated)
+        carry = self._carry(study, front, snap, valid)
         if carry is not None or carry_only:
             return carry
-        return self._unseen(study, front, valid, evaluated)
+        return self._unseen(study, front, snap, valid)
 
     def _keeps_turn(
         self, study: optuna.Study, front: list[FrozenTrial], trial: FrozenTrial
     ) -> bool:
         if trial.number not in {t.number for t in front}:
             return False
-        if "carries" in trial.user_attrs:
+        if Attr.CARRIES in trial.user_attrs:
             return True
         sign = _sign(study)
         return min(front, key=lambda t: sign * t.values[0]).number == trial.number
 
     def _unseen(
-        self,
-        study: optuna.Study,
-        front: list[FrozenTrial],
-        valid: dict[str, dict[str, ParamValue]],
-        evaluated: dict[str, FrozenTrial],
-    ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
+        self, study: optuna.Study, front: list[FrozenTrial], snap: Snapshot, valid: Valid
+    ) -> Proposal | None:
         sign = _sign(study)
         bases = sorted(front, key=lambda t: sign * (t.values[0] if t.values else 0.0))
         seen = {
             (d.name, json.dumps(t.params.get(d.name)))
-            for t in evaluated.values()
-            if t.user_attrs.get("deployed")
+            for t in snap.evaluated.values()
+            if StoredTrial(t).deployed
             for d in self.space.dimensions
         }
-        on_front = {tuple(t.user_attrs["coverage"]) for t in front if "coverage" in t.user_attrs}
+        on_front = {
+            tuple(t.user_attrs[Attr.COVERAGE]) for t in front if Attr.COVERAGE in t.user_attrs
+        }
         for d in self.space.dimensions:
             order = _extremes_first(list(d.values))  # over all values: fixed extremes
             extremes = {(d.name, json.dumps(x)) for x in order[:2]}
             for k, v in enumerate(order):
                 pair = (d.name, json.dumps(v))
-                if pair in seen or pair in self.tried:
+                if pair in seen or pair in snap.tried:
                     continue
                 if k >= 2 and not extremes & on_front:
                     continue  # both extremes lost: the values between them are not tried
                 for base in bases:
                     key = self.space.key({**base.params, d.name: v})
-                    if key in valid and key not in evaluated:
-                        # Given up only once tried: a value no front point can take yet (a
-                        # token budget while the front is all chunked-off) waits for one.
-                        self.tried.add(pair)
-                        return valid[key], {"coverage": [d.name, json.dumps(v)]}
+                    # A value no front point can take yet (a token budget while the front is
+                    # all chunked-off) waits for one: it is given up only once tried.
+                    if key in valid and snap.fresh(key):
+                        return dict(valid[key]), {Attr.COVERAGE: [d.name, json.dumps(v)]}
         return None
 
     def _carry(
-        self,
-        study: optuna.Study,
-        front: list[FrozenTrial],
-        valid: dict[str, dict[str, ParamValue]],
-        evaluated: dict[str, FrozenTrial],
-    ) -> tuple[dict[str, ParamValue], dict[str, Any]] | None:
+        self, study: optuna.Study, front: list[FrozenTrial], snap: Snapshot, valid: Valid
+    ) -> Proposal | None:
         values = np.array([t.values for t in front], dtype=float)
         span = np.ptp(values, axis=0)
         norm = (values - values.min(axis=0)) / np.where(span > 0, span, 1.0)
@@ -181,28 +175,24 @@ class Coverage:
         # a second value that is merely on the front by noise is not worth a front's worth.
         best: dict[str, int] = {}
         for i, t in enumerate(front):
-            mark = t.user_attrs.get("coverage")
+            mark = t.user_attrs.get(Attr.COVERAGE)
             if mark and (
                 mark[0] not in best or sign * t.values[0] < sign * front[best[mark[0]]].values[0]
             ):
                 best[mark[0]] = i
         for i in best.values():
-            name, value = (
-                front[i].user_attrs["coverage"][0],
-                json.loads(front[i].user_attrs["coverage"][1]),
-            )
-            best_gain = self._by_gain(study, front, front[i], name, value, valid, evaluated)
-            if best_gain is not None:
-                self.carried.add(self.space.key(best_gain))
-                return best_gain, {"carries": front[i].user_attrs["coverage"]}
+            mark = front[i].user_attrs[Attr.COVERAGE]
+            name, value = mark[0], json.loads(mark[1])
+            by_gain = self._by_gain(study, front, front[i], name, value, snap, valid)
+            if by_gain is not None:
+                return by_gain, {Attr.CARRIES: mark}
             # No prediction: farthest from the front points that already have the value.
             have = [j for j, t in enumerate(front) if t.params.get(name) == value] or [i]
             dist = np.min(np.linalg.norm(norm[:, None, :] - norm[None, have, :], axis=2), axis=1)
             for j in np.argsort(-dist):
                 key = self.space.key({**front[int(j)].params, name: value})
-                if key in valid and key not in evaluated and key not in self.carried:
-                    self.carried.add(key)
-                    return valid[key], {"carries": front[i].user_attrs["coverage"]}
+                if key in valid and snap.fresh(key) and key not in snap.carried:
+                    return dict(valid[key]), {Attr.CARRIES: mark}
         return None
 
     def _by_gain(
@@ -212,12 +202,13 @@ class Coverage:
         win: FrozenTrial,
         name: str,
         value: Any,
-        valid: dict[str, dict[str, ParamValue]],
-        evaluated: dict[str, FrozenTrial],
+        snap: Snapshot,
+        valid: Valid,
     ) -> dict[str, ParamValue] | None:
         """The valid new point that, given ``value``, would add most hypervolume to ``front``,
         predicted from a measured point as ``win`` changed against its origin; None when no
         prediction is possible or none gains."""
+        evaluated = snap.evaluated
         origins = [
             t
             for v in self.space.dimension(name).values
@@ -238,7 +229,7 @@ class Coverage:
             if not t.values or t.params.get(name) == value:
                 continue
             for key in self._targets({**t.params, name: value}, name, valid):
-                if key not in evaluated and key not in self.carried:
+                if snap.fresh(key) and key not in snap.carried:
                     keys.append(key)
                     preds.append(np.asarray(t.values, float) * signs * ratio + shift)
         if not keys:
@@ -251,11 +242,9 @@ class Coverage:
         base = normalised_hypervolume(now, lo, hi)
         gains = [normalised_hypervolume(np.vstack([now, p]), lo, hi) - base for p in preds]
         k = int(np.argmax(gains))
-        return valid[keys[k]] if gains[k] > 0 else None
+        return dict(valid[keys[k]]) if gains[k] > 0 else None
 
-    def _targets(
-        self, point: dict[str, ParamValue], name: str, valid: dict[str, dict[str, ParamValue]]
-    ) -> list[str]:
+    def _targets(self, point: dict[str, ParamValue], name: str, valid: Valid) -> list[str]:
         """``point`` if valid; else the valid points one other flag away (a token budget on a
         chunked-off point: chunked prefill on)."""
         key = self.space.key(point)

@@ -1,5 +1,4 @@
-"""What a study is made with, stored once and checked on every resume; where its files go;
-the checks a profile gets before the first trial.
+"""What a study is made with, stored once and checked on every resume; where its files go.
 
 A new study stores what the report needs to read it back without the YAML files: objectives
 and units, the space's dimensions and labels, the criteria, the fixed server arguments and the
@@ -15,18 +14,19 @@ from typing import TYPE_CHECKING
 import optuna
 
 from tuner.config.objective import ObjectiveFile
-from tuner.config.profile import ExternalConfig, Profile, ReplayConfig, deployment_hints
-from tuner.config.space import ParamValue, SearchSpace
-from tuner.errors import ConfigError, StudyError
-from tuner.schema import load_surface, point_key
+from tuner.config.profile import Profile
+from tuner.config.space import SearchSpace
+from tuner.deploy import deployment_hints
+from tuner.errors import StudyError
 from tuner.study._fingerprint import differences, fingerprint
 from tuner.study.artifacts import STORE_ATTR, ArtifactStore, open_store, store_of
 from tuner.study.storage import MEMORY, StudyPaths
+from tuner.trial import StudyAttr
 
 if TYPE_CHECKING:
     from tuner.study.settings import RunSettings
 
-__all__ = ["artifact_store", "check_surface", "describe", "external_params"]
+__all__ = ["artifact_store", "describe"]
 
 
 def describe(
@@ -45,22 +45,22 @@ def describe(
     study has them, since a worker's profile is confined to its slot (its GPUs, its port).
     """
     want: list[str] = [str(o.name) for o in objective.objectives]
-    have = study.user_attrs.get("objectives")
+    have = study.user_attrs.get(StudyAttr.OBJECTIVES)
     if have is None:
         with warnings.catch_warnings():
             # set_metric_names is marked experimental; the dashboard shows the names.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(want)
-        study.set_user_attr("objectives", want)
-        study.set_user_attr("units", {o.name: o.unit for o in objective.objectives})
-        study.set_user_attr("space", space.name)
-        study.set_user_attr("dimensions", list(space.names))
-        study.set_user_attr("dimension_labels", space.labels)
-        study.set_user_attr("profile", profile.name)
-        study.set_user_attr("objective_file", objective.name)
+        study.set_user_attr(StudyAttr.OBJECTIVES, want)
+        study.set_user_attr(StudyAttr.UNITS, {o.name: o.unit for o in objective.objectives})
+        study.set_user_attr(StudyAttr.SPACE, space.name)
+        study.set_user_attr(StudyAttr.DIMENSIONS, list(space.names))
+        study.set_user_attr(StudyAttr.DIMENSION_LABELS, space.labels)
+        study.set_user_attr(StudyAttr.PROFILE, profile.name)
+        study.set_user_attr(StudyAttr.OBJECTIVE_FILE, objective.name)
         if objective.criteria is not None:
-            study.set_user_attr("criteria", objective.criteria.model_dump())
-    elif have != want or study.user_attrs.get("space") != space.name:
+            study.set_user_attr(StudyAttr.CRITERIA, objective.criteria.model_dump())
+    elif have != want or study.user_attrs.get(StudyAttr.SPACE) != space.name:
         raise StudyError(
             f"study {name!r} was created with space {study.user_attrs.get('space')!r} "
             f"and objectives {have}; use another --study name for space {space.name!r} "
@@ -72,16 +72,16 @@ def describe(
     # The fixed arguments (model, max_model_len, ...) the recommendation's command line needs;
     # never the environment, which may carry secrets.
     server_args = profile.server.to_args()
-    if study.user_attrs.get("server_args") != server_args:
-        study.set_user_attr("server_args", server_args)
+    if study.user_attrs.get(StudyAttr.SERVER_ARGS) != server_args:
+        study.set_user_attr(StudyAttr.SERVER_ARGS, server_args)
     deployment = deployment_hints(profile)
-    if study.user_attrs.get("deployment") != deployment:
-        study.set_user_attr("deployment", deployment)
+    if study.user_attrs.get(StudyAttr.DEPLOYMENT) != deployment:
+        study.set_user_attr(StudyAttr.DEPLOYMENT, deployment)
 
 
 def _check_fingerprint(study: optuna.Study, name: str, now: dict[str, object], force: bool) -> None:
     """Refuse to resume under other settings (space, objective, server) unless forced."""
-    was = study.user_attrs.get("fingerprint")
+    was = study.user_attrs.get(StudyAttr.FINGERPRINT)
     if was is not None and was != now and not force:
         diffs = "; ".join(differences(was, now))
         raise StudyError(
@@ -89,7 +89,7 @@ def _check_fingerprint(study: optuna.Study, name: str, now: dict[str, object], f
             "be comparable; use another --study, or --force to resume"
         )
     if was != now:
-        study.set_user_attr("fingerprint", now)
+        study.set_user_attr(StudyAttr.FINGERPRINT, now)
 
 
 def artifact_store(
@@ -105,31 +105,3 @@ def artifact_store(
     if settings.exclusive and store_of(study) != where:
         study.set_user_attr(STORE_ATTR, where)
     return open_store(where)
-
-
-def check_surface(profile: Profile, space: SearchSpace) -> None:
-    """A replayed surface must hold points of this space, or every trial would 'crash'."""
-    cfg = profile.deployer
-    if not isinstance(cfg, ReplayConfig):
-        return
-    points = load_surface(cfg.surface).by_key()
-    if not any(point_key(space.to_flags(p), space.to_env(p)) in points for p in space.points()):
-        raise ConfigError(
-            f"the surface {cfg.surface} holds no configuration of space {space.name!r}: it "
-            "was recorded over another space",
-            key="deployer.surface",
-        )
-
-
-def external_params(profile: Profile, space: SearchSpace) -> dict[str, ParamValue]:
-    """The configuration the external server runs (``deployer.params``), checked."""
-    assert isinstance(profile.deployer, ExternalConfig)
-    params = profile.deployer.params
-    if params is None:
-        raise ConfigError(
-            "the external deployer measures one running server: set deployer.params to the "
-            "configuration it runs",
-            key="deployer.params",
-        )
-    space.check(params, where="deployer.params")
-    return dict(params)

@@ -1,6 +1,6 @@
-"""Trials that end without a deployment of their own: a proposal the study already holds
-(answered from the stored trial), an invalid point, one another worker deploys or that earlier
-trials make surplus, and one the environment failed (port taken, disk full)."""
+"""Trials that end without a deployment of their own: a proposal the study already answered
+(answered again from the stored trial), an invalid point, and one the machine failed (port
+taken, disk full)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,18 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.errors import Reason
 from tuner.study._trial import TrialOutcome, record_failure
+from tuner.trial import Attr, StoredTrial
 
 __all__ = ["record_duplicate", "record_env_fault", "record_not_deployed"]
+
+# What a trial that repeats another's measurement keeps of its own: who it is, not the original's.
+_OWN = (Attr.SEED_NAME, Attr.SEED_ALIASES, Attr.FLAGS, Attr.DEPLOYED, Attr.FALLBACK, Attr.WORKER)
+
+
+def _frozen(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
+    return study.get_trials(deepcopy=False)[trial.number]
 
 
 def record_duplicate(
@@ -26,13 +35,13 @@ def record_duplicate(
     """Record ``trial`` as a repeat of ``orig``: a seed that became the same point as another
     reuses its measurement (so the name keeps its row); any other repeat is a failed
     ``duplicate`` pointer (or the original's failure reason, for a seed)."""
-    seed = trial.user_attrs.get("seed_name")
-    trial.set_user_attr("duplicate_of", orig.number)
+    seed = StoredTrial(_frozen(study, trial)).seed_name
+    trial.set_user_attr(Attr.DUPLICATE_OF, orig.number)
     if seed is not None and orig.state == TrialState.COMPLETE:
-        # A named seed that became identical to another one: reuse the measurement so the
-        # name still has its row, without a second deployment.
+        # A seed whose point another trial measured: reuse the measurement so the name still
+        # has its row, without a second deployment.
         for k, v in orig.user_attrs.items():
-            if k not in ("seed_name", "flags", "deployed", "fallback"):
+            if k not in _OWN:
                 trial.set_user_attr(k, v)
         for k, v in orig.constraints.items():
             trial.set_constraint(k, v)
@@ -48,9 +57,9 @@ def record_duplicate(
             duration_s=time.perf_counter() - t0,
             attrs=dict(trial.user_attrs),
         )
-    reason = "duplicate"
-    if seed is not None:
-        reason = str(orig.user_attrs.get("reason", "duplicate"))
+    reason = Reason.DUPLICATE
+    if seed is not None:  # a seed answered by a failed trial failed the same way
+        reason = StoredTrial(orig).reason or Reason.DUPLICATE
     record_failure(
         study, trial, reason, f"same configuration as trial {orig.number}; not redeployed"
     )
@@ -74,7 +83,7 @@ def record_not_deployed(
     message: str,
     t0: float,
 ) -> TrialOutcome:
-    """Fail ``trial`` without deploying: an invalid point, or one another worker deploys."""
+    """Fail ``trial`` without deploying (an invalid point)."""
     record_failure(study, trial, reason, message)
     return TrialOutcome(
         trial.number,
@@ -90,8 +99,8 @@ def record_not_deployed(
 def record_env_fault(study: optuna.Study, trial: optuna.Trial, message: str) -> None:
     """Mark the trial ``env`` (retried on resume, never a deployment), if storage lets us:
     on a full disk it may not, and the next run fails the RUNNING trial as interrupted."""
-    if study.get_trials(deepcopy=False)[trial.number].state != TrialState.RUNNING:
+    if _frozen(study, trial).state != TrialState.RUNNING:
         return
     with contextlib.suppress(Exception):
-        trial.set_user_attr("deployed", False)
-        record_failure(study, trial, "env", message)
+        trial.set_user_attr(Attr.DEPLOYED, False)
+        record_failure(study, trial, Reason.ENV, message)

@@ -17,7 +17,9 @@ class RunSettings:
 
     n_trials: int = 40
     sampler_seed: int | None = 0
-    max_duplicate_streak: int = 3  # then enqueue an unexplored valid point next to the front
+    # A sampler that does not avoid known points (random, NSGA-II): after this many duplicates
+    # in a row, an unexplored valid point next to the front.
+    max_duplicate_streak: int = 3
     enqueue_seeds: bool = True
     # False deploys points the validity rules reject: to check the rules against a vLLM version.
     precheck: bool = True
@@ -30,7 +32,7 @@ class RunSettings:
     force: bool = False
     # Once the seeds are done, give never-deployed dimension values a try on the best point so
     # far and carry a winner across the front (tuner.study._coverage), every other trial
-    # (a clear winner's carries back to back); the default sampler only.
+    # (a clear winner's carries back to back); the default TPE only.
     cover_values: bool = True
     # This process holds the study's lock (``tuner optimize``); False for ``tuner worker``,
     # one of several processes sharing the study through its storage.
@@ -50,12 +52,22 @@ class RunSettings:
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    """What a run did: deployments the study holds, trials it added, and each outcome."""
+    """What a run did: deployments the study holds, trials it added, each outcome, and why it
+    stopped (``tuner.study.runner.Stop``: target, exhausted, goal, deadline)."""
 
     study_name: str
     deployed: int  # deployments the study holds now
     new_trials: int  # trials created by this run (all states)
-    exhausted: bool  # every valid point of the space has been evaluated
     outcomes: tuple[TrialOutcome, ...]
-    stopped_by_deadline: bool = False  # --timeout came before --trials
+    stop: str = "target"
     goal_met: int | None = None  # --stop-when-met: the trial that met the goal
+
+    @property
+    def exhausted(self) -> bool:
+        """Every valid point of the space is evaluated (or being measured elsewhere)."""
+        return self.stop == "exhausted"
+
+    @property
+    def stopped_by_deadline(self) -> bool:
+        """--timeout came before --trials."""
+        return self.stop == "deadline"

@@ -8,16 +8,13 @@ machine hits every candidate alike, on held-out conversations (another workload 
 trials go to a linked study, ``NAME.validation``, in the same storage: the dashboard shows them
 and a killed or interrupted validation resumes where it stopped.
 
-Adaptive rounds: with ``extra`` deployments to spend after the fixed rounds, each further round
-redeploys only the candidates still within noise of the fastest (never the baseline), fastest
-first, until one stands alone or the extra deployments are spent. Two deployments each leave
-configurations 10-20 % apart tied when one deployment's median moves by 10-30 %; the extra
-deployments go where they can still change the pick. Which candidates are tied is the caller's
-answer (``tied``: the CLI asks ``tuner.report.validation``), computed from the rounds before the
-one being planned, so a resumed run plans the same round again.
-
-Which candidates to validate is the caller's choice (the CLI asks ``tuner.report.recommend``);
-what the validation data say is read back by ``tuner.report.validation``.
+The candidates are the search's pick and the fastest other measured points on HIT, then the
+baseline (``tuner.decide.validation_candidates``). Adaptive rounds: with ``extra`` deployments
+to spend after the fixed rounds, each further round redeploys only the candidates still within
+noise of the fastest (``tuner.decide.tied_candidates``, never the baseline), fastest first,
+until one stands alone or the extra deployments are spent. Which candidates are tied is read
+from the rounds before the one being planned, so a resumed run plans the same round again.
+Every deployment is one trial of the loop the search runs (``tuner.study._run_trial``).
 """
 
 from __future__ import annotations
@@ -38,13 +35,22 @@ from tuner.config.objective import ObjectiveFile
 from tuner.config.profile import Profile
 from tuner.config.space import SearchSpace
 from tuner.config.workload import held_out
+from tuner.decide import (
+    ValidationSummary,
+    search_order,
+    summarize_validation,
+    tied_candidates,
+    validation_candidates,
+)
 from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import StudyError
 from tuner.schema import VALIDATION_SUFFIX, TrialFolder, validation_name
+from tuner.study._run_trial import TrialContext, run_trial
 from tuner.study._signals import sigterm_as_interrupt
-from tuner.study._trial import TrialOutcome, evaluate, fail_stale, record_failure
-from tuner.study.storage import StudyPaths, open_storage, study_lock
+from tuner.study._trial import TrialOutcome, evaluate, fail_stale
+from tuner.study.storage import StudyPaths, load_study, open_storage, study_lock
+from tuner.trial import Attr, StoredTrial, StudyAttr, deployments
 
 __all__ = [
     "EXTRA_SHARE",
@@ -58,7 +64,8 @@ __all__ = [
 
 log = logging.getLogger("tuner.study")
 
-# Validation's default cost: at most a quarter of the search's deployments (issue 15's bound).
+# Validation's default cost: at most a quarter of the search's deployments, the budget the
+# decision-quality benchmark holds it to.
 EXTRA_SHARE = 0.25
 
 
@@ -71,11 +78,14 @@ def default_extra(deployed: int, rounds: int, candidates: int, share: float = EX
 
 @dataclass(frozen=True, slots=True)
 class ValidationSettings:
-    """How many rounds, and which conversations (``workload_seed``: None = the workload's
-    held-out variant: the synthetic seed + 1, or a trace's holdout split)."""
+    """How many candidates and rounds, and which conversations (``workload_seed``: None = the
+    workload's held-out variant: the synthetic seed + 1, or a trace's holdout split)."""
 
+    top: int = 3  # candidates besides the baseline
     rounds: int = 2
-    extra: int = 0  # further deployments for candidates still tied after ``rounds``
+    # further deployments for candidates still tied after ``rounds``; None: what a quarter of
+    # the search's deployments leaves (``default_extra``)
+    extra: int | None = None
     workload_seed: int | None = None
     deadline: float | None = None  # time.monotonic() after which no deployment starts
 
@@ -89,10 +99,12 @@ class ValidationResult:
     done: int
     outcomes: tuple[TrialOutcome, ...]
     stopped_by_deadline: bool = False
+    summary: ValidationSummary | None = None  # what the rounds say: the validated pick
 
 
 class Validator:
-    """Runs the validation plan of ``candidates`` (search trial numbers, baseline included)."""
+    """Runs the validation plan of a search study: its candidates (``candidates``, or
+    :func:`tuner.decide.validation_candidates`) over fresh deployments."""
 
     def __init__(
         self,
@@ -101,34 +113,43 @@ class Validator:
         space: SearchSpace,
         objective: ObjectiveFile,
         profile: Profile,
-        candidates: Sequence[FrozenTrial],
         settings: ValidationSettings,
+        candidates: Sequence[FrozenTrial] | None = None,
         deployer_factory: Callable[[Profile], Deployer] | None = None,
         evaluator: Callable[..., TrialOutcome] = evaluate,
         on_trial_end: Callable[[TrialOutcome], None] | None = None,
-        tied: Callable[[optuna.Study, int], Sequence[int]] | None = None,
     ) -> None:
-        if not candidates:
-            raise StudyError("nothing to validate: the study has no completed trial")
         self.paths = paths
         self.space = space
         self.profile = profile
-        self.candidates = list({c.number: c for c in candidates}.values())  # once each
         self.settings = settings
+        self.search = load_study(paths)
+        if candidates is None:
+            candidates = validation_candidates(self.search, paths.root, settings.top)
+        if not candidates:
+            raise StudyError("nothing to validate: the study has no completed trial")
+        self.candidates = list({c.number: c for c in candidates}.values())  # once each
+        self.extra = settings.extra
+        if self.extra is None:
+            held = deployments(self.search.get_trials(deepcopy=False))
+            self.extra = default_extra(held, settings.rounds, len(self.candidates))
         workload = held_out(objective.workload)
         if settings.workload_seed is not None:
             if settings.workload_seed == objective.workload.seed:
                 raise StudyError("validation must use held-out conversations: another seed")
             workload = workload.model_copy(update={"seed": settings.workload_seed})
         self.objective = objective.model_copy(update={"workload": workload})
-        self._factory = deployer_factory or functools.partial(
-            make_deployer, managed_flags=space.managed_flags
+        self._ctx = TrialContext(
+            space=space,
+            profile=profile,
+            objective=self.objective,
+            make_deployer=deployer_factory
+            or functools.partial(make_deployer, managed_flags=space.managed_flags),
+            evaluate=evaluator,
+            trial_dir=lambda n: TrialFolder.of(paths.root / "validation", n).path,
+            check_measured=False,  # every round is a fresh deployment of a measured point
         )
-        self._evaluate = evaluator
         self._on_end = on_trial_end
-        # (validation study, round) -> candidate numbers within noise of the fastest on the
-        # rounds before it, fastest first; None: no adaptive rounds.
-        self._tied = tied
 
     def plan(self) -> list[tuple[int, FrozenTrial]]:
         """(round, candidate) in the order they are deployed: round after round."""
@@ -144,19 +165,19 @@ class Validator:
             sampler=optuna.samplers.RandomSampler(seed=0),  # every trial is enqueued
             load_if_exists=True,
         )
-        if "search_study" not in study.user_attrs:
+        if StudyAttr.SEARCH_STUDY not in study.user_attrs:
             with warnings.catch_warnings():
                 # set_metric_names is marked experimental; the dashboard shows the names.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([o.name for o in self.objective.objectives])
-            study.set_user_attr("search_study", self.paths.name)
+            study.set_user_attr(StudyAttr.SEARCH_STUDY, self.paths.name)
             study.set_user_attr("phase", "validation")
-            study.set_user_attr("rounds", self.settings.rounds)
-            study.set_user_attr("workload_seed", self.objective.workload.seed)
-            study.set_user_attr("workload", self.objective.workload.model_dump(mode="json"))
+            study.set_user_attr(StudyAttr.ROUNDS, self.settings.rounds)
+            study.set_user_attr(StudyAttr.WORKLOAD_SEED, self.objective.workload.seed)
+            study.set_user_attr(StudyAttr.WORKLOAD, self.objective.workload.model_dump(mode="json"))
             criteria = self.objective.criteria
             if criteria is not None:
-                study.set_user_attr("criteria", criteria.model_dump())
+                study.set_user_attr(StudyAttr.CRITERIA, criteria.model_dump())
         return study
 
     def run(self) -> ValidationResult:
@@ -169,11 +190,12 @@ class Validator:
         fail_stale(study)
         # Servers or containers a hard-killed earlier run (search or validation) left behind.
         cleanup_stale(self.profile, self.paths.name, self.paths.root)
+        # Done: measured, or failed on the configuration's account; an interrupted deployment
+        # or one the machine failed is redone.
         done = {
-            (t.user_attrs.get("round"), t.user_attrs.get("candidate"))
+            (t.user_attrs.get(Attr.ROUND), t.user_attrs.get(Attr.CANDIDATE))
             for t in study.get_trials(deepcopy=False)
-            if t.state == TrialState.COMPLETE
-            or (t.state == TrialState.FAIL and t.user_attrs.get("reason") != "interrupted")
+            if t.state == TrialState.COMPLETE or StoredTrial(t).is_failure
         }
         outcomes: list[TrialOutcome] = []
         plan = self.plan()
@@ -191,8 +213,12 @@ class Validator:
                 late = self._adaptive(study, done, outcomes)
         finished = sum((r, c.number) in done for r, c in plan)
         extra = self._spent(done)
+        ordered, _, _ = search_order(self.search, self.paths.root)
+        summary = summarize_validation(
+            self.search, study, self.paths.root, ordered[0].number if ordered else None
+        )
         return ValidationResult(
-            study.study_name, len(plan) + extra, finished + extra, tuple(outcomes), late
+            study.study_name, len(plan) + extra, finished + extra, tuple(outcomes), late, summary
         )
 
     def _adaptive(
@@ -200,19 +226,24 @@ class Validator:
     ) -> bool:
         """Rounds of the still-tied candidates until one stands alone or ``extra`` is spent;
         True when the deadline stopped them."""
-        if self._tied is None or self.settings.extra <= 0:
+        extra = self.extra or 0
+        if extra <= 0:
             return False
         by_number = {c.number: c for c in self.candidates}
         rnd = self.settings.rounds
         while True:
             spent = self._spent(done)
-            tied = [n for n in self._tied(study, rnd) if n in by_number]
-            if len(tied) < 2 or spent >= self.settings.extra:
+            tied = [
+                n
+                for n in tied_candidates(self.search, study, self.paths.root, rnd)
+                if n in by_number
+            ]
+            if len(tied) < 2 or spent >= extra:
                 return False
             for number in tied:
                 if (rnd, number) in done:
                     continue
-                if spent >= self.settings.extra:
+                if spent >= extra:
                     return False
                 if self._past_deadline():
                     return True
@@ -243,35 +274,15 @@ class Validator:
             self._on_end(out)
 
     def _one(self, study: optuna.Study, rnd: int, cand: FrozenTrial) -> TrialOutcome:
-        attrs: dict[str, Any] = {"phase": "validation", "round": rnd, "candidate": cand.number}
-        seed = cand.user_attrs.get("seed_name")
+        attrs: dict[str, Any] = {
+            Attr.PHASE: "validation",
+            Attr.ROUND: rnd,
+            Attr.CANDIDATE: cand.number,
+        }
+        seed = StoredTrial(cand).seed_name
         if seed:
-            attrs["seed_name"] = seed
+            attrs[Attr.SEED_NAME] = seed
         study.enqueue_trial(dict(cand.params), user_attrs=attrs)
         trial = study.ask()
-        params = {
-            d.name: trial.suggest_categorical(d.name, list(d.values)) for d in self.space.dimensions
-        }
-        flags = self.space.to_flags(params)
-        env = self.space.to_env(params)
-        folder = TrialFolder.of(self.paths.root / "validation", trial.number)
-        trial.set_user_attr("flags", flags)
-        trial.set_user_attr("deployed", True)
-        trial.set_user_attr("trial_dir", str(folder.path))
         log.info("validation round=%d candidate=%d trial=%d", rnd, cand.number, trial.number)
-        try:
-            return self._evaluate(
-                study,
-                trial,
-                flags=flags,
-                trial_dir=folder.path,
-                profile=self.profile,
-                objective=self.objective,
-                make_deployer=self._factory,
-                crash_retries=getattr(self.profile.deployer, "crash_retries", 0),
-                env=env,
-            )
-        except KeyboardInterrupt:
-            if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
-                record_failure(study, trial, "interrupted", "interrupted by Ctrl-C / SIGTERM")
-            raise
+        return run_trial(study, trial, self._ctx)

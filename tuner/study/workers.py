@@ -12,8 +12,9 @@ leaves to the caller lives here:
 - **Liveness across hosts.** RDB storages get Optuna's heartbeats (``heartbeat_interval``,
   ``grace_period``); ``optuna.storages.fail_stale_trials`` fails a trial whose worker stopped
   beating, and :func:`retry_lost` (the storage's stale-trial callback) puts its point back.
-- **Slots.** ``--workers N --gpus 0,1,2,3`` gives worker *i* a disjoint slice of the GPUs, as
-  wide as the profile's tensor parallel size, and its own port when the profile fixes one.
+
+A worker's GPUs and port (``--workers N --gpus 0,1,2,3``) are its deployer's business:
+``tuner.deploy.plan_slots`` and ``tuner.deploy.confine``.
 """
 
 from __future__ import annotations
@@ -26,37 +27,23 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config.profile import (
-    ComposeConfig,
-    DockerConfig,
-    ExternalConfig,
-    LocalConfig,
-    Profile,
-)
-from tuner.errors import ConfigError
+from tuner.errors import Reason
+from tuner.trial import RETRY_ATTRS, Attr
 
 __all__ = [
-    "RETRY_ATTRS",
-    "WorkerSlot",
     "alive",
     "live_workers",
     "lost_trials",
-    "plan_slots",
     "reap",
     "retry_lost",
-    "slot_profile",
     "worker_lease",
 ]
-
-# The user attributes that describe *which point* a trial is (kept by its retry); the rest
-# (deployed, trial_dir, flags, worker) describe one attempt and are written again by the next.
-RETRY_ATTRS = ("seed_name", "coverage", "carries", "fallback", "external")
 
 
 def _workers_dir(root: Path) -> Path:
@@ -123,7 +110,7 @@ def lost_trials(study: optuna.Study, root: Path, *, exclusive: bool) -> list[Fro
     """
     lost = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
+        worker = t.user_attrs.get(Attr.WORKER)
         state = alive(root, str(worker)) if worker else None
         # A trial of no recorded worker predates workers (or its worker died right after
         # ask): under the study's lock it can only be a dead run's.
@@ -146,10 +133,10 @@ def reap(study: optuna.Study, root: Path, *, exclusive: bool) -> None:
     from tuner.study._trial import record_failure
 
     for t in lost_trials(study, root, exclusive=exclusive):
-        who = t.user_attrs.get("worker", "an earlier run")
+        who = t.user_attrs.get(Attr.WORKER, "an earlier run")
         try:
             record_failure(
-                study, optuna.Trial(study, t._trial_id), "interrupted",
+                study, optuna.Trial(study, t._trial_id), Reason.INTERRUPTED,
                 f"the worker holding this trial ({who}) was killed",
             )  # fmt: skip
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -166,66 +153,9 @@ def retry_lost(study: optuna.Study, trial: FrozenTrial) -> None:
     Optuna's ``RetryFailedTrialCallback`` does the same but copies every user attribute, and
     here those of the lost attempt (``deployed``, ``trial_dir``) would pass for the retry's.
     """
-    attrs = {k: trial.user_attrs[k] for k in RETRY_ATTRS if k in trial.user_attrs}
-    attrs["retry_of"] = trial.number
-    if trial.params:
-        study.enqueue_trial(dict(trial.params), user_attrs=attrs, skip_if_exists=False)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSlot:
-    """What worker ``index`` owns: its GPUs (None: the profile's own) and port offset."""
-
-    index: int
-    gpus: tuple[str, ...] | None = None
-
-    def label(self) -> str:
-        gpus = f" GPUs {','.join(self.gpus)}" if self.gpus else ""
-        return f"worker {self.index}{gpus}"
-
-
-def plan_slots(workers: int, gpus: list[str] | None, profile: Profile) -> list[WorkerSlot]:
-    """One slot per worker: disjoint GPU slices as wide as the tensor parallel size.
-
-    ConfigError when the deployer tunes a single server (compose, external), or when the GPUs
-    cannot be split (4 GPUs, TP 2: at most 2 workers).
-    """
-    cfg = profile.deployer
-    if workers > 1 and isinstance(cfg, ComposeConfig | ExternalConfig):
-        raise ConfigError(
-            f"the {cfg.kind} deployer tunes one server ({_what(cfg)}): it cannot run "
-            f"{workers} workers; use --workers 1, or a docker/local profile",
-            key="deployer.kind",
-        )
-    if not gpus:
-        return [WorkerSlot(i) for i in range(workers)]
-    tp = profile.server.tensor_parallel_size
-    if workers * tp > len(gpus):
-        raise ConfigError(
-            f"{workers} workers at tensor parallel size {tp} need {workers * tp} GPUs; "
-            f"--gpus names {len(gpus)} ({','.join(gpus)})"
-        )
-    return [WorkerSlot(i, tuple(gpus[i * tp : (i + 1) * tp])) for i in range(workers)]
-
-
-def _what(cfg: ComposeConfig | ExternalConfig) -> str:
-    if isinstance(cfg, ComposeConfig):
-        return f"service {cfg.service!r} of {cfg.file}"
-    return cfg.url
-
-
-def slot_profile(profile: Profile, slot: WorkerSlot) -> Profile:
-    """``profile`` confined to ``slot``: its GPUs (``CUDA_VISIBLE_DEVICES`` for ``local``,
-    ``device_ids`` for ``docker``) and, when the profile fixes a port, port + index."""
-    cfg = profile.deployer
-    update: dict[str, object] = {}
-    if isinstance(cfg, LocalConfig | DockerConfig) and cfg.port:
-        update["port"] = cfg.port + slot.index
-    if slot.gpus is not None:
-        if isinstance(cfg, LocalConfig):
-            update["env"] = {**cfg.env, "CUDA_VISIBLE_DEVICES": ",".join(slot.gpus)}
-        elif isinstance(cfg, DockerConfig):
-            update["gpus"] = list(slot.gpus)
-    if not update:
-        return profile
-    return profile.model_copy(update={"deployer": cfg.model_copy(update=update)})
+    attrs: dict[str, Any] = {k: trial.user_attrs[k] for k in RETRY_ATTRS if k in trial.user_attrs}
+    attrs[Attr.RETRY_OF] = trial.number
+    # A queued trial lost before its parameters were drawn still has them as fixed ones.
+    params = trial.params or trial.system_attrs.get("fixed_params")
+    if params:
+        study.enqueue_trial(dict(params), user_attrs=attrs, skip_if_exists=False)

@@ -1,11 +1,11 @@
 """What the validation rounds say: each candidate over fresh deployments, the validated pick.
 
-Reads the linked ``NAME.validation`` study (``tuner.study.validate``) and the raw samples of its
-trials. A candidate's validated value is the median of its samples pooled over its deployments;
-differences to the fastest carry a two-stage bootstrap interval (deployments, then samples), so
-deployment-to-deployment variance is in it. The validated pick is chosen like the search's
-default rule: the best group on TTFT HIT, then the fewest changes from the baseline, then the
-lowest VRAM; the search's pick *held* when it is in that group.
+Reads the linked ``NAME.validation`` study (written by ``tuner.study.validate``) and the raw
+samples of its trials. A candidate's validated value is the median of its samples pooled over its
+deployments; differences to the fastest carry a two-stage bootstrap interval (deployments, then
+samples), so deployment-to-deployment variance is in it. The validated pick is chosen like the
+search's default rule: the best group on TTFT HIT, then the fewest changes from the baseline, then
+the lowest VRAM; the search's pick *held* when it is in that group.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.metrics import METRICS, Interval, bootstrap_diff_grouped
-from tuner.report.decide import (
+from tuner.decide.groups import (
     bonferroni,
     changes_from,
     exclusion,
@@ -28,7 +27,10 @@ from tuner.report.decide import (
     within,
     within_noise,
 )
+from tuner.errors import Reason
+from tuner.metrics import METRICS, Interval, bootstrap_diff_grouped
 from tuner.schema import validation_name
+from tuner.trial import Attr, StoredTrial, StudyAttr
 
 __all__ = [
     "CandidateResult",
@@ -144,25 +146,21 @@ def _results(
     trials = [
         t
         for t in validation.get_trials(deepcopy=False)
-        if before_round is None or int(t.user_attrs.get("round", 0)) < before_round
+        if before_round is None or int(t.user_attrs.get(Attr.ROUND, 0)) < before_round
     ]
     by_number = {t.number: t for t in search.get_trials(deepcopy=False)}
-    base_name = (search.user_attrs.get("criteria") or {}).get("baseline")
+    base_name = (search.user_attrs.get(StudyAttr.CRITERIA) or {}).get("baseline")
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     obs = load_observations(validation, root / "validation" if root else None, done)
     spec = METRICS[HIT]
     results: list[CandidateResult] = []
-    for number in dict.fromkeys(int(t.user_attrs["candidate"]) for t in trials):
+    for number in dict.fromkeys(int(t.user_attrs[Attr.CANDIDATE]) for t in trials):
         cand = by_number[number]
-        mine = [t for t in trials if t.user_attrs.get("candidate") == number]
+        mine = [t for t in trials if t.user_attrs.get(Attr.CANDIDATE) == number]
         ok = tuple(t for t in mine if t.state == TrialState.COMPLETE)
-        failed = tuple(
-            str(t.user_attrs.get("reason"))
-            for t in mine
-            if t.state == TrialState.FAIL and t.user_attrs.get("reason") != "interrupted"
-        )
+        failed = tuple(str(r) for t in mine if (r := StoredTrial(t).reason) and r.is_failure)
         samples = tuple(tuple(spec.samples(obs[t.number])) for t in ok if t.number in obs)
-        is_base = base_name is not None and cand.user_attrs.get("seed_name") == base_name
+        is_base = StoredTrial(cand).is_seed(base_name)
         results.append(CandidateResult(cand, ok, failed, samples, is_base))
     return results, trials
 
@@ -217,17 +215,17 @@ def summarize_validation(
 ) -> ValidationSummary:
     """Group the candidates on their validation deployments and choose the validated pick."""
     results, trials = _results(search, validation, root, None)
-    rounds = validation.user_attrs.get("rounds")
+    rounds = validation.user_attrs.get(StudyAttr.ROUNDS)
     finished = sum(1 for t in trials if t.state == TrialState.COMPLETE) + sum(
         len(r.failed) for r in results
     )
     if isinstance(rounds, int):
         # The fixed rounds, plus what adaptive rounds deployed (they plan as they go).
-        extra = [t for t in trials if int(t.user_attrs.get("round", 0)) >= rounds]
-        done_extra = [t for t in extra if t.user_attrs.get("reason") != "interrupted"]
+        extra = [t for t in trials if int(t.user_attrs.get(Attr.ROUND, 0)) >= rounds]
+        done_extra = [t for t in extra if StoredTrial(t).reason != Reason.INTERRUPTED]
         planned = rounds * len(results) + len(done_extra)
     else:  # a validation study from before adaptive rounds
-        planned_rounds = max((int(t.user_attrs.get("round", 0)) for t in trials), default=-1) + 1
+        planned_rounds = max((int(t.user_attrs.get(Attr.ROUND, 0)) for t in trials), default=-1) + 1
         planned = planned_rounds * len(results)
     ordered, diffs = _rank(results, seed)
     if not ordered:

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from tuner.errors import StudyError
 from tuner.metrics import METRICS, Interval, Observations, bootstrap_diff
 from tuner.schema import TrialFolder
+from tuner.trial import Attr, StoredTrial, StudyAttr, metric_sign, metric_value
 
 __all__ = [
     "TIE",
@@ -41,6 +41,7 @@ __all__ = [
     "load_observations",
     "reference_params",
     "within",
+    "within_noise",
 ]
 
 LEVEL = 0.95
@@ -87,8 +88,8 @@ def load_observations(
         folders = []
         if root is not None:
             folders.append(TrialFolder.of(root, t.number))
-        if "trial_dir" in t.user_attrs:
-            folders.append(TrialFolder(Path(str(t.user_attrs["trial_dir"]))))
+        if Attr.TRIAL_DIR in t.user_attrs:
+            folders.append(TrialFolder(Path(str(t.user_attrs[Attr.TRIAL_DIR]))))
         for folder in folders:
             if folder.measurements.exists():
                 try:
@@ -115,22 +116,6 @@ class Group:
         return [t.number for t in self.members]
 
 
-def _value(study: optuna.Study, t: FrozenTrial, name: str) -> float:
-    names = list(study.metric_names or [])
-    if name in names and t.values:
-        return float(t.values[names.index(name)])
-    v = t.user_attrs.get(name)
-    return float(v) if isinstance(v, (int, float)) else math.nan
-
-
-def _sign(study: optuna.Study, name: str) -> float:
-    names = list(study.metric_names or [])
-    if name in names:
-        return -1.0 if study.directions[names.index(name)] == StudyDirection.MAXIMIZE else 1.0
-    spec = METRICS.get(name)
-    return -1.0 if spec is not None and spec.direction == "maximize" else 1.0
-
-
 def best_group(
     study: optuna.Study,
     candidates: Sequence[FrozenTrial],
@@ -150,8 +135,8 @@ def best_group(
     """
     if not candidates:
         raise ValueError("no candidates")
-    sign = _sign(study, metric)
-    ordered = sorted(candidates, key=lambda t: (sign * _value(study, t, metric), t.number))
+    sign = metric_sign(study, metric)
+    ordered = sorted(candidates, key=lambda t: (sign * metric_value(study, t, metric), t.number))
     best = ordered[0]
     others = ordered[1:]
     corrected = bonferroni(level, len(others))
@@ -166,20 +151,19 @@ def best_group(
             ci = bootstrap_diff(spec.stat, a, b, level=corrected, seed=seed)
         else:
             on_samples = False
-            d = _value(study, t, metric) - _value(study, best, metric)
+            d = metric_value(study, t, metric) - metric_value(study, best, metric)
             ci = (d, d)
         diffs[t.number] = ci
-        if within(ci, _value(study, t, metric), _value(study, best, metric), tie):
+        if within(ci, metric_value(study, t, metric), metric_value(study, best, metric), tie):
             members.append(t)
     return Group(metric, best, tuple(members), diffs, len(others), on_samples)
 
 
 def reference_params(study: optuna.Study) -> dict[str, Any] | None:
     """The user's current configuration: the parameters of the criteria's baseline seed."""
-    crit = study.user_attrs.get("criteria") or {}
-    name = crit.get("baseline")
+    crit = study.user_attrs.get(StudyAttr.CRITERIA) or {}
     for t in study.get_trials(deepcopy=False):
-        if name is not None and t.user_attrs.get("seed_name") == name and t.params:
+        if StoredTrial(t).is_seed(crit.get("baseline")) and t.params:
             return dict(t.params)
     return None
 
@@ -242,8 +226,8 @@ def effects(
             if not at or not rest:
                 continue
             for name in names:
-                a = np.array([_value(study, t, name) for t in at])
-                b = np.array([_value(study, t, name) for t in rest])
+                a = np.array([metric_value(study, t, name) for t in at])
+                b = np.array([metric_value(study, t, name) for t in rest])
                 if not (np.isfinite(a).all() and np.isfinite(b).all()):
                     continue
                 delta = float(a.mean() - b.mean())

@@ -1,0 +1,69 @@
+"""Decisions from measurements that carry their uncertainty: which configuration is best, which
+ones cannot be told apart, what each knob does, and what validation found.
+
+Below ``study`` and ``report`` (both decide the same way): validation picks its candidates and
+narrows its ties here, and the report explains the same decisions. Reads stored studies and
+the trials' raw samples only; never deploys or measures.
+"""
+
+from __future__ import annotations
+
+from tuner.decide.groups import (
+    TIE,
+    Effect,
+    Group,
+    best_group,
+    bonferroni,
+    changes_from,
+    effects,
+    exclusion,
+    load_observations,
+    reference_params,
+    within,
+    within_noise,
+)
+from tuner.decide.pick import (
+    HIT,
+    MISS,
+    VRAM,
+    baseline_trial,
+    default_order,
+    miss_ok,
+    search_order,
+    validation_candidates,
+)
+from tuner.decide.validation import (
+    CandidateResult,
+    ValidationSummary,
+    load_validation,
+    summarize_validation,
+    tied_candidates,
+)
+
+__all__ = [
+    "HIT",
+    "MISS",
+    "TIE",
+    "VRAM",
+    "CandidateResult",
+    "Effect",
+    "Group",
+    "ValidationSummary",
+    "baseline_trial",
+    "best_group",
+    "bonferroni",
+    "changes_from",
+    "default_order",
+    "effects",
+    "exclusion",
+    "load_observations",
+    "load_validation",
+    "miss_ok",
+    "reference_params",
+    "search_order",
+    "summarize_validation",
+    "tied_candidates",
+    "validation_candidates",
+    "within",
+    "within_noise",
+]
