@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import HOST_ENV_IMAGE, docker_engine, host_env_mounts
+from tests.conftest import HOST_ENV_IMAGE, ROOT, docker_engine, host_env_mounts
 from tuner.config import (
     ComposeConfig,
     DockerConfig,
@@ -369,3 +369,59 @@ class TestOrphans:
             dep.wait_ready()
             assert (tmp_path / "t" / RECORD).exists()
         assert not (tmp_path / "t" / RECORD).exists()
+
+
+def test_a_new_kind_is_one_class_one_model_one_registry_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployer kind nothing else has heard of (a class, a config model, a registry entry;
+    in the product also one line in the profile's union, which model_construct stands in for
+    here) runs a search, validation and the report, and answers every capability question
+    with the base defaults: nothing outside tuner/deploy/ asks which kind it holds."""
+    from typing import Literal
+
+    from tuner.config import load_objective, load_space
+    from tuner.config.profile import FakeConfig, Profile
+    from tuner.deploy import DEPLOYERS, confine, deployment_hints, fixed_params, keep, plan_slots
+    from tuner.deploy.fake import FakeDeployer
+    from tuner.errors import ConfigError
+    from tuner.report import write_report
+    from tuner.study import (
+        RunSettings,
+        StudyPaths,
+        StudyRunner,
+        ValidationSettings,
+        Validator,
+        load_study,
+    )
+    from tuner.testing import FAST_WORKLOAD
+    from tuner.types import WorkerSlot
+
+    class EchoConfig(FakeConfig):
+        kind: Literal["echo"] = "echo"  # type: ignore[assignment]
+
+    class EchoDeployer(FakeDeployer):
+        kind = "echo"
+        config_type = EchoConfig
+
+    monkeypatch.setitem(DEPLOYERS, "echo", EchoDeployer)
+    base = fake_profile()
+    prof = Profile.model_construct(name="echo", description="", server=base.server,
+                                   deployer=EchoConfig(), objective=None)  # fmt: skip
+    space = load_space(ROOT / "search_spaces" / "seed_192.yaml")
+    objective = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
+    objective = objective.model_copy(update={"workload": FAST_WORKLOAD, "criteria": None})
+    paths = StudyPaths.create("echo", tmp_path)
+    result = StudyRunner(paths=paths, space=space, seeds=(), objective=objective, profile=prof,
+                         settings=RunSettings(n_trials=3, sampler_seed=0)).run()  # fmt: skip
+    assert result.deployed == 3
+    v = Validator(paths=paths, space=space, objective=objective, profile=prof,
+                  settings=ValidationSettings(top=2, rounds=1, extra=0)).run()  # fmt: skip
+    assert v.done == v.planned == 2
+    assert "report_md" in write_report(load_study(paths), paths.root)
+    assert confine(prof, WorkerSlot(1, ("3",))) is prof
+    assert [s.index for s in plan_slots(2, None, prof)] == [0, 1]
+    assert deployment_hints(prof)["image"] == "vllm/vllm-openai:latest"
+    assert fixed_params(prof, space) is None
+    with pytest.raises(ConfigError, match="--keep-best needs a compose profile"):
+        keep(prof, None, (), "")

@@ -76,7 +76,7 @@ class TestFiles:
         """report.md/html, pareto.csv/json and trials.csv are written and readable."""
         assert set(files) == {"report_md", "report_html", "pareto_csv", "pareto_json", "trials_csv"}
         md = files["report_md"].read_text()
-        for section in ("## Recommendation", "## Success criteria", "## Pareto front",
+        for section in ("## Lines to paste", "## Why this one", "## Success criteria", "## Pareto front",
                         "## All trials", "## Measurement quality", "## Failed trials by reason"):  # fmt: skip
             assert section in md
         parser = _Tags()
@@ -360,3 +360,72 @@ def test_markdown_cells_read_flags_and_verdicts_apart() -> None:
     """A flag reads on/off, the criteria verdict yes/no (not "off" for a trial that fails them)."""
     df = pd.DataFrame({"prefix": [True, False], "meets_criteria": [False, True]})
     assert md_table(df).splitlines()[2:] == ["| on | no |", "| off | yes |"]
+
+
+class TestFrontDoor:
+    """The report's top is what an operator reads in ten seconds."""
+
+    def test_the_headline_comes_first(self, files: dict[str, Path], study: optuna.Study) -> None:
+        """report.md opens with what to change, the HIT effect against the baseline with its
+        interval, and how sure; then the lines to paste; the method after them."""
+        md = files["report_md"].read_text().splitlines()
+        body = [line for line in md[1:] if line.strip()]
+        assert body[0].startswith(("**Change ", "**Keep**"))
+        assert body[1].startswith("**TTFT HIT** ")
+        assert "against" in body[1]
+        assert "95 % interval" in body[1] or "no interval" in body[1]
+        assert body[2].startswith("**How sure:** not validated")
+        text = "\n".join(md)
+        assert text.index("## Lines to paste") < text.index("## Why this one")
+        assert text.index("## Why this one") < text.index("## Pareto front")
+
+    def test_production_lines_carry_no_measurement_flag(self, files: dict[str, Path]) -> None:
+        """--enable-prompt-tokens-details is added for the measurement only: the lines to paste
+        leave it out (a profile that sets it in extra_args would keep it)."""
+        md = files["report_md"].read_text()
+        paste = md[md.index("## Lines to paste") : md.index("## Why this one")]
+        assert "vllm serve" in paste
+        assert "--enable-prompt-tokens-details" not in paste
+
+    def test_what_mattered_leads_with_measurable_effects(
+        self, files: dict[str, Path], study: optuna.Study
+    ) -> None:
+        """Measurable effects in the table; the rest folded under it, and an interval that
+        cannot be computed reads 'too few trials', never 'no measurable effect'."""
+        from tuner.report.documents import build_report
+        from tuner.report.model import effects_frame
+
+        rep = build_report(study)
+        shown, rest = effects_frame(rep, True), effects_frame(rep, False)
+        assert set(shown["reading"]) <= {"lower", "higher"}
+        assert all(r == "no measurable effect" or r.startswith("too few trials (")
+                   for r in rest["reading"])  # fmt: skip
+        for e in rep.effects:
+            if math.isnan(e.interval[0]):
+                row = rest[(rest["dimension"] == e.dimension) & (rest["value"] == e.value)]
+                assert row["reading"].iloc[0] == f"too few trials ({e.n} / {e.n_rest})"
+        md = files["report_md"].read_text()
+        section = md[md.index("## What mattered") : md.index("## All trials")]
+        if not rest.empty:
+            assert f"<details><summary>{len(rest)} more readings" in section
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_compare_fits_an_80_column_terminal(study_dir: Path) -> None:
+    """In 80 columns `tuner compare` stacks the two fronts and keeps the columns that fit:
+    no line wider than the terminal, no cell cut to 'na…'."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "80"}
+    cmd = [sys.executable, "-m", "tuner.cli", "compare", "r", "r", "--studies-dir", str(study_dir)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    table = [line for line in r.stdout.splitlines() if not line.startswith("wrote ")]
+    assert max(len(line) for line in table) <= 80
+    assert "…" not in r.stdout
+    assert r.stdout.count("HIT ms") == 2  # both tables, stacked, with their cells shown
+    front = [str(t.number) for t in pareto_trials(load_study(StudyPaths.create("r", study_dir)))[0]]
+    rows = [line.split("│")[1].strip() for line in table if line.startswith("│")]
+    assert rows == front * 2

@@ -34,32 +34,52 @@ RuleOpt = Annotated[
 ]
 
 
-def _front_table(title: str, st: optuna.Study, front: list[optuna.trial.FrozenTrial]) -> Table:
-    from tuner.front import feasible
-    from tuner.report.synthesis import dimension_titles
+def _natural_width(table: Table) -> int:
+    """How wide ``table`` is with nothing cut (rich measures within the terminal otherwise)."""
+    return out.measure(table, options=out.options.update_width(100_000)).maximum
 
-    table = Table(title=title)
+
+# Columns a narrow terminal gives up first, in order: a front table must never be squeezed
+# into cells cut to "na…".
+_OPTIONAL = ("hit_rate_hit", "speedup", "feasible", "name")
+
+
+def _front_table(
+    title: str, st: optuna.Study, front: list[optuna.trial.FrozenTrial], width: int | None = None
+) -> Table:
+    """The front as a table; with ``width``, without the optional columns it cannot hold."""
+    from tuner.front import feasible
+    from tuner.report.synthesis import dimension_titles, name_of
+
     titles = dimension_titles(st)
-    dims = list(titles)
-    metrics = list(st.metric_names or [])
-    cols = ["trial", "name", *dims, *metrics, "speedup", "hit_rate_hit", "feasible"]
-    for c in cols:
-        table.add_column(titles.get(c) or SHORT.get(c, c))
-    for t in front:
-        ok = feasible(t)
-        row = [str(t.number), t.user_attrs.get("seed_name") or f"trial_{t.number}"]
-        row += [
-            f"{t.params[d]:g}" if isinstance(t.params.get(d), float) else fmt_value(t.params.get(d))
-            for d in dims
-        ]
-        row += [fmt_value(v) for v in t.values]
-        row += [
-            fmt_value(t.user_attrs.get("speedup"), digits=2),
-            fmt_value(t.user_attrs.get("hit_rate_hit"), digits=2),
-        ]
-        row.append("–" if ok is None else ("yes" if ok else "no"))
-        table.add_row(*row)
-    return table
+    dims, metrics = list(titles), list(st.metric_names or [])
+    drop: list[str] = []
+    while True:
+        cols = [c for c in ["trial", "name", *dims, *metrics, "speedup", "hit_rate_hit",
+                            "feasible"] if c not in drop]  # fmt: skip
+        table = Table(title=title)
+        for c in cols:
+            table.add_column(titles.get(c) or SHORT.get(c, c))
+        for t in front:
+            ok = feasible(t)
+            cells = {
+                "trial": str(t.number),
+                "name": name_of(t),
+                "speedup": fmt_value(t.user_attrs.get("speedup"), digits=2),
+                "hit_rate_hit": fmt_value(t.user_attrs.get("hit_rate_hit"), digits=2),
+                "feasible": "–" if ok is None else ("yes" if ok else "no"),
+            }
+            for d in dims:
+                v = t.params.get(d)
+                cells[d] = f"{v:g}" if isinstance(v, float) else fmt_value(v)
+            for m, v in zip(metrics, t.values, strict=False):
+                cells[m] = fmt_value(v)
+            table.add_row(*(cells.get(c, "–") for c in cols))
+        fits = width is None or _natural_width(table) <= width
+        more = [c for c in _OPTIONAL if c not in drop]
+        if fits or not more:
+            return table
+        drop.append(more[0])
 
 
 @app.command()
@@ -86,7 +106,7 @@ def report(
         title = "Pareto front" + (
             "" if feasible else " (no trial meets the success criteria: all trials)"
         )
-        out.print(_front_table(title, st, front))
+        out.print(_front_table(title, st, front, width=out.width))
     files = write_report(st, paths.root, chosen)
     rec = recommend(st, chosen, root=paths.root)
     if rec is not None:
@@ -109,13 +129,16 @@ def compare(
     from tuner.report.compare import write_compare
 
     studies = [load_study(StudyPaths.create(n, studies_dir, None)) for n in (study_a, study_b)]
-    fronts = write_compare(studies, studies_dir)
+    fronts, files = write_compare(studies, studies_dir)
+    tables = [_front_table(st.study_name, st, f) for st, f in zip(studies, fronts, strict=True)]
     grid = Table.grid(padding=2)
-    grid.add_row(
-        *(_front_table(st.study_name, st, f) for st, f in zip(studies, fronts[0], strict=True))
-    )
-    out.print(grid)
-    for p in fronts[1].values():
+    grid.add_row(*tables)
+    if _natural_width(grid) <= out.width:
+        out.print(grid)  # side by side when both fit whole
+    else:  # stacked, each keeping the columns that fit
+        for st, f in zip(studies, fronts, strict=True):
+            out.print(_front_table(st.study_name, st, f, width=out.width))
+    for p in files.values():
         out.print(f"wrote {p}")
 
 

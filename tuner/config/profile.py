@@ -43,8 +43,9 @@ class ServerArgs(StrictModel):
         """The name clients send in requests."""
         return self.served_model_name or self.model
 
-    def to_args(self) -> list[str]:
-        """The fixed vLLM arguments every trial starts with."""
+    def to_args(self, *, measuring: bool = True) -> list[str]:
+        """The fixed vLLM arguments every trial starts with; ``measuring`` False: what the
+        production server needs (without the flags added only for the measurement)."""
         args = ["--model", self.model]
         if self.served_model_name:
             args += ["--served-model-name", self.served_model_name]
@@ -52,8 +53,9 @@ class ServerArgs(StrictModel):
             args += ["--max-model-len", str(self.max_model_len)]
         if self.tensor_parallel_size != 1:
             args += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
-        if self.prompt_tokens_details and "--enable-prompt-tokens-details" not in self.extra_args:
-            args.append("--enable-prompt-tokens-details")
+        details = "--enable-prompt-tokens-details"
+        if measuring and self.prompt_tokens_details and details not in self.extra_args:
+            args.append(details)
         return args + list(self.extra_args)
 
 

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 from plotly.subplots import make_subplots
 
-from tuner.report.documents import md_table
+from tuner.report.model import md_table
 from tuner.report.pareto import pareto_frame, pareto_trials
 from tuner.report.synthesis import name_of
 

@@ -1,87 +1,30 @@
-"""report.md and a self-contained report.html (plotly.js inlined: opens offline)."""
+"""report.md and a self-contained report.html (plotly.js inlined: opens offline), both read top
+down as an operator does: the headline, the lines to paste, why, then the evidence."""
 
 from __future__ import annotations
 
 import html
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
-from optuna.trial import FrozenTrial
 
-from tuner.decide import Effect, effects
-from tuner.front import measured_trials
+from tuner.decide import baseline_trial
 from tuner.report.figures import figures
-from tuner.report.pareto import pareto_trials, write_pareto
-from tuner.report.recommend import Recommendation, Rule, recommend
-from tuner.report.synthesis import (
-    FailureGroup,
-    baseline_trial,
-    dimension_titles,
-    failures_by_reason,
-    name_of,
-    quality_warnings,
-    synthesis_frame,
+from tuner.report.model import (
+    Report,
+    build_report,
+    cell,
+    effects_frame,
+    front_frame,
+    md_table,
+    validation_frame,
 )
+from tuner.report.pareto import write_pareto
+from tuner.report.recommend import Recommendation, Rule
 
 __all__ = ["Report", "build_report", "md_table", "write_report"]
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """Everything report.md and report.html show, computed once from the study."""
-
-    study: optuna.Study
-    table: pd.DataFrame
-    front: list[FrozenTrial]
-    front_feasible: bool
-    recommendation: Recommendation | None
-    failures: list[FailureGroup]
-    warnings: list[tuple[int, str]]
-    effects: list[Effect]
-
-
-def build_report(study: optuna.Study, rule: Rule | None = None, root: Path | None = None) -> Report:
-    """Read ``study`` back into a Report: synthesis table, front, pick, failures, warnings."""
-    front, feasible = pareto_trials(study)
-    return Report(
-        study=study,
-        table=synthesis_frame(study),
-        front=front,
-        front_feasible=feasible,
-        recommendation=recommend(study, rule, root=root),
-        failures=failures_by_reason(study),
-        warnings=quality_warnings(study, front),
-        effects=effects(study, measured_trials(study)),
-    )
-
-
-def _cell(v: Any, column: str = "") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, bool):
-        # a flag's value reads on/off; a verdict (meets_criteria) reads yes/no
-        yes, no = ("yes", "no") if column == "meets_criteria" else ("on", "off")
-        return yes if v else no
-    if isinstance(v, float):
-        return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
-    return str(v)
-
-
-def md_table(df: pd.DataFrame) -> str:
-    """A GitHub markdown table (no tabulate dependency)."""
-    head = "| " + " | ".join(str(c) for c in df.columns) + " |"
-    sep = "|" + "---|" * len(df.columns)
-    cols = [str(c) for c in df.columns]
-    rows = [
-        "| " + " | ".join(_cell(v, c) for v, c in zip(r, cols, strict=True)) + " |"
-        for r in df.itertuples(index=False)
-    ]
-    return "\n".join([head, sep, *rows])
 
 
 def _criteria_lines(rep: Report) -> list[str]:
@@ -114,21 +57,9 @@ def _criteria_lines(rep: Report) -> list[str]:
     return lines
 
 
-def _front_frame(rep: Report) -> pd.DataFrame:
-    tbl = rep.table.set_index("trial")
-    nums = [t.number for t in rep.front if t.number in tbl.index]
-    dims = list(dimension_titles(rep.study).values())
-    metrics = [m for m in rep.study.metric_names or [] if m in tbl.columns]
-    extra = [c for c in ("speedup", "hit_rate", "meets_criteria") if c not in metrics]
-    return tbl.loc[nums].reset_index()[["trial", "config", *dims, *metrics, *extra]]
-
-
-def _rec_lines(rec: Recommendation | None) -> list[str]:
-    if rec is None:
-        return ["No completed trial: nothing to recommend yet."]
-    lines = [f"**{rec.name}** (trial {rec.trial.number})", "", rec.explanation, ""]
-    lines += [f"> Note: {n}" for n in rec.notes]
-    lines += [
+def _paste_lines(rec: Recommendation) -> list[str]:
+    """The lines to paste: only what production needs (the profile's own flags kept)."""
+    return [
         "vLLM command line:",
         "```bash",
         rec.vllm_command,
@@ -142,31 +73,30 @@ def _rec_lines(rec: Recommendation | None) -> list[str]:
         rec.docker_run,
         "```",
     ]
+
+
+def _top_lines(rep: Report) -> list[str]:
+    """Headline, the lines to paste, then the method: what an operator reads first."""
+    rec = rep.recommendation
+    lines = [line.markdown() + "  " for line in rep.headline]
+    if rec is None:
+        return lines
+    lines += ["", *[f"> Note: {n}" for n in rec.notes], ""]
+    lines += [f"## Lines to paste: **{rec.name}** (trial {rec.trial.number})", ""]
+    lines += [*_paste_lines(rec), "", "## Why this one", "", rec.explanation]
     return lines
 
 
-def effects_frame(rep: Report) -> pd.DataFrame:
-    """What mattered: one row per dimension value and objective, measurable effects first."""
-    units = rep.study.user_attrs.get("units", {})
-    rows = []
-    for e in sorted(rep.effects, key=lambda e: (not e.measurable, -abs(e.delta))):
-        lo, hi = e.interval
-        unit = units.get(e.metric, "")
-        verdict = (
-            "no measurable effect" if not e.measurable else ("lower" if e.delta < 0 else "higher")
-        )
-        rows.append(
-            {
-                "dimension": e.dimension,
-                "value": e.value,
-                "objective": e.metric,
-                "effect": f"{e.delta:+.1f} {unit}".strip(),
-                "95 % interval": "–" if lo != lo else f"[{lo:+.1f}, {hi:+.1f}]",
-                "trials (value / others)": f"{e.n} / {e.n_rest}",
-                "reading": verdict,
-            }
-        )
-    return pd.DataFrame(rows)
+def _effect_lines(rep: Report) -> list[str]:
+    """The measurable effects as a table; the rest folded below it."""
+    if not rep.effects:
+        return ["Too few measured trials."]
+    shown, rest = effects_frame(rep, True), effects_frame(rep, False)
+    lines = [md_table(shown) if not shown.empty else "No effect is measurable yet."]
+    if not rest.empty:
+        lines += ["", f"<details><summary>{len(rest)} more readings: no measurable effect, or "
+                  "too few trials</summary>", "", md_table(rest), "", "</details>"]  # fmt: skip
+    return lines
 
 
 def _group_lines(rep: Report) -> list[str]:
@@ -180,34 +110,6 @@ def _group_lines(rep: Report) -> list[str]:
         where = "in the group" if n in g.numbers else "outside"
         lines.append(f"- trial {n}: difference to the fastest [{lo:+.1f}, {hi:+.1f}] ({where})")
     return lines
-
-
-def validation_frame(rep: Report) -> pd.DataFrame:
-    """Search values beside validation values, per candidate."""
-    rec = rep.recommendation
-    v = rec.validation if rec else None
-    if v is None:
-        return pd.DataFrame()
-    rows = []
-    for r in v.results:
-        c = r.candidate
-        lo_hi = v.diffs.get(c.number)
-        rows.append(
-            {
-                "trial": c.number,
-                "config": name_of(c),
-                "search HIT ms": c.user_attrs.get("ttft_hit_ms"),
-                "validation HIT ms": r.value,
-                "per deployment": ", ".join(f"{x:.1f}" for x in r.per_deployment) or "–",
-                "vs fastest": "–" if lo_hi is None else f"[{lo_hi[0]:+.1f}, {lo_hi[1]:+.1f}]",
-                "failed": ", ".join(r.failed) or "–",
-                "role": "baseline" if r.is_baseline else (
-                    "pick" if v.pick and v.pick.candidate.number == c.number
-                    else ("in group" if c.number in v.group else "")
-                ),
-            }
-        )  # fmt: skip
-    return pd.DataFrame(rows)
 
 
 def _soak_lines(rep: Report) -> list[str]:
@@ -247,12 +149,10 @@ def render_markdown(rep: Report) -> str:
     parts = [
         f"# Study `{st.study_name}`",
         "",
+        *_top_lines(rep),
+        "",
         f"Objectives: {', '.join(st.metric_names or [])} (all minimised). "
         f"{n_done} finished trials; {sum(len(g.trials) for g in rep.failures)} failed.",
-        "",
-        "## Recommendation",
-        "",
-        *_rec_lines(rep.recommendation),
         "",
         "## Validation",
         "",
@@ -265,7 +165,7 @@ def render_markdown(rep: Report) -> str:
         "",
         "## Pareto front" + ("" if rep.front_feasible else " (no feasible trial: all trials)"),
         "",
-        md_table(_front_frame(rep)) if rep.front else "No completed trial.",
+        md_table(front_frame(rep)) if rep.front else "No completed trial.",
         "",
         *_group_lines(rep),
         "",
@@ -275,7 +175,7 @@ def render_markdown(rep: Report) -> str:
         "difference of mean objective values and its 95 % bootstrap interval (an interval that "
         "contains 0 is no measurable effect). PED-ANOVA importances are in report.html.",
         "",
-        md_table(effects_frame(rep)) if rep.effects else "Too few measured trials.",
+        *_effect_lines(rep),
         "",
         "## All trials (mission format; deltas vs the baseline)",
         "",
@@ -307,7 +207,7 @@ pre{background:#f5f5f5;padding:8px;white-space:pre-wrap}.warn{color:#a15c00}"""
 
 
 def _df_html(df: pd.DataFrame) -> str:
-    cells = pd.DataFrame({c: [_cell(v, str(c)) for v in df[c]] for c in df.columns})
+    cells = pd.DataFrame({c: [cell(v, str(c)) for v in df[c]] for c in df.columns})
     return cells.to_html(index=False, border=0, escape=True)
 
 
@@ -316,20 +216,18 @@ def render_html(rep: Report) -> str:
     st = rep.study
     esc = html.escape
     body = [f"<h1>Study {esc(st.study_name)}</h1>"]
+    body += [f"<p><b>{esc(line.label)}</b> {esc(line.text)}</p>" for line in rep.headline]
     rec = rep.recommendation
-    body.append("<h2>Recommendation</h2>")
-    if rec is None:
-        body.append("<p>No completed trial.</p>")
-    else:
-        body.append(f"<p><b>{esc(rec.name)}</b> (trial {rec.trial.number})</p>")
-        body.append(f"<p>{esc(rec.explanation)}</p>")
+    if rec is not None:
         body += [f"<p class='warn'>{esc(n)}</p>" for n in rec.notes]
+        body.append(f"<h2>Lines to paste: {esc(rec.name)} (trial {rec.trial.number})</h2>")
         for title, text in (
             ("vLLM command line", rec.vllm_command),
             ("docker compose command:", rec.compose_snippet),
             ("docker run", rec.docker_run),
         ):
             body.append(f"<h3>{esc(title)}</h3><pre>{esc(text)}</pre>")
+        body.append(f"<h2>Why this one</h2><p>{esc(rec.explanation)}</p>")
     body.append("<h2>Validation</h2>")
     if rec is not None and rec.validation is not None:
         body.append(f"<p>{esc(rec.validation.words())}</p>" + _df_html(validation_frame(rep)))
@@ -337,10 +235,16 @@ def render_html(rep: Report) -> str:
         body.append(f"<p>{esc(_validation_lines(rep)[0])}</p>")
     body.append("<h2>Success criteria</h2><pre>" + esc("\n".join(_criteria_lines(rep))) + "</pre>")
     body.append("<h2>Pareto front</h2>")
-    body.append(_df_html(_front_frame(rep)) if rep.front else "<p>No completed trial.</p>")
+    body.append(_df_html(front_frame(rep)) if rep.front else "<p>No completed trial.</p>")
     body.append("<pre>" + esc("\n".join(_group_lines(rep))) + "</pre>")
     body.append("<h2>What mattered</h2>")
-    body.append(_df_html(effects_frame(rep)) if rep.effects else "<p>Too few trials.</p>")
+    if rep.effects:
+        rest = effects_frame(rep, False)
+        body.append(_df_html(effects_frame(rep, True)))
+        body.append(f"<details><summary>{len(rest)} more readings: no measurable effect, or too "
+                    f"few trials</summary>{_df_html(rest)}</details>")  # fmt: skip
+    else:
+        body.append("<p>Too few trials.</p>")
     first = True
     body.append("<h2>Plots</h2>")
     for title, fig in figures(st, rep.front):

@@ -11,7 +11,10 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.decide import baseline_trial
+from tuner.errors import Reason
 from tuner.front import feasible
+from tuner.trial import StoredTrial
 
 __all__ = [
     "FailureGroup",
@@ -56,25 +59,16 @@ def dimension_titles(study: optuna.Study) -> dict[str, str]:
 
 
 def name_of(t: FrozenTrial) -> str:
-    """A trial's display name: its seed's name, else ``trial_N``."""
-    return str(t.user_attrs.get("seed_name") or f"trial_{t.number}")
-
-
-def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The completed trial of the criteria's baseline seed, if measured."""
-    crit = study.user_attrs.get("criteria") or {}
-    base = crit.get("baseline")
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if base is not None and t.user_attrs.get("seed_name") == base:
-            return t
-    return None
+    """A trial's display name: its seed's names, else ``trial_N``."""
+    return StoredTrial(t).name
 
 
 def _status(t: FrozenTrial) -> str:
+    view = StoredTrial(t)
     if t.state == TrialState.COMPLETE:
-        dup = t.user_attrs.get("duplicate_of")
+        dup = view.duplicate_of
         return "ok" if dup is None else f"ok (= trial {dup})"
-    return str(t.user_attrs.get("reason") or t.state.name.lower())
+    return str(view.reason or t.state.name.lower())
 
 
 def synthesis_frame(study: optuna.Study) -> pd.DataFrame:
@@ -86,7 +80,7 @@ def synthesis_frame(study: optuna.Study) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     done = (TrialState.COMPLETE, TrialState.FAIL)
     for t in study.get_trials(deepcopy=False, states=done):
-        if t.user_attrs.get("reason") == "duplicate":
+        if StoredTrial(t).reason == Reason.DUPLICATE:
             continue  # a pointer to another trial, not a measurement
         a = t.user_attrs
         row: dict[str, Any] = {"config": name_of(t), "trial": t.number}
@@ -133,12 +127,13 @@ class FailureGroup:
 
 
 def failures_by_reason(study: optuna.Study) -> list[FailureGroup]:
-    """Failed trials grouped by reason (duplicates left out: nothing ran), largest group first."""
+    """The configurations' failures grouped by reason, largest group first. What says nothing
+    of its point (an interruption, the machine's fault, a duplicate) is no failure: left out."""
     groups: dict[str, list[FrozenTrial]] = defaultdict(list)
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        reason = str(t.user_attrs.get("reason", "unknown"))
-        if reason != "duplicate":
-            groups[reason].append(t)
+        reason = StoredTrial(t).reason
+        if reason is not None and reason.is_failure:
+            groups[str(reason)].append(t)
     return [
         FailureGroup(r, tuple(ts))
         for r, ts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
@@ -161,7 +156,7 @@ def quality_warnings(study: optuna.Study, front: list[FrozenTrial]) -> list[tupl
     """(trial number, warning) for results that should not be trusted as they stand."""
     out: list[tuple[int, str]] = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "duplicate_of" in t.user_attrs:
+        if StoredTrial(t).duplicate_of is not None:
             continue
         a = t.user_attrs
         speedup, rate = _num(a.get("speedup")), a.get("hit_rate_hit")

@@ -71,7 +71,7 @@ def describe(
         return
     # The fixed arguments (model, max_model_len, ...) the recommendation's command line needs;
     # never the environment, which may carry secrets.
-    server_args = profile.server.to_args()
+    server_args = profile.server.to_args(measuring=False)
     if study.user_attrs.get(StudyAttr.SERVER_ARGS) != server_args:
         study.set_user_attr(StudyAttr.SERVER_ARGS, server_args)
     deployment = deployment_hints(profile)
