@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs ON the lent GPU machine, in the repository root (the device tool copies the working tree there).
+# Runs ON a GPU machine without network access, in the repository root (a copy of the working tree).
 #   receive          move the staged part(s) carried in .stage/parts/ to /root/stage (one per call:
-#                    the device tool carries at most 64 MiB; benchmarks/gpu/stage.py makes them)
+#                    a transfer may be limited in size; benchmarks/gpu/stage.py makes them)
 #   install          untar, pip-install the wheels the machine lacks, build the test model
 #                    (MODEL_ARGS="hidden layers heads kv_heads vocab", default "4096 32 16 8 32000":
 #                    the 6.3 B model of the first study; MODEL_DIR, default /root/model6b)
@@ -71,7 +71,7 @@ study)
   name=${2:?usage: device.sh study NAME N [PROFILE [OBJECTIVE [SEEDS]]]}
   # A fresh machine resumes a committed study (its database and trial folders) when asked to.
   if [ ! -d "$ST/$name" ] && [ -n "${RESUME:-}" ]; then cp -r "$RESUME" "$ST/$name"; fi
-  # SIGTERM before the device tool's 600 s limit: the running trial is stopped and recorded
+  # SIGTERM before a 600 s session limit: the running trial is stopped and recorded
   # `interrupted`, the server is killed, and the next call resumes the study. Stopping vLLM
   # took up to 61 s and the collection ~20 s: keep BUDGET_S at 500 or less.
   # shellcheck disable=SC2086  # EXTRA is a list of options

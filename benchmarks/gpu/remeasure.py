@@ -1,4 +1,4 @@
-"""Re-measure chosen trials of a finished study in interleaved validation rounds (issue 17).
+"""Re-measure chosen trials of a finished study in interleaved validation rounds.
 
 Usage: python benchmarks/gpu/remeasure.py STUDIES_DIR STUDY 36,2,10 ROUNDS BUDGET_S \
            PROFILE OBJECTIVE [SPACE]

@@ -1,12 +1,12 @@
 """Stage vLLM 0.25.0 (CUDA 13, torch 2.11) and the tuner's dependencies as wheels for the GPU machine.
 
-The lent GPU machine has Python 3.12, torch 2.11.0+cu130 and transformers, but no vLLM and no network.
+For a GPU machine with Python 3.12, torch 2.11.0+cu130 and transformers, but no vLLM and no network.
 This downloads, on a machine with PyPI, every wheel the GPU side lacks, then tars and splits them into
-parts small enough for one transfer each (the device tool carries at most 64 MiB per call).
+parts small enough for one transfer each (62 MB, for transfers limited to 64 MiB).
 
 Usage: python benchmarks/gpu/stage.py [DIR]   (default .stage/)
   DIR/work/    the downloads (vLLM wheel, wh/, report.json, pins.txt): kept to re-stage quickly
-  DIR/parts/   part_00, part_01, ... and nothing else: carry ONE per device call, e.g.
+  DIR/parts/   part_00, part_01, ... and nothing else: send one per transfer, e.g.
                carry [".stage/parts/part_03"], command `bash benchmarks/gpu/device.sh receive`
 """
 

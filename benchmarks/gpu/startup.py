@@ -1,4 +1,4 @@
-"""Start-up time of one configuration, eager against compiled, cold against warm cache (issue 17).
+"""Start-up time of one configuration, eager against compiled, cold against warm cache.
 
 Usage: python benchmarks/gpu/startup.py PROFILE OUT_JSON
 Starts vLLM (the tuner's local deployer, the profile's model and fixed flags) four times, waits

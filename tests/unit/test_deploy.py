@@ -258,10 +258,10 @@ class TestClassify:
     @pytest.mark.parametrize(
         ("name", "reason"),
         [
-            # captured on the lent H100 with vLLM 0.25.0 (benchmarks/results/gpu/h100-failures)
+            # captured on an H100 with vLLM 0.25.0 (benchmarks/results/gpu/h100-failures)
             ("vllm_gpu_invalid_budget.log", "invalid"),
             ("vllm_gpu_memory_held.log", "oom"),
-            # tensor parallel 2 on the lent 2 x H200: only GPU 1 was held, rank 1 refused to start
+            # tensor parallel 2 on 2 x H200: only GPU 1 was held, rank 1 refused to start
             # (benchmarks/results/gpu/tp2-oom)
             ("vllm_tp2_rank1_memory_held.log", "oom"),
         ],

@@ -12,6 +12,7 @@ import pytest
 from tuner.config import TraceSpec
 from tuner.errors import ConfigError
 from tuner.measure import measure
+from tuner.measure._conversation import Conversation
 from tuner.measure.trace import TraceWorkload
 from tuner.types import Endpoint
 
@@ -123,3 +124,29 @@ def test_replay_sends_the_recorded_history(tmp_path: Path) -> None:
     assert second[3]["role"] == "tool"
     assert all("MODEL" not in json.dumps(m) for m in second)
     assert bodies[0]["tools"] == TOOLS
+
+
+def test_the_shipped_trace_example_loads_and_splits() -> None:
+    """objectives/agent_trace.yaml replays objectives/traces/example.jsonl (resolved against
+    the objective file): six conversations with tool calls, four for the search and the last
+    two held out for validation, each starting with the system prompt and a user turn."""
+    from tests.conftest import ROOT
+    from tuner.config import load_objective
+
+    spec = load_objective(ROOT / "objectives" / "agent_trace.yaml").workload
+    assert isinstance(spec, TraceSpec)
+    assert spec.path == (ROOT / "objectives" / "traces" / "example.jsonl").resolve()
+    search, holdout = TraceWorkload(spec), TraceWorkload(spec.held_out())
+    first = search.conversation(0)
+    assert first.tools
+    assert [m["role"] for m in first.opening] == ["system"]
+    assert [m["role"] for m in first.turns[0].before] == ["user"]
+
+    def task(c: Conversation) -> str:
+        return str(c.turns[0].before[0]["content"])
+
+    ids = {task(search.conversation(i)) for i in range(4)}
+    held = {task(holdout.conversation(i)) for i in range(2)}
+    assert len(ids) == 4
+    assert len(held) == 2
+    assert not ids & held

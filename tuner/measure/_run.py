@@ -324,7 +324,7 @@ def run_interruptible(main: Coroutine[Any, Any, _T]) -> _T:
     """``asyncio.run`` for a measurement: Ctrl-C or SIGTERM (``sigterm_as_interrupt``) raised
     inside one request's task propagates as KeyboardInterrupt, and the caller reports it in
     one line; asyncio would also print that task's "exception was never retrieved" traceback
-    when it is collected (seen on the H100 at the device call's time limit)."""
+    when it is collected (seen on an H100 when a session's time limit stopped a run)."""
 
     async def guarded() -> _T:
         asyncio.get_running_loop().set_exception_handler(_quiet_interrupts)
