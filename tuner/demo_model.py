@@ -29,6 +29,8 @@ _SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def _corpus(limit: int) -> Iterator[str]:
+    """Up to ``limit`` lines of text for the tokenizer's BPE merges: the standard library's
+    sources, always present."""
     # The standard library is always present and gives an English/code mix for BPE merges.
     pattern = os.path.join(sysconfig.get_paths()["stdlib"], "**", "*.py")
     for name in sorted(glob.glob(pattern, recursive=True))[:limit]:

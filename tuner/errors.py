@@ -93,6 +93,7 @@ class ConfigError(TunerError):
         line: int | None = None,
         key: str | None = None,
     ) -> None:
+        """``message``, located by ``file``, ``line`` and ``key`` where known."""
         self.file = str(file) if file is not None else None
         self.line = line
         self.key = key
@@ -126,6 +127,8 @@ class DeployError(TunerError):
     reason: Reason = Reason.CRASH
 
     def __init__(self, message: str, *, reason: str | None = None, log_tail: str = "") -> None:
+        """``message``; ``reason`` classifies it (a ``Reason`` name), ``log_tail`` is the server
+        log's end."""
         super().__init__(message)
         if reason is not None:
             self.reason = Reason(reason)

@@ -89,6 +89,7 @@ def _reduce(stat: Stat, xs: Sequence[float] | np.ndarray) -> float:
 
 
 def _resample(xs: Sequence[float], rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` bootstrap resamples of ``xs``, one per row."""
     arr = np.asarray(xs, dtype=float)
     return arr[rng.integers(0, len(arr), size=(n, len(arr)))]
 

@@ -125,18 +125,22 @@ class TrialFolder:
 
     @property
     def command(self) -> Path:
+        """How the server was started (argv, the names of the variables passed)."""
         return self.path / "command.json"
 
     @property
     def server_log(self) -> Path:
+        """The server's output."""
         return self.path / "server.log"
 
     @property
     def measurements(self) -> Path:
+        """What was measured (``MeasurementsDoc``)."""
         return self.path / "measurements.json"
 
     @property
     def failure(self) -> Path:
+        """Why the trial failed, with the log's tail."""
         return self.path / "failure.json"
 
     def write_measurements(self, doc: MeasurementsDoc) -> None:
@@ -198,6 +202,7 @@ class SurfacePoint:
 
     @property
     def key(self) -> str:
+        """The point's identity: its flags and environment."""
         return point_key(self.flags, self.env)
 
 

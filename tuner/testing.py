@@ -112,6 +112,8 @@ def postgres_server(database: str = "tuner") -> Iterator[str]:
     port = free_port("127.0.0.1")
 
     def run(*cmd: str) -> None:
+        """Run a PostgreSQL tool as its own user; PostgresUnavailable with its message when it
+        fails."""
         done = subprocess.run([*as_user, *cmd], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise PostgresUnavailable(f"{Path(cmd[0]).name} failed: {done.stderr.strip()}")

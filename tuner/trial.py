@@ -126,10 +126,12 @@ class StoredTrial:
 
     @property
     def number(self) -> int:
+        """The trial's number in its study."""
         return self.trial.number
 
     @property
     def attrs(self) -> dict[str, Any]:
+        """Its user attributes."""
         return self.trial.user_attrs
 
     @property
@@ -187,6 +189,7 @@ class StoredTrial:
 
     @property
     def seed_name(self) -> str | None:
+        """The seed file's (first) name for its point, if a seed."""
         return self.seed_names[0] if self.seed_names else None
 
     def is_seed(self, name: str | None) -> bool:

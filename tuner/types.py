@@ -55,6 +55,7 @@ class WorkerSlot:
     gpus: tuple[str, ...] | None = None
 
     def label(self) -> str:
+        """The slot as the CLI names it."""
         gpus = f" GPUs {','.join(self.gpus)}" if self.gpus else ""
         return f"worker {self.index}{gpus}"
 

@@ -85,6 +85,8 @@ SHORT = {
 
 
 def fmt_value(v: Any, unit: str = "", digits: int = 1) -> str:
+    """A value as a terminal table shows it: on/off for booleans, ``digits`` decimals for
+    floats, '–' for none."""
     if v is None or (isinstance(v, float) and v != v):
         return "–"
     if isinstance(v, bool):
@@ -95,6 +97,8 @@ def fmt_value(v: Any, unit: str = "", digits: int = 1) -> str:
 
 
 def trial_line(o: TrialOutcome) -> str:
+    """One trial's line as ``optimize`` prints it: its measurements when complete, else its
+    reason, coloured by what it means (red only for a configuration's failure)."""
     name = o.seed_name or f"trial_{o.number}"
     a = o.attrs
     if o.state == "complete":

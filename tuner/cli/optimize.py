@@ -241,6 +241,8 @@ def sweep(
 
 
 def _hand_back(prof: Profile) -> None:
+    """Give the user's service back (compose), printing what was done; a failure to do so is
+    printed, never raised over the error that ended the study."""
     from tuner.deploy import hand_back
 
     try:
@@ -251,6 +253,7 @@ def _hand_back(prof: Profile) -> None:
 
 
 def _keep_best(paths: StudyPaths, prof: Profile, sp: SearchSpace) -> None:
+    """``--keep-best``: leave the user's service running the recommended configuration."""
     from tuner.report import recommend
 
     rec = recommend(load_study(paths), root=paths.root)

@@ -157,6 +157,7 @@ def run_workers(
 
 
 def _where(slots: list[WorkerSlot]) -> str:
+    """Where the workers run: this host, or each one's GPUs."""
     if all(s.gpus is None for s in slots):
         return "this host"
     return "; ".join(f"{s.index}: GPUs {','.join(s.gpus or ())}" for s in slots)

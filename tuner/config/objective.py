@@ -42,6 +42,8 @@ class ObjectiveSpec(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _defaults(cls, data: Any) -> Any:
+        """An objective's direction and unit default to the metric table's, so ``{name:
+        ttft_hit_ms}`` is enough."""
         m = METRICS.get(str(data.get("name"))) if isinstance(data, dict) else None
         if m is not None:
             data = {"direction": m.direction, "unit": m.unit, **data}
@@ -50,6 +52,7 @@ class ObjectiveSpec(StrictModel):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
+        """An objective must name a metric of the table."""
         if v not in METRICS:
             raise ValueError(f"unknown metric {v!r}; known: {', '.join(METRICS)}")
         return v
@@ -81,6 +84,7 @@ class Bound(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> Bound:
+        """A known metric, and at least one bound."""
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(METRICS)}")
         if self.min is None and self.max is None:
@@ -115,6 +119,8 @@ class ObjectiveFile(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _default_kind(cls, data: Any) -> Any:
+        """A workload without ``kind`` is the synthetic agent (objective files from before the
+        workload seam)."""
         # Objective files written before the workload seam have no `kind`: the synthetic one.
         if isinstance(data, dict) and isinstance(data.get("workload"), dict):
             data = {**data, "workload": {"kind": "synthetic_agent", **data["workload"]}}
@@ -122,6 +128,7 @@ class ObjectiveFile(StrictModel):
 
     @model_validator(mode="after")
     def _unique(self) -> ObjectiveFile:
+        """Objective names are unique, and goodput comes with the SLOs that define it."""
         names = [o.name for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"objective names must be unique, got {names}")

@@ -34,15 +34,19 @@ def parse_flags(args: Sequence[str]) -> Flags:
 
 
 def _int(flags: Flags, name: str) -> int | None:
+    """A flag's value as an integer (None when absent)."""
     v = flags.get(name)
     return int(v) if v is not None else None
 
 
 def _chunked_off(flags: Flags) -> bool:
+    """Whether the flags turn chunked prefill off."""
     return "--no-enable-chunked-prefill" in flags
 
 
 def _budget_below_model_len(flags: Flags) -> str | None:
+    """Without chunked prefill a prompt must fit one batch: vLLM refuses a token budget below
+    max_model_len."""
     # vLLM SchedulerConfig: without chunked prefill a prompt must fit in one batch, so it
     # refuses max_num_batched_tokens < max_model_len ("ValidationError ... SchedulerConfig").
     budget = _int(flags, "--max-num-batched-tokens")
@@ -56,6 +60,7 @@ def _budget_below_model_len(flags: Flags) -> str | None:
 
 
 def _budget_below_num_seqs(flags: Flags) -> str | None:
+    """vLLM refuses a token budget smaller than the number of sequences it may schedule."""
     budget = _int(flags, "--max-num-batched-tokens")
     seqs = _int(flags, "--max-num-seqs")
     if budget is not None and seqs is not None and budget < seqs:
@@ -64,6 +69,7 @@ def _budget_below_num_seqs(flags: Flags) -> str | None:
 
 
 def _memory_fraction(flags: Flags) -> str | None:
+    """gpu_memory_utilization must be a fraction in (0, 1]."""
     v = flags.get("--gpu-memory-utilization")
     if v is not None and not 0.0 < float(v) <= 1.0:
         return f"gpu_memory_utilization ({v}) must be in (0, 1]"
@@ -71,6 +77,7 @@ def _memory_fraction(flags: Flags) -> str | None:
 
 
 def _contradictory_booleans(flags: Flags) -> str | None:
+    """A feature cannot be turned on and off in one command line."""
     for feature in ("prefix-caching", "chunked-prefill"):
         if f"--enable-{feature}" in flags and f"--no-enable-{feature}" in flags:
             return f"both --enable-{feature} and --no-enable-{feature} given"

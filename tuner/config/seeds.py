@@ -15,12 +15,16 @@ __all__ = ["Seed", "load_seeds"]
 
 
 class _SeedModel(StrictModel):
+    """One seed as the seeds file writes it: a name, a description and its parameters."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     params: dict[str, bool | int | float | str | None]
 
 
 class _SeedsModel(StrictModel):
+    """The seeds file: a list of seeds, run in its order."""
+
     seeds: list[_SeedModel]
 
 

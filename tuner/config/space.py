@@ -25,6 +25,9 @@ Params = Mapping[str, ParamValue]
 
 
 class _DimensionModel(StrictModel):
+    """One dimension as the space file writes it: its values and how each becomes a flag (or an
+    environment variable)."""
+
     values: list[bool | int | float | str | None] = Field(min_length=1)
     flag: str | None = None
     negative_flag: str | None = None
@@ -37,12 +40,15 @@ class _DimensionModel(StrictModel):
     @field_validator("flag", "negative_flag")
     @classmethod
     def _dashed(cls, v: str | None) -> str | None:
+        """Flags are written as vLLM takes them, starting with ``--``."""
         if v is not None and not v.startswith("--"):
             raise ValueError(f"flags start with '--', got {v!r}")
         return v
 
     @model_validator(mode="after")
     def _bool_needs_negative(self) -> _DimensionModel:
+        """Unique values; exactly one of flag or env; and a boolean flag has the negative form
+        vLLM needs to turn a default-on feature off."""
         keys = [json.dumps(v) for v in self.values]
         if len(set(keys)) != len(keys):
             raise ValueError("values must be unique")
@@ -58,6 +64,8 @@ class _DimensionModel(StrictModel):
 
 
 class _SpaceModel(StrictModel):
+    """The space file: a name and its dimensions, in order."""
+
     name: str
     description: str = ""
     dimensions: dict[str, _DimensionModel] = Field(min_length=1)
@@ -103,6 +111,7 @@ class SearchSpace:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The dimensions' names, in the file's order."""
         return tuple(d.name for d in self.dimensions)
 
     @property
@@ -173,6 +182,7 @@ class SearchSpace:
 
 
 def _same(a: object, b: object) -> bool:
+    """Equal values of the same kind: 1 and True are different values of a dimension."""
     # True == 1 in Python; a space value of 1 must not match a boolean and vice versa.
     return (
         type(a) is type(b)

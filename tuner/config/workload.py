@@ -58,6 +58,7 @@ class LoadSpec(StrictModel):
 
     @model_validator(mode="after")
     def _one_load_shape(self) -> LoadSpec:
+        """A closed loop (``concurrency``) or an open one (``rate``), not both."""
         if self.rate is not None and self.concurrency > 1:
             raise ValueError("give either `concurrency` (closed loop) or `rate` (open loop)")
         return self
@@ -100,6 +101,7 @@ class SyntheticAgentSpec(LoadSpec):
 
     @model_validator(mode="after")
     def _one_tool_size(self) -> SyntheticAgentSpec:
+        """Tool results sized one way (words or tokens), as a number or a [min, max] range."""
         t = self.tool_result_tokens
         lo, hi = t if isinstance(t, tuple) else (t, t)
         if lo < 0 or hi < lo:

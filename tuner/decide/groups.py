@@ -113,6 +113,7 @@ class Group:
 
     @property
     def numbers(self) -> list[int]:
+        """The members' trial numbers."""
         return [t.number for t in self.members]
 
 

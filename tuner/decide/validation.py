@@ -66,6 +66,7 @@ class CandidateResult:
 
     @property
     def vram(self) -> float:
+        """Mean memory over the fresh deployments."""
         xs = [float(t.user_attrs.get("vram_mib", math.nan)) for t in self.deployments]
         return statistics.fmean(xs) if xs else math.nan
 
@@ -90,6 +91,7 @@ class ValidationSummary:
         return self.search_pick in self.group
 
     def _result(self, number: int | None) -> CandidateResult | None:
+        """The result of candidate ``number``, if it was validated."""
         return next((r for r in self.results if r.candidate.number == number), None)
 
     def words(self) -> str:

@@ -78,6 +78,8 @@ DEPLOYER_KINDS = tuple(DEPLOYERS)
 
 
 def _class_of(profile: Profile) -> DeployerClass:
+    """The registered class of the profile's deployer kind; ValueError for a kind no class answers
+    to."""
     kind = profile.deployer.kind
     try:
         return DEPLOYERS[kind]

@@ -34,6 +34,7 @@ def _listeners(port: int) -> list[int]:
 
 
 def _describe(pid: int) -> str:
+    """A process in words for messages: its pid and the start of its command line."""
     try:
         cmd = " ".join(psutil.Process(pid).cmdline())[:120]
     except psutil.Error:

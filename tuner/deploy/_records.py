@@ -40,6 +40,8 @@ def forget(workdir: Path) -> None:
 
 
 def _same(data: dict[str, object]) -> psutil.Process | None:
+    """The running process a record names, if it is still that process (same pid, start time and
+    command line); None for a pid that died or was recycled."""
     try:
         proc = psutil.Process(int(str(data["pid"])))
         if abs(proc.create_time() - float(str(data["create_time"]))) > 0.01:
@@ -50,6 +52,7 @@ def _same(data: dict[str, object]) -> psutil.Process | None:
 
 
 def _stop_group(pgid: int, grace_s: float) -> None:
+    """SIGTERM to a process group, then SIGKILL once ``grace_s`` has passed without it ending."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s

@@ -152,41 +152,65 @@ class DeployerClass(Protocol):
     """
 
     @property
-    def kind(self) -> str: ...
+    def kind(self) -> str:
+        """The YAML ``deployer.kind`` the class answers to."""
+        ...
 
     @property
-    def config_type(self) -> type[BaseModel]: ...
+    def config_type(self) -> type[BaseModel]:
+        """The kind's config model in ``tuner.config.profile``."""
+        ...
 
     def __call__(self, profile: Profile, managed_flags: Collection[str] = ()) -> Deployer: ...
 
     @property
-    def one_server(self) -> bool: ...
+    def one_server(self) -> bool:
+        """Whether the kind tunes a server that exists once (no several workers)."""
+        ...
 
     def cleanup_stale(
         self, profile: Profile, study: str, root: Path | None = None, keep: Collection[Path] = ()
-    ) -> list[str]: ...
+    ) -> list[str]:
+        """What a hard-killed earlier run of ``study`` left behind, removed; never the trials
+        in ``keep``."""
+        ...
 
     def reclaim(
         self, roots: Sequence[Path], study: str | None, profile: Profile | None
-    ) -> list[str]: ...
+    ) -> list[str]:
+        """``tuner cleanup``: what killed runs of the studies in ``roots`` left running,
+        stopped; a line each."""
+        ...
 
-    def hand_back(self, profile: Profile) -> list[str]: ...
+    def hand_back(self, profile: Profile) -> list[str]:
+        """The user's server as it was before the study; what was done."""
+        ...
 
-    def describe(self, profile: Profile) -> str: ...
+    def describe(self, profile: Profile) -> str:
+        """What the profile deploys, in words."""
+        ...
 
-    def fixed_params(
-        self, profile: Profile, space: SearchSpace
-    ) -> dict[str, ParamValue] | None: ...
+    def fixed_params(self, profile: Profile, space: SearchSpace) -> dict[str, ParamValue] | None:
+        """The one configuration a kind that cannot change flags measures, else None."""
+        ...
 
-    def confine(self, profile: Profile, slot: WorkerSlot) -> Profile: ...
+    def confine(self, profile: Profile, slot: WorkerSlot) -> Profile:
+        """The profile confined to one worker's GPUs and port."""
+        ...
 
-    def hints(self, profile: Profile) -> dict[str, Any]: ...
+    def hints(self, profile: Profile) -> dict[str, Any]:
+        """What the recommendation's command lines need from the profile."""
+        ...
 
-    def check(self, profile: Profile, space: SearchSpace) -> None: ...
+    def check(self, profile: Profile, space: SearchSpace) -> None:
+        """ConfigError before any deployment when the profile cannot serve the space."""
+        ...
 
     def keep(
         self, profile: Profile, flags: Sequence[str] | None, managed: Collection[str], why: str
-    ) -> str: ...
+    ) -> str:
+        """``--keep-best``: leave the user's server running the flags; a line saying so."""
+        ...
 
 
 class BaseDeployer:
@@ -298,6 +322,7 @@ class BaseDeployer:
     _log_path: Path | None = None  # the server log of the current trial, where there is one
 
     def _read_log(self) -> str:
+        """The current trial's server log, as text (empty before a start)."""
         if self._log_path is None or not self._log_path.exists():
             return ""
         return self._log_path.read_bytes().decode("utf-8", errors="replace")
@@ -306,9 +331,11 @@ class BaseDeployer:
         """Raise ServerExited if the server died; nothing to check by default."""
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` of the server log."""
         return tail(self._read_log(), lines)
 
     def check_alive(self) -> None:
+        """ServerExited when the server died since it became healthy."""
         self._alive()
 
     def _wait_with_log(self, base_url: str, timeout_s: float, alive: Callable[[], None]) -> float:
@@ -329,6 +356,7 @@ class BaseDeployer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Stop what was started, whatever ended the block."""
         self.stop()
 
 
@@ -346,6 +374,7 @@ class InProcessDeployer(BaseDeployer):
     _server: Any = None  # an object with close()
 
     def stop(self) -> None:
+        """Close the simulated server (idempotent)."""
         server, self._server = self._server, None
         if server is not None:
             server.close()

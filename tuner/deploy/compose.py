@@ -79,6 +79,8 @@ def project_name(cfg: ComposeConfig) -> str:
 
 
 def _top_level_name(file: Path) -> str | None:
+    """The compose file's own top-level ``name:`` (variables expanded), which names its project;
+    None without one or for a file that does not parse."""
     with contextlib.suppress(OSError, YAMLError):
         doc = YAML(typ="safe").load(file.read_text())
         name = doc.get("name") if isinstance(doc, dict) else None
@@ -123,6 +125,8 @@ class ComposeDeployer(BaseDeployer):
     one_server = True  # the user's one service
 
     def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
+        """A deployer for the profile's compose file and service; ``managed_flags`` are the flags
+        the search space owns in the service's command."""
         self._profile = profile
         self._cfg: ComposeConfig = self._config_of(profile)
         self._managed = frozenset(managed_flags)
@@ -132,6 +136,9 @@ class ComposeDeployer(BaseDeployer):
         self._log_path: Path | None = None
 
     def _compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``docker compose`` (or v1) on the project with ``args``. With ``check``, a failure
+        is a DeployError, or an EnvironmentFault when compose says the machine is at fault (a
+        name or port in use)."""
         cmd = compose_command(self._cfg.command)
         argv = [*cmd, "-f", str(self._file), "-p", self._project]
         proc = subprocess.run([*argv, *args], capture_output=True, text=True, check=False)
@@ -152,6 +159,8 @@ class ComposeDeployer(BaseDeployer):
     def start(
         self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
     ) -> Endpoint:
+        """Rewrite the service's command with the trial's flags (the original file backed up first,
+        its state noted), bring the service up, and point at its URL."""
         self.stop()
         if env:
             raise ConfigError(
@@ -189,20 +198,25 @@ class ComposeDeployer(BaseDeployer):
         )
 
     def _container_id(self) -> str | None:
+        """The service's container in the project, if it has one."""
         out = self._compose("ps", "-q", self._cfg.service, check=False).stdout.split()
         return out[0] if out else None
 
     def _pids(self, cid: str | None) -> tuple[int, ...]:
+        """The container's main process, for the memory measurement."""
         pid = int(_state_of(cid).get("Pid") or 0)
         return (pid,) if pid else ()
 
     def _save_logs(self) -> str:
+        """The service's log, written to the trial folder and returned."""
         log = self._compose("logs", "--no-color", self._cfg.service, check=False).stdout
         if self._log_path is not None and log:
             self._log_path.write_text(log)
         return log
 
     def _alive(self) -> None:
+        """ServerExited when the service's container is gone or has exited (classified from its
+        exit status and log)."""
         cid = self._container_id()
         if cid is None:
             raise ServerExited(
@@ -218,6 +232,8 @@ class ComposeDeployer(BaseDeployer):
                 raise exited
 
     def wait_ready(self) -> float:
+        """Seconds until the service answers /health and its container's own healthcheck (if any)
+        is healthy."""
         t0 = time.perf_counter()
         wait_healthy(
             self._cfg.url.rstrip("/"), timeout_s=self._cfg.health_timeout_s, alive=self._alive
@@ -245,6 +261,7 @@ class ComposeDeployer(BaseDeployer):
             time.sleep(0.5)
 
     def _read_log(self) -> str:
+        """The service's log, fetched from compose (its container writes it, not us)."""
         return self._save_logs()
 
     @classmethod
@@ -255,6 +272,8 @@ class ComposeDeployer(BaseDeployer):
         return cls.hand_back(profile)  # [] when no earlier run held the file
 
     def _snapshot(self) -> None:
+        """Note, once, how the user's service was before the first trial (running or not, its
+        container, the compose command), so that the study can hand it back as it was."""
         cid = self._container_id()
         running = bool(_state_of(cid).get("Running"))
         state = {
@@ -268,11 +287,13 @@ class ComposeDeployer(BaseDeployer):
 
     @classmethod
     def describe(cls, profile: Profile) -> str:
+        """The service and its file."""
         cfg: ComposeConfig = cls._config_of(profile)
         return f"service {cfg.service!r} of {cfg.file}"
 
     @classmethod
     def hints(cls, profile: Profile) -> dict[str, Any]:
+        """The port the service publishes."""
         cfg: ComposeConfig = cls._config_of(profile)
         return {**DEFAULT_DEPLOYMENT, "port": urlsplit(cfg.url).port or DEFAULT_PORT}
 

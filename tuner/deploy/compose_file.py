@@ -38,6 +38,8 @@ def strip_flags(args: Sequence[str], managed: Collection[str]) -> list[str]:
 
 
 def _scalar(v: str, quote: bool = False) -> str:
+    """A command argument as a compose file should hold it: quoted when YAML would read it as a
+    number, or when the user's list quotes everything."""
     # Compose wants strings in a command list: quote what YAML would read as a number, and
     # everything when the user's list is quoted throughout.
     if not quote:
@@ -58,6 +60,8 @@ def _number(v: str) -> bool:
 
 
 def _yaml(text: str) -> YAML:
+    """A round-trip YAML instance that writes ``text`` back as it found it: quotes, long lines, and
+    the file's own indentation of mappings and lists."""
     y = YAML(typ="rt")
     y.preserve_quotes = True
     y.width = 4096  # never re-wrap the user's long lines

@@ -71,6 +71,7 @@ def container_exited(state: dict[str, Any], log: str, what: str) -> ServerExited
 
 
 def _gpu_requests(gpus: str | list[str]) -> list[DeviceRequest]:
+    """The docker SDK's device requests for ``gpus``: none, all, or these ids."""
     if gpus == "none":
         return []
     if gpus == "all":
@@ -79,6 +80,7 @@ def _gpu_requests(gpus: str | list[str]) -> list[DeviceRequest]:
 
 
 def _volumes(spec: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The profile's ``host: target[:mode]`` volumes as the docker SDK takes them."""
     out = {}
     for host, target in spec.items():
         bind, _, mode = target.partition(":")
@@ -93,6 +95,7 @@ class DockerDeployer(BaseDeployer):
     config_type = DockerConfig
 
     def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
+        """A deployer for the profile's image; the Docker client is opened at first use."""
         self._profile = profile
         self._cfg: DockerConfig = self._config_of(profile)
         self._client: docker.DockerClient | None = None
@@ -140,6 +143,8 @@ class DockerDeployer(BaseDeployer):
 
     @classmethod
     def hints(cls, profile: Profile) -> dict[str, Any]:
+        """The image, GPUs, port, volumes, variables and shared memory the recommendation's
+        ``docker run`` line repeats."""
         cfg: DockerConfig = cls._config_of(profile)
         port = cfg.container_port if cfg.network == "bridge" else (cfg.port or DEFAULT_PORT)
         return {**DEFAULT_DEPLOYMENT, "image": cfg.image, "gpus": cfg.gpus, "port": port,
@@ -148,11 +153,15 @@ class DockerDeployer(BaseDeployer):
 
     @property
     def client(self) -> docker.DockerClient:
+        """The Docker Engine client, opened at first use (an EnvironmentFault when unreachable)."""
         if self._client is None:
             self._client = docker_client(self._cfg.docker_host)
         return self._client
 
     def server_args(self, flags: Sequence[str], port: int) -> list[str]:
+        """The server's arguments inside the container: the profile's, the trial's flags, and
+        where to listen (the host's port with host networking, the container port with
+        bridge)."""
         args = [*self._profile.server.to_args(), *flags]
         if self._cfg.network == "host":
             return [*args, "--host", self._cfg.host, "--port", str(port)]
@@ -161,6 +170,10 @@ class DockerDeployer(BaseDeployer):
     def start(
         self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
     ) -> Endpoint:
+        """Run one labelled container with the server's arguments and the trial's flags:
+        environment from the profile, the trial and ``pass_env`` (names only on disk), GPUs,
+        volumes, host or bridge network; its log streamed to the trial folder. A name or port in
+        use is the machine's fault."""
         port = self._begin(workdir, self._cfg.host, self._cfg.port)
         args = self.server_args(flags, port)
         env = {**self._cfg.env, **(env or {})}
@@ -220,6 +233,7 @@ class DockerDeployer(BaseDeployer):
         )
 
     def _stream_logs(self, container: Container) -> None:
+        """Copy the container's log to the trial folder as it comes (a background thread)."""
         assert self._log_path is not None
         with self._log_path.open("wb") as f, contextlib.suppress(docker.errors.DockerException):
             for chunk in container.logs(stream=True, follow=True):
@@ -227,6 +241,8 @@ class DockerDeployer(BaseDeployer):
                 f.flush()
 
     def _alive(self) -> None:
+        """ServerExited when the container is gone or has exited, classified from its exit status
+        (OOMKilled included) and log."""
         if self._container is None:
             raise ServerExited("server was not started", reason="crash")
         try:
@@ -241,9 +257,12 @@ class DockerDeployer(BaseDeployer):
             raise exited
 
     def wait_ready(self) -> float:
+        """Seconds until /health answers, the log's tail attached to any failure."""
         return self._wait_with_log(self._base_url, self._cfg.health_timeout_s, self._alive)
 
     def stop(self) -> None:
+        """Stop and remove the container (whatever its state) and wait for its log to be written
+        out."""
         container, self._container = self._container, None
         if container is not None:
             with contextlib.suppress(docker.errors.DockerException):

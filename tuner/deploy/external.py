@@ -23,6 +23,7 @@ class ExternalDeployer(BaseDeployer):
 
     @classmethod
     def describe(cls, profile: Profile) -> str:
+        """The server's URL."""
         cfg: ExternalConfig = cls._config_of(profile)
         return f"the server at {cfg.url}"
 
@@ -46,6 +47,8 @@ class ExternalDeployer(BaseDeployer):
     def start(
         self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
     ) -> Endpoint:
+        """Nothing is started: the measurement is pointed at the user's server, and the trial
+        folder says so."""
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "server.log").write_text(
             f"external server at {self._cfg.url}; its flags are whatever it was started with\n"
@@ -56,6 +59,8 @@ class ExternalDeployer(BaseDeployer):
         )
 
     def wait_ready(self) -> float:
+        """Seconds until the user's server answers /health; one that never does is the machine's
+        fault, not the configuration's."""
         url = self._cfg.url.rstrip("/")
         try:
             return wait_healthy(url, timeout_s=self._cfg.health_timeout_s, alive=lambda: None)
@@ -64,4 +69,5 @@ class ExternalDeployer(BaseDeployer):
             raise EnvironmentFault(f"the external server at {url} is unreachable: {exc}") from exc
 
     def stop(self) -> None:
+        """Nothing: the server is the user's."""
         return None  # not ours to stop

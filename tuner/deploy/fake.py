@@ -66,6 +66,8 @@ class FakeDeployer(InProcessDeployer):
     config_type = FakeConfig
 
     def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
+        """A deployer of simulated servers; ``clock`` is the wall clock unless a test puts a
+        virtual one there."""
         self._profile = profile
         self._cfg: FakeConfig = self._config_of(profile)
         self._server: SimulatedServer | None = None
@@ -76,6 +78,9 @@ class FakeDeployer(InProcessDeployer):
     def start(
         self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
     ) -> Endpoint:
+        """Start a simulated server for the flags, or the failure the profile scripts for them
+        (crash, OOM, hang, HTTP errors, a broken environment), counting the start in the study's
+        folder."""
         self.stop()
         folder = TrialFolder(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +119,8 @@ class FakeDeployer(InProcessDeployer):
         return Endpoint(base_url=self._server.base_url, model=self._profile.server.model_name)
 
     def wait_ready(self) -> float:
+        """The profile's start-up time on the deployer's clock, then the scripted failure if there
+        is one."""
         if self._server is None:
             raise ServerExited("server was not started", reason="crash")
         self.clock.sleep(self._cfg.startup_s)

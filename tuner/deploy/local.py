@@ -29,6 +29,7 @@ _LIVE: set[LocalDeployer] = set()
 
 @atexit.register
 def _stop_all() -> None:
+    """At interpreter exit, stop every server still running."""
     for dep in list(_LIVE):
         dep.stop()
 
@@ -53,6 +54,7 @@ def deferred_interrupts() -> Iterator[None]:
 
 
 def _resolve_model(model: str) -> str:
+    """A relative model folder as an absolute path (the child's working directory may differ)."""
     # A relative local folder (e.g. the generated demo model) must survive the child's cwd.
     p = Path(model)
     return str(p.resolve()) if not p.is_absolute() and p.exists() else model
@@ -69,6 +71,7 @@ class LocalDeployer(BaseDeployer):
     config_type = LocalConfig
 
     def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
+        """A deployer of vLLM's OpenAI server as a child process of the tuner."""
         self._profile = profile
         self._cfg: LocalConfig = self._config_of(profile)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -98,6 +101,9 @@ class LocalDeployer(BaseDeployer):
     def start(
         self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
     ) -> Endpoint:
+        """Start the server in its own process group on the chosen port, its output to the trial's
+        server.log, its identity recorded so that a kill -9 of the tuner leaves no orphan
+        behind."""
         extra_env = dict(env or {})
         port = self._port = self._begin(workdir, self._cfg.host, self._cfg.port)
         argv = self.command(flags, port)
@@ -135,6 +141,7 @@ class LocalDeployer(BaseDeployer):
         )
 
     def _alive(self) -> None:
+        """ServerExited when the process has exited, classified from its exit status and log."""
         if self._proc is None:
             raise ServerExited("server was not started", reason="crash")
         rc = self._proc.poll()
@@ -146,17 +153,21 @@ class LocalDeployer(BaseDeployer):
             )
 
     def wait_ready(self) -> float:
+        """Seconds until /health answers, then a check that the server answering the port is the
+        process we started."""
         took = self._wait_with_log(self._base_url, self._cfg.health_timeout_s, self._alive)
         if self._proc is not None:
             check_served_by(self._port, [self._proc.pid])
         return took
 
     def _read_log(self) -> str:
+        """The server log, our own buffered writes included."""
         if self._log is not None:
             self._log.flush()  # our own handle on the file the server writes
         return super()._read_log()
 
     def stop(self) -> None:
+        """Stop the process group and forget its record (idempotent)."""
         proc, self._proc = self._proc, None
         if proc is not None:
             _terminate_group(proc, self._cfg.stop_timeout_s)
@@ -196,17 +207,21 @@ class LocalDeployer(BaseDeployer):
 
     @classmethod
     def hints(cls, profile: Profile) -> dict[str, Any]:
+        """The port and the variables to pass (HF_TOKEN by default)."""
         cfg: LocalConfig = cls._config_of(profile)
         pass_env = list(cfg.pass_env) or ["HF_TOKEN"]
         return {**DEFAULT_DEPLOYMENT, "port": cfg.port or DEFAULT_PORT, "pass_env": pass_env}
 
     def _close_log(self) -> None:
+        """Close our handle on the server log."""
         if self._log is not None:
             self._log.close()
             self._log = None
 
 
 def _terminate_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """Stop a server's whole process group: SIGTERM, then SIGKILL after ``grace_s``, and reap the
+    child."""
     try:
         pgid = os.getpgid(proc.pid)
     except ProcessLookupError:
@@ -225,6 +240,8 @@ def _terminate_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still alive (one we may not signal counts as
+    alive)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

@@ -43,6 +43,7 @@ class ReplayDeployer(InProcessDeployer):
             )
 
     def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
+        """A deployer that serves the profile's recorded surface."""
         self._profile = profile
         self._cfg: ReplayConfig = self._config_of(profile)
         self._points = load_surface(self._cfg.surface).by_key()
@@ -54,6 +55,9 @@ class ReplayDeployer(InProcessDeployer):
     def start(
         self, flags: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
     ) -> Endpoint:
+        """Serve the surface's point for these flags (its recorded samples, memory and start-up),
+        or, for a point the surface lacks or recorded as failed, a server that fails the same
+        way."""
         self.stop()
         folder = TrialFolder(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +83,7 @@ class ReplayDeployer(InProcessDeployer):
         )
 
     def wait_ready(self) -> float:
+        """The recorded start-up time (scaled), then the recorded failure if the point had one."""
         if self._server is None:
             raise ServerExited("server was not started", reason="crash")
         p = self._point

@@ -20,12 +20,15 @@ RequestSample = RequestRecord  # one measured request, exactly as measurements.j
 
 
 def _rate(samples: list[RequestSample]) -> float:
+    """The prefix-cache hit rate over ``samples`` (0 when there was no lookup: prefix caching
+    off)."""
     # With prefix caching off vLLM does no lookups at all: zero queries means zero hits.
     q = sum(s.prefix_queries for s in samples)
     return sum(s.prefix_hits for s in samples) / q if q > 0 else 0.0
 
 
 def _server_ttft(samples: list[RequestSample]) -> float | None:
+    """The mean server-side TTFT over ``samples`` that have one."""
     xs = [s.server_ttft_ms for s in samples if s.server_ttft_ms is not None]
     return sum(xs) / len(xs) if xs else None
 
@@ -53,6 +56,7 @@ class TrialMeasurement:
     tokens_per_word: float | None = None  # the server tokenizer's, when sizes are in tokens
 
     def _of(self, kind: Kind) -> list[RequestSample]:
+        """The samples of one request class."""
         return [s for s in self.samples if s.kind == kind]
 
     def _measured(self) -> list[RequestSample]:
@@ -61,6 +65,7 @@ class TrialMeasurement:
 
     @property
     def kv_cache_tokens(self) -> float | None:
+        """The KV cache's capacity in tokens, from vLLM's cache configuration."""
         return MetricsSnapshot(cache_config=self.cache_config).kv_cache_tokens
 
     @property
@@ -80,6 +85,7 @@ class TrialMeasurement:
 
     @property
     def gain_pct(self) -> float:
+        """How much faster HIT is than MISS, in percent of MISS."""
         m = self.miss.median
         return (m - self.hit.median) / m * 100.0 if m > 0 else math.nan
 
@@ -96,6 +102,7 @@ class TrialMeasurement:
 
     @property
     def hit_rate_miss(self) -> float | None:
+        """The first turns' prefix-cache hit rate (None without /metrics)."""
         return _rate(self._of("miss")) if self.metrics_available else None
 
     @property

@@ -57,6 +57,7 @@ class _Run:
     kv_peak: float | None = None  # highest vllm:kv_cache_usage_perc seen while measuring
 
     def saw(self, snap: MetricsSnapshot) -> None:
+        """Keep the highest KV-cache use seen so far."""
         if snap.kv_usage is not None:
             self.kv_peak = max(self.kv_peak or 0.0, snap.kv_usage)
 
@@ -111,6 +112,9 @@ def _record(
     per: bool,
     klass: str,
 ) -> None:
+    """One finished request as a RequestRecord: its class and timings, the tokens the prefix
+    cache held, and the server-side figures of its /metrics delta when measured one at a
+    time."""
     kind: Kind = "warmup" if warmup else ("miss" if turn == 0 else "hit")
     sample = RequestSample(
         conversation=conv,
@@ -199,6 +203,8 @@ async def measure_async(
             stop, stop_reason = True, "max_seconds"
 
     async def worker(index: int) -> None:
+        """One of the C conversation slots: start after its stagger, then run conversations
+        until the measurement stops."""
         await asyncio.sleep(index * spec.stagger_s)  # ramp up instead of one burst
         while not stop and next_conv < total:
             await one()
@@ -261,6 +267,8 @@ async def measure_async(
 
 
 def _sized_in_tokens(spec: SyntheticAgentSpec | TraceSpec) -> bool:
+    """Whether the workload sizes its text in tokens, which needs the server's tokenizer ratio
+    first."""
     return isinstance(spec, SyntheticAgentSpec) and bool(
         spec.tool_result_tokens or spec.context_tokens
     )
@@ -301,6 +309,7 @@ def measure(
     """Synchronous entry point: owns its event loop and HTTP client."""
 
     async def _go() -> TrialMeasurement:
+        """The measurement on one HTTP client that never goes through a proxy."""
         # trust_env=False: a proxy from the environment must never see loopback traffic.
         async with httpx.AsyncClient(
             transport=transport, trust_env=False, verify=tls_context()
@@ -334,6 +343,8 @@ def run_interruptible(main: Coroutine[Any, Any, _T]) -> _T:
 
 
 def _quiet_interrupts(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An event-loop handler that stays silent on interrupts (the caller reports them) and
+    reports everything else."""
     if isinstance(context.get("exception"), KeyboardInterrupt | SystemExit):
         return  # the interrupt itself reaches the caller, which says it in one line
     loop.default_exception_handler(context)

@@ -29,6 +29,8 @@ class MetricsSnapshot:
     available: bool = True
 
     def delta(self, before: MetricsSnapshot) -> MetricsSnapshot:
+        """What happened between ``before`` and this snapshot: each counter's difference (the
+        gauges and the cache configuration as now)."""
         return MetricsSnapshot(
             prefix_queries=self.prefix_queries - before.prefix_queries,
             prefix_hits=self.prefix_hits - before.prefix_hits,
@@ -48,6 +50,7 @@ class MetricsSnapshot:
         return self.queue_sum_s / self.queue_count * 1000.0 if self.queue_count > 0 else None
 
     def _config_number(self, key: str) -> float | None:
+        """A number of vLLM's cache_config_info labels; None when absent or not a number."""
         v = self.cache_config.get(key)
         try:
             return float(v) if v not in (None, "None") else None

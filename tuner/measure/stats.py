@@ -26,6 +26,7 @@ class Summary:
     iqr: float
 
     def as_dict(self) -> dict[str, float | int]:
+        """The summary as plain data, for measurements.json."""
         return asdict(self)
 
 

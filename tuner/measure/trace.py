@@ -34,6 +34,8 @@ CHARS_PER_TOKEN = 4  # for the output length of a recorded answer; the server co
 
 
 def _openai(doc: Any, where: str) -> tuple[list[Message], list[dict[str, Any]] | None]:
+    """The messages and tools of one OpenAI chat line, checked: known roles, tool results with
+    their call id, assistant messages with content or tool calls."""
     if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
         raise ValueError('expected an object with a "messages" list')
     messages: list[Message] = []
@@ -52,6 +54,8 @@ def _openai(doc: Any, where: str) -> tuple[list[Message], list[dict[str, Any]] |
 
 
 def _sharegpt(doc: Any, where: str) -> tuple[list[Message], list[dict[str, Any]] | None]:
+    """The messages of one ShareGPT record, its roles mapped to OpenAI's (human: user, gpt:
+    assistant)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("conversations"), list):
         raise ValueError('expected an object with a "conversations" list')
     messages: list[Message] = []
@@ -105,6 +109,7 @@ def load_trace(path: Path, fmt: str) -> list[tuple[list[Message], list[dict[str,
 
 
 def _length(answer: Message, cap: int) -> int:
+    """The output length of a recorded answer in tokens (about 4 characters each), capped."""
     text = str(answer.get("content") or "") + json.dumps(answer.get("tool_calls") or "")
     return max(1, min(cap, len(text) // CHARS_PER_TOKEN))
 
@@ -130,6 +135,8 @@ class TraceWorkload:
     """The trace's conversations of one split, cycled when more are asked for than it holds."""
 
     def __init__(self, spec: TraceSpec) -> None:
+        """The conversations of ``spec``'s split: the last ``holdout`` share for validation, the
+        rest for the search; a ConfigError when the split is empty."""
         self.spec = spec
         convs = [
             _conversation(m, t, spec.max_tokens) for m, t in load_trace(spec.path, spec.format)

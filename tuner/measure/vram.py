@@ -33,10 +33,12 @@ class MemoryReading:
         return max(self.per_gpu_mib.values()) if self.per_gpu_mib else None
 
     def as_dict(self) -> dict[str, Any]:
+        """The reading as plain data, for measurements.json."""
         return asdict(self)
 
 
 def _process_tree(pids: Iterable[int]) -> list[psutil.Process]:
+    """The processes of ``pids`` and all their descendants (those that still exist)."""
     procs: dict[int, psutil.Process] = {}
     for pid in pids:
         try:

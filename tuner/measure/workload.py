@@ -91,9 +91,11 @@ class AgentWorkload:
 
     @property
     def ratio(self) -> float:
+        """Tokens per word: the server's own (measured at the start), else the spec's estimate."""
         return self.tokens_per_word or self.spec.tokens_per_word
 
     def _words(self, tokens: int) -> int:
+        """How many words make ``tokens`` tokens."""
         return max(1, round(tokens / self.ratio))
 
     def tool_tokens(self, conversation: int, turn: int) -> int:
@@ -143,12 +145,17 @@ class AgentWorkload:
         return worst
 
     def _rng(self, *salt: object) -> random.Random:
+        """A random generator for one part of the workload, the same for the same seed and
+        ``salt``."""
         return random.Random(json.dumps([self.spec.seed, *salt]))
 
     def _text(self, rng: random.Random, n: int) -> str:
+        """``n`` words of filler text."""
         return " ".join(rng.choice(_WORDS) for _ in range(n))
 
     def tools(self) -> list[dict[str, object]]:
+        """The agent's tool definitions (OpenAI function schemas), the same for every
+        conversation of a seed."""
         rng = self._rng("tools")
         out: list[dict[str, object]] = []
         for i in range(self.spec.tools):

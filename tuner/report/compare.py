@@ -19,6 +19,7 @@ COLOURS = ("#d62728", "#1f77b4")
 
 
 def _figure(studies: list[optuna.Study], fronts: list[list[FrozenTrial]]) -> go.Figure:
+    """The studies' fronts on the objectives pairwise, one colour per study."""
     names = list(studies[0].metric_names or [])
     pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))] or [(0, 0)]
     fig = make_subplots(rows=1, cols=len(pairs), horizontal_spacing=0.08)

@@ -28,6 +28,8 @@ __all__ = ["Report", "build_report", "md_table", "write_report"]
 
 
 def _criteria_lines(rep: Report) -> list[str]:
+    """The success criteria in words, the baseline's figures, the trials meeting them, and where
+    --stop-when-met stopped the search."""
     crit = rep.study.user_attrs.get("criteria")
     if not crit:
         return ["No success criteria in the objective file."]
@@ -100,6 +102,7 @@ def _effect_lines(rep: Report) -> list[str]:
 
 
 def _group_lines(rep: Report) -> list[str]:
+    """The best group on HIT and every candidate's interval of its difference to the fastest."""
     rec = rep.recommendation
     if rec is None or rec.group is None:
         return []
@@ -135,6 +138,7 @@ def _soak_lines(rep: Report) -> list[str]:
 
 
 def _validation_lines(rep: Report) -> list[str]:
+    """What validation found and its table, or how to run it."""
     rec = rep.recommendation
     if rec is None or rec.validation is None:
         return ["Not validated: run `tuner validate STUDY` (redeploys the top candidates and "
@@ -207,6 +211,7 @@ pre{background:#f5f5f5;padding:8px;white-space:pre-wrap}.warn{color:#a15c00}"""
 
 
 def _df_html(df: pd.DataFrame) -> str:
+    """A table as HTML, its cells formatted as in the markdown."""
     cells = pd.DataFrame({c: [cell(v, str(c)) for v in df[c]] for c in df.columns})
     return cells.to_html(index=False, border=0, escape=True)
 

@@ -25,6 +25,7 @@ LABELS = {
 
 
 def _measured(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials with a measurement of their own (no pointer to another trial's)."""
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -33,6 +34,7 @@ def _measured(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _hover(t: FrozenTrial) -> str:
+    """A point's hover text: its name, trial and parameters."""
     params = ", ".join(f"{k}={v}" for k, v in t.params.items())
     return f"{name_of(t)} (trial {t.number})<br>{params}"
 
@@ -120,6 +122,7 @@ def spread(study: optuna.Study, front: list[FrozenTrial]) -> go.Figure:
 
 
 def _target(i: int) -> Callable[[FrozenTrial], float]:
+    """The value of objective ``i``, for Optuna's plots."""
     return lambda t: float(t.values[i])
 
 

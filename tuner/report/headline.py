@@ -41,10 +41,12 @@ class Line:
     text: str
 
     def markdown(self) -> str:
+        """The line in markdown, its label in bold."""
         return f"**{self.label}** {self.text}"
 
 
 def _shown(v: Any) -> str:
+    """A setting as the headline names it: on/off, default for a flag left out."""
     if v is None:
         return "default"
     if isinstance(v, bool):
@@ -74,6 +76,7 @@ def _changes(study: optuna.Study, pick: FrozenTrial) -> Line:
 
 
 def _relative(diff: Interval, base: float) -> str:
+    """An interval of a difference in percent of ``base``."""
     lo, hi = diff
     if not (math.isfinite(lo) and math.isfinite(hi)) or not base:
         return "no interval: too few samples"

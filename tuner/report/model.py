@@ -73,6 +73,8 @@ def build_report(study: optuna.Study, rule: Rule | None = None, root: Path | Non
 
 
 def cell(v: Any, column: str = "") -> str:
+    """A table cell: on/off for flags, yes/no for a verdict, two decimals below 10, '–' for
+    none."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, bool):
@@ -97,6 +99,8 @@ def md_table(df: pd.DataFrame) -> str:
 
 
 def front_frame(rep: Report) -> pd.DataFrame:
+    """The Pareto front as a table: configuration, dimensions, objectives, speed-up, hit rate
+    and the criteria's verdict."""
     tbl = rep.table.set_index("trial")
     nums = [t.number for t in rep.front if t.number in tbl.index]
     dims = list(dimension_titles(rep.study).values())

@@ -12,6 +12,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.front import feasible, pareto_front
+from tuner.trial import StoredTrial
 
 __all__ = ["pareto_frame", "pareto_trials", "trials_frame", "write_pareto"]
 
@@ -29,11 +30,13 @@ ATTR_COLUMNS = (
 
 
 def _row(study: optuna.Study, t: FrozenTrial) -> dict[str, Any]:
+    """One trial as a row of trials.csv: parameters, objective values, diagnostics, feasibility
+    and reason."""
     names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
     row: dict[str, Any] = {
         "trial": t.number,
         "state": t.state.name.lower(),
-        "name": t.user_attrs.get("seed_name") or f"trial_{t.number}",
+        "name": StoredTrial(t).name,
         **t.params,
     }
     for i, n in enumerate(names):
@@ -41,8 +44,8 @@ def _row(study: optuna.Study, t: FrozenTrial) -> dict[str, Any]:
     for k in ATTR_COLUMNS:
         row[k] = t.user_attrs.get(k)
     row["feasible"] = feasible(t)
-    row["reason"] = t.user_attrs.get("reason")
-    row["duplicate_of"] = t.user_attrs.get("duplicate_of")
+    row["reason"] = StoredTrial(t).reason
+    row["duplicate_of"] = StoredTrial(t).duplicate_of
     return row
 
 

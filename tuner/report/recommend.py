@@ -154,11 +154,14 @@ class Recommendation:
 
 
 def _without(args: list[str], flag: str) -> list[str]:
+    """``args`` without ``flag`` and its value."""
     i = args.index(flag) if flag in args else -1
     return args if i < 0 else args[:i] + args[i + 2 :]
 
 
 def _yaml_scalar(a: str) -> str:
+    """A command argument for a compose ``command:`` list: numbers quoted, so YAML keeps them
+    strings."""
     # Numbers stay strings in a command list: quote them, as compose files usually do.
     try:
         float(a)
@@ -168,6 +171,7 @@ def _yaml_scalar(a: str) -> str:
 
 
 def _names(study: optuna.Study) -> list[str]:
+    """The study's objective names (objective_N where it has none)."""
     return list(study.metric_names or [f"objective_{i}" for i in range(len(study.directions))])
 
 
@@ -183,6 +187,7 @@ def _value(study: optuna.Study, t: FrozenTrial, name: str) -> float:
 
 
 def _label(t: FrozenTrial) -> str:
+    """A trial as the explanation names it: its number, and its seed's name."""
     seed = StoredTrial(t).seed_name
     return f"trial {t.number} ({seed})" if seed else f"trial {t.number}"
 
@@ -251,6 +256,7 @@ def _group_words(study: optuna.Study, group: Group, best: FrozenTrial) -> str:
 
 
 def _fmt_range(t: FrozenTrial, name: str, value: float) -> str:
+    """A value with the min-max range of its samples."""
     r = sample_range(t, name.removesuffix("_ms"))
     return f"{value:.1f} ms [{r[0]:.0f}-{r[1]:.0f}]" if r else f"{value:.1f} ms"
 
@@ -262,6 +268,8 @@ def _explain(
     others: list[FrozenTrial],
     group: Group | None,
 ) -> str:
+    """Why ``best`` was chosen, in words with the numbers: the rule, its group within noise, its
+    own figures and how it compares with the next two."""
     names = _names(study)
     parts = [f"{_label(best)} is recommended by {rule.describe()}."]
     if group is not None:
@@ -356,5 +364,6 @@ def recommend(
 
 
 def _server_args(study: optuna.Study) -> list[str]:
+    """The fixed server arguments the study stored (production's, without measurement flags)."""
     args: Any = study.user_attrs.get(StudyAttr.SERVER_ARGS)
     return [str(a) for a in args] if isinstance(args, list) else []

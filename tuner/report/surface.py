@@ -7,15 +7,24 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.errors import Reason
 from tuner.schema import Surface, SurfacePoint, TrialFolder
+from tuner.trial import StoredTrial
 
 __all__ = ["export_surface"]
 
 # Failures a replay reproduces; "invalid" only when vLLM itself refused (the trial deployed).
-_REPLAYED_FAILURES = ("crash", "oom", "invalid", "timeout", "request_error")
+_REPLAYED_FAILURES = (
+    Reason.CRASH,
+    Reason.OOM,
+    Reason.INVALID,
+    Reason.TIMEOUT,
+    Reason.REQUEST_ERROR,
+)
 
 
 def _folder(root: Path, t: FrozenTrial) -> TrialFolder:
+    """A trial's folder: in the study folder, else where the trial recorded it."""
     # The recorded path may be another machine's (e.g. the GPU box): the study folder wins.
     local = TrialFolder.of(root, t.number)
     return local if local.path.exists() else TrialFolder(Path(str(t.user_attrs["trial_dir"])))
@@ -43,7 +52,7 @@ def export_surface(study: optuna.Study, root: Path, description: str = "") -> Su
                 vram_mib=float(a.get("vram_mib", 0.0)),
                 startup_s=float(a.get("startup_s", 0.0)),
             )
-        elif a.get("reason") in _REPLAYED_FAILURES:
+        elif StoredTrial(t).reason in _REPLAYED_FAILURES:
             p = SurfacePoint(
                 params, flags, env, status=str(a["reason"]), error=str(a.get("error", ""))
             )

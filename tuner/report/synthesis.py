@@ -40,6 +40,7 @@ MIN_SAMPLES = 5
 
 
 def _num(v: Any) -> float | None:
+    """A number as a float (booleans and anything else: None)."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
@@ -64,6 +65,7 @@ def name_of(t: FrozenTrial) -> str:
 
 
 def _status(t: FrozenTrial) -> str:
+    """'ok', 'ok (= trial N)' for a pointer to another trial's measurement, else the reason."""
     view = StoredTrial(t)
     if t.state == TrialState.COMPLETE:
         dup = view.duplicate_of
@@ -119,6 +121,7 @@ class FailureGroup:
     trials: tuple[FrozenTrial, ...]
 
     def example_tail(self, lines: int = 15) -> str:
+        """The last ``lines`` of the first server log tail among the group's trials."""
         for t in self.trials:
             tail = t.user_attrs.get("log_tail")
             if tail:

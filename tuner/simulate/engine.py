@@ -49,18 +49,24 @@ __all__ = [
 class Clock(Protocol):
     """How the simulated server waits out modelled time, and what time it is."""
 
-    def sleep(self, seconds: float) -> None: ...
+    def sleep(self, seconds: float) -> None:
+        """Let ``seconds`` pass."""
+        ...
 
-    def now(self) -> float: ...
+    def now(self) -> float:
+        """Seconds on this clock."""
+        ...
 
 
 class WallClock:
     """Really waits: a client measuring TTFT sees the modelled latency."""
 
     def sleep(self, seconds: float) -> None:
+        """Really wait."""
         time.sleep(seconds)
 
     def now(self) -> float:
+        """Monotonic seconds."""
         return time.monotonic()
 
 
@@ -72,10 +78,12 @@ class VirtualClock:
         self._lock = threading.Lock()
 
     def sleep(self, seconds: float) -> None:
+        """Advance the clock by ``seconds`` at once."""
         with self._lock:
             self.elapsed += seconds
 
     def now(self) -> float:
+        """The modelled seconds so far."""
         return self.elapsed
 
 
@@ -112,7 +120,9 @@ class Engine(Protocol):
     fail_chat: bool  # every chat request answers HTTP 500
 
     @property
-    def requests(self) -> int: ...
+    def requests(self) -> int:
+        """How many requests the engine admitted."""
+        ...
 
     def generate(self, prompt: str, max_tokens: int, clock: Clock) -> Generation:
         """Start serving one request (raises :class:`PromptTooLong`)."""
@@ -122,7 +132,9 @@ class Engine(Protocol):
         """Prometheus text for ``/metrics``."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop the engine's work."""
+        ...
 
 
 class _Timed:
@@ -143,7 +155,7 @@ class _Timed:
             yield None
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
 
 
 class EngineCounters:
@@ -154,6 +166,7 @@ class EngineCounters:
     time_scale = 1.0  # how much of the modelled time is waited out (0: none; still counted)
 
     def __init__(self, name: str) -> None:
+        """Zeroed counters for the engine of model ``name``."""
         self.name = name
         self.queries = 0.0
         self.hits = 0.0
@@ -164,6 +177,7 @@ class EngineCounters:
 
     @property
     def requests(self) -> int:
+        """How many requests were admitted."""
         return self._requests
 
     def admit(self, prompt: str) -> Admission:
@@ -171,10 +185,11 @@ class EngineCounters:
         raise NotImplementedError
 
     def generate(self, prompt: str, max_tokens: int, clock: Clock) -> Generation:
+        """A generation timed from the admission: its TTFT, then one token per ``decode_s``."""
         return _Timed(self.admit(prompt), max_tokens, self.decode_s, clock, self.time_scale)
 
     def close(self) -> None:
-        pass
+        """Nothing to stop: the timings need no thread."""
 
     def extra_metrics(self, labels: str) -> str:
         """More Prometheus text (scheduler gauges and counters); none by default."""
@@ -193,6 +208,8 @@ class EngineCounters:
         return ""
 
     def metrics(self) -> str:
+        """The counters in Prometheus text format, as vLLM's /metrics names them (prefix cache,
+        TTFT histogram, requests), plus the engine's own extra metrics."""
         labels = f'engine="0",model_name="{self.name}"'
         text = (
             "# TYPE vllm:prefix_cache_queries counter\n"
@@ -230,6 +247,7 @@ class ServerModel:
     kv_tokens: int = 1_000_000
 
     def cost(self) -> StepCost:
+        """The step cost model for the scheduler."""
         return StepCost(self.base_ms, self.per_token_ms, self.decode_ms, self.per_seq_ms)
 
 
@@ -244,6 +262,7 @@ class _Queued:
         self._engine = engine
 
     def __iter__(self) -> Iterator[None]:
+        """Yield once per token as the scheduler produces it; stop at the last or on an error."""
         while True:
             last = self.tokens.get()
             self.cached_tokens = self.req.cached_tokens
@@ -254,6 +273,7 @@ class _Queued:
                 return
 
     def close(self) -> None:
+        """Abort the request (a client that went away)."""
         self._engine.abort(self.req)
 
 
@@ -280,6 +300,8 @@ class ModelEngine(EngineCounters):
         name: str = "fake-model",
         fail_chat: bool = False,
     ) -> None:
+        """An engine whose scheduler reads vLLM's flags (prefix caching, chunked prefill, token
+        budget, sequences, memory) and whose step costs come from ``model``."""
         super().__init__(name)
         f = parse_flags(flags)
         self.model = model or ServerModel()
@@ -296,6 +318,8 @@ class ModelEngine(EngineCounters):
         self._waiting: dict[int, _Queued] = {}
 
     def generate(self, prompt: str, max_tokens: int, clock: Clock) -> Generation:
+        """Queue a request of ``max_tokens`` for ``prompt`` (one word, one token) and return its
+        token stream; PromptTooLong when it cannot fit the context, as vLLM refuses it."""
         words = prompt.split()
         if self.max_model_len and len(words) + max_tokens > self.max_model_len:
             raise PromptTooLong(
@@ -317,11 +341,14 @@ class ModelEngine(EngineCounters):
         return gen
 
     def abort(self, req: SimRequest) -> None:
+        """Drop a request from the scheduler and the waiting list."""
         with self._cv:
             self.scheduler.abort(req)
             self._waiting.pop(id(req), None)
 
     def _loop(self, clock: Clock) -> None:
+        """The engine's thread: run scheduler steps while there is work, each taking its modelled
+        duration on ``clock``, and hand out the tokens each step produced."""
         while True:
             with self._cv:
                 while not self.scheduler.busy and not self._closed:
@@ -343,11 +370,14 @@ class ModelEngine(EngineCounters):
                     gen.tokens.put(s.finished)
 
     def close(self) -> None:
+        """Stop the scheduler thread."""
         with self._cv:
             self._closed = True
             self._cv.notify()
 
     def extra_metrics(self, labels: str) -> str:
+        """The scheduler's gauges and counters as vLLM names them: preemptions, KV-cache use,
+        requests running and waiting."""
         s = self.scheduler
         with self.lock:
             return (
@@ -366,6 +396,7 @@ class ModelEngine(EngineCounters):
             )
 
     def cache_config_labels(self) -> str:
+        """vLLM's cache_config_info labels: block size, prefix caching, KV blocks."""
         prefix = "True" if self.cfg.prefix else "False"
         return (
             f'block_size="{BLOCK}",enable_prefix_caching="{prefix}",'

@@ -32,6 +32,8 @@ class ReplayEngine(EngineCounters):
         time_scale: float = 1.0,
         deployment_noise: float = 0.0,
     ) -> None:
+        """An engine replaying ``point``'s recorded samples, seeded by ``seed``;
+        ``deployment_noise`` scales all latencies of this deployment by one drawn factor."""
         super().__init__(name)
         self.point = point
         self.time_scale = time_scale
@@ -40,6 +42,8 @@ class ReplayEngine(EngineCounters):
         self.seen: set[str] = set()
 
     def admit(self, prompt: str) -> Admission:
+        """A request's TTFT drawn from the recorded MISS samples for a prefix never seen, from the
+        HIT samples otherwise, and the tokens the cache held."""
         words = prompt.split()
         first = hashlib.sha256(" ".join(words[:64]).encode()).hexdigest()
         p = self.point

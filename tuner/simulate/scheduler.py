@@ -57,6 +57,8 @@ class StepCost:
     per_seq_ms: float = 0.01  # per request decoding in the step
 
     def seconds(self, prefill_tokens: int, decodes: int) -> float:
+        """One engine step's duration: a decode of ``decodes`` requests, plus the prefill of
+        ``prefill_tokens`` when there is one."""
         ms = self.decode_ms + self.per_seq_ms * decodes
         if prefill_tokens:
             ms += self.base_ms + self.per_token_ms * prefill_tokens
@@ -116,10 +118,12 @@ class SimRequest:
 
     @property
     def done(self) -> bool:
+        """Whether the request finished."""
         return self.finished_at is not None
 
     @property
     def ttft(self) -> float | None:
+        """Time from arrival to the first token, once there is one."""
         return None if self.first_token_at is None else self.first_token_at - self.arrival
 
 
@@ -136,6 +140,7 @@ class Scheduler:
     """Continuous batching over a block pool; see the module docstring for the rules."""
 
     def __init__(self, cfg: SchedulerConfig, cost: StepCost | None = None) -> None:
+        """An empty scheduler: no request waiting or running, an empty KV pool."""
         self.cfg = cfg
         self.cost = cost or StepCost()
         self.waiting: deque[SimRequest] = deque()
@@ -157,6 +162,7 @@ class Scheduler:
 
     @property
     def used_blocks(self) -> int:
+        """KV blocks held by running requests."""
         return len(self.refs) + self.private
 
     @property
@@ -165,6 +171,7 @@ class Scheduler:
         return self.used_blocks / self.cfg.kv_blocks
 
     def _free(self) -> int:
+        """KV blocks neither held nor cached."""
         return self.cfg.kv_blocks - self.used_blocks - len(self.lru)
 
     def _take(self, n: int) -> bool:
@@ -177,6 +184,8 @@ class Scheduler:
         return True
 
     def _release(self, req: SimRequest) -> None:
+        """Give back a request's KV blocks: its shared blocks become cached (least recently used
+        first to go), its private ones free."""
         for h in req.shared:
             self.refs[h] -= 1
             if not self.refs[h]:
@@ -188,6 +197,7 @@ class Scheduler:
     # ---- requests -------------------------------------------------------------------------
 
     def submit(self, req: SimRequest) -> None:
+        """Queue a request to prefill its prompt."""
         req.target = req.prompt_tokens
         self.waiting.append(req)
 
@@ -201,6 +211,7 @@ class Scheduler:
 
     @property
     def busy(self) -> bool:
+        """Whether any request waits or runs."""
         return bool(self.waiting or self.running)
 
     def _lookup(self, req: SimRequest) -> int:
@@ -214,6 +225,9 @@ class Scheduler:
         return n
 
     def _admit(self, req: SimRequest, now: float, budget: int) -> bool:
+        """Start ``req`` if its blocks fit (prefix-cache hits reused, the last prompt token always
+        computed) and, without chunked prefill, its prefill fits the step's token ``budget``;
+        False to leave it waiting."""
         hit = self._lookup(req)
         # vLLM always computes the prompt's last token: a fully cached prompt gives one block back
         cached = min(hit * BLOCK, (req.target - 1) // BLOCK * BLOCK)
@@ -255,6 +269,8 @@ class Scheduler:
             self.private -= 1
 
     def _preempt(self, victim: SimRequest) -> None:
+        """Evict a running request, as vLLM's recompute preemption does: its blocks released, its
+        tokens to be prefilled again, back at the head of the queue."""
         self.running.remove(victim)
         self._release(victim)
         victim.target = victim.prompt_tokens + victim.generated

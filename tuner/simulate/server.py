@@ -25,18 +25,24 @@ __all__ = ["SimulatedServer"]
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """The OpenAI-compatible HTTP endpoints of a simulated vLLM: /health, /metrics, /v1/models,
+    /tokenize and streaming /v1/chat/completions."""
+
     server: _Server
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
+        """Send small writes at once (no Nagle): an SSE event must not wait for the next."""
         super().setup()
         # Small SSE writes must leave at once (Nagle + delayed ACK would add ~40 ms per event).
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Keep the access log with the server, printing nothing."""
         self.server.log_lines.append(format % args)
 
     def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        """A whole response with its body."""
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -44,6 +50,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        """/health, /metrics and /v1/models, as vLLM answers them."""
         engine = self.server.engine
         if self.path == "/health":
             self._send(200, b"")
@@ -55,6 +62,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b'{"error": "not found"}')
 
     def do_POST(self) -> None:
+        """/tokenize, and /v1/chat/completions streamed as server-sent events with usage (cached
+        prompt tokens included), or the HTTP error vLLM gives."""
         engine = self.server.engine
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
@@ -92,6 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
         def event(obj: dict[str, Any] | str) -> None:
+            """One server-sent event, as its own HTTP chunk."""
             data = obj if isinstance(obj, str) else json.dumps(obj)
             chunk = f"data: {data}\n\n".encode()
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
@@ -101,6 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
         continuous = bool(options.get("continuous_usage_stats"))
 
         def usage(done: int) -> dict[str, Any]:
+            """The usage block vLLM streams: prompt, completion and cached prompt tokens."""
             return {
                 "prompt_tokens": gen.prompt_tokens,
                 "completion_tokens": done,
@@ -127,15 +138,19 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """A threading HTTP server on 127.0.0.1 holding the engine and its clock."""
+
     daemon_threads = True
 
     def __init__(self, engine: Engine, clock: Clock, port: int = 0) -> None:
+        """Listen on 127.0.0.1 (``port`` 0: a free one) for ``engine`` on ``clock``."""
         super().__init__(("127.0.0.1", port), _Handler)
         self.engine = engine
         self.clock = clock
         self.log_lines: list[str] = []
 
     def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client closing its connection is normal: note it, print nothing."""
         # A client closing a keep-alive connection is normal; keep the note, print nothing.
         self.log_lines.append(f"connection from {client_address} ended with an error")
 
@@ -148,6 +163,7 @@ class SimulatedServer:
     """
 
     def __init__(self, engine: Engine, *, clock: Clock | None = None, port: int = 0) -> None:
+        """Serve ``engine`` on 127.0.0.1 (``port`` 0: a free one) in a background thread."""
         self.engine = engine
         self._server = _Server(engine, clock or WallClock(), port)
         # shutdown() waits for serve_forever's next poll: the default 0.5 s was a third of a
@@ -165,6 +181,7 @@ class SimulatedServer:
         return self.engine.requests
 
     def close(self) -> None:
+        """Stop the engine and the HTTP server."""
         self.engine.close()
         self._server.shutdown()
         self._server.server_close()
@@ -179,4 +196,5 @@ class SimulatedServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Close the server, whatever ended the block."""
         self.close()

@@ -126,6 +126,7 @@ class Coverage:
     def _keeps_turn(
         self, study: optuna.Study, front: list[FrozenTrial], trial: FrozenTrial
     ) -> bool:
+        """``keeps_turn`` on a front already read."""
         if trial.number not in {t.number for t in front}:
             return False
         if Attr.CARRIES in trial.user_attrs:
@@ -136,6 +137,9 @@ class Coverage:
     def _unseen(
         self, study: optuna.Study, front: list[FrozenTrial], snap: Snapshot, valid: Valid
     ) -> Proposal | None:
+        """The first try of a dimension value no deployment has had yet, as a one-flag change to
+        the best front point that can take it (extremes first; the values between only after
+        an extreme landed on the front)."""
         sign = _sign(study)
         bases = sorted(front, key=lambda t: sign * (t.values[0] if t.values else 0.0))
         seen = {
@@ -167,6 +171,9 @@ class Coverage:
     def _carry(
         self, study: optuna.Study, front: list[FrozenTrial], snap: Snapshot, valid: Valid
     ) -> Proposal | None:
+        """A winning value (the best coverage try on the front, per dimension) carried to a
+        fresh point: where the predicted hypervolume gain is largest, else to the front point
+        farthest from those that already have it."""
         values = np.array([t.values for t in front], dtype=float)
         span = np.ptp(values, axis=0)
         norm = (values - values.min(axis=0)) / np.where(span > 0, span, 1.0)

@@ -30,6 +30,7 @@ def fingerprint(space: SearchSpace, objective: ObjectiveFile, profile: Profile) 
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as one level of dotted keys (``objective.workload.conversations``)."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():

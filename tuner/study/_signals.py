@@ -19,6 +19,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        """SIGTERM as Ctrl-C: the same clean stop."""
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, handler)

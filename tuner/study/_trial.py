@@ -25,11 +25,12 @@ from tuner.config.profile import Profile
 from tuner.config.workload import SyntheticAgentSpec, TraceSpec
 from tuner.deploy import check_model
 from tuner.deploy.base import Deployer
-from tuner.errors import DeployError, MeasureError, ServerExited
+from tuner.errors import DeployError, MeasureError, Reason, ServerExited
 from tuner.measure import TrialMeasurement, measure
 from tuner.metrics import METRICS, within_precision
 from tuner.schema import MeasurementsDoc, TrialFolder
 from tuner.study.artifacts import ArtifactStore, upload_files
+from tuner.trial import Attr, seed_trial
 
 __all__ = [
     "Failure",
@@ -67,7 +68,7 @@ class TrialOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Why a deployment or its measurement failed (a reason of ``tuner.types.FAILURE_REASONS``)."""
+    """Why a deployment or its measurement failed (a ``tuner.errors.Reason``)."""
 
     reason: str
     message: str
@@ -97,10 +98,10 @@ def record_failure(
 ) -> None:
     """FAIL the trial with ``reason``; the message and log tail go to its user attributes,
     the trial folder's files to ``artifacts``."""
-    trial.set_user_attr("reason", reason)
-    trial.set_user_attr("error", message[:500])
+    trial.set_user_attr(Attr.REASON, str(reason))
+    trial.set_user_attr(Attr.ERROR, message[:500])
     if log_tail:
-        trial.set_user_attr("log_tail", log_tail[-LOG_TAIL_CHARS:])
+        trial.set_user_attr(Attr.LOG_TAIL, log_tail[-LOG_TAIL_CHARS:])
     for k, v in (extra or {}).items():
         trial.set_user_attr(k, v)
     if trial_dir is not None:
@@ -114,14 +115,7 @@ def fail_stale(study: optuna.Study) -> None:
     """Mark RUNNING trials ``interrupted``: at start-up they belong to a run killed hard."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         trial = optuna.Trial(study, t._trial_id)
-        record_failure(study, trial, "interrupted", "the run holding this trial was killed")
-
-
-def _baseline(study: optuna.Study, name: str) -> optuna.trial.FrozenTrial | None:
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("seed_name") == name:
-            return t
-    return None
+        record_failure(study, trial, Reason.INTERRUPTED, "the run holding this trial was killed")
 
 
 def set_constraints(
@@ -132,12 +126,14 @@ def set_constraints(
     if crit is None:
         return
     miss, hit = m.miss.median, m.hit.median
-    if trial.user_attrs.get("seed_name") == crit.baseline:
+    if trial.user_attrs.get(Attr.SEED_NAME) == crit.baseline or crit.baseline in (
+        trial.user_attrs.get(Attr.SEED_ALIASES) or ()
+    ):
         base_miss, base_hit = miss, hit
     else:
-        base = _baseline(study, crit.baseline)
+        base = seed_trial(study.get_trials(deepcopy=False), crit.baseline)
         if base is None:
-            trial.set_user_attr("constraints_note", f"no completed {crit.baseline!r} trial yet")
+            trial.set_user_attr(Attr.CONSTRAINTS_NOTE, f"no completed {crit.baseline!r} trial yet")
             trial.set_constraint("speedup", crit.min_speedup - m.speedup)
             return
         base_miss = base.user_attrs["ttft_miss_ms"]
@@ -187,6 +183,7 @@ def precise_enough(objective: ObjectiveFile) -> Callable[[TrialMeasurement], boo
         return None
 
     def enough(m: TrialMeasurement) -> bool:
+        """Whether every objective with a precision is measured precisely enough to stop."""
         obs = m.observations()
         return all(
             within_precision(spec.compute(obs), spec.interval(obs), precision)
@@ -266,7 +263,7 @@ def deploy_and_measure(
                 return Measured(m, startup_s, crash_retries=attempt)
             except DeployError as exc:
                 tail = exc.log_tail or dep.log_tail()
-                if exc.reason == "crash" and attempt < crash_retries:
+                if exc.reason == Reason.CRASH and attempt < crash_retries:
                     attempt += 1
                     dep.stop()
                     log_file = TrialFolder(trial_dir).server_log
@@ -313,13 +310,14 @@ def record(
     """Tell Optuna what ``result`` means for ``trial``; write the trial's files (and upload
     them to ``artifacts``)."""
     params = dict(trial.params)
-    seed = trial.user_attrs.get("seed_name")
+    seed = trial.user_attrs.get(Attr.SEED_NAME)
     if result.crash_retries:
-        trial.set_user_attr("crash_retries", result.crash_retries)
+        trial.set_user_attr(Attr.CRASH_RETRIES, result.crash_retries)
 
     def outcome(
         state: str, reason: str | None = None, values: tuple[float, ...] = ()
     ) -> TrialOutcome:
+        """The trial's outcome as the runner reports it, with its attributes as stored."""
         return TrialOutcome(
             number=trial.number,
             params=params,
@@ -334,7 +332,7 @@ def record(
 
     m = result.measurement
     if m is None:
-        f = result.failure or Failure("crash", "no measurement")
+        f = result.failure or Failure(Reason.CRASH, "no measurement")
         record_failure(study, trial, f.reason, f.message, log_tail=f.log_tail, trial_dir=trial_dir,
                        artifacts=artifacts)  # fmt: skip
         return outcome("fail", f.reason)
@@ -360,9 +358,9 @@ def record(
     )
     if not all(math.isfinite(v) for v in values):
         message = f"non-finite objective values {values}"
-        record_failure(study, trial, "request_error", message, trial_dir=trial_dir,
+        record_failure(study, trial, Reason.REQUEST_ERROR, message, trial_dir=trial_dir,
                        artifacts=artifacts)  # fmt: skip
-        return outcome("fail", "request_error")
+        return outcome("fail", Reason.REQUEST_ERROR)
     set_constraints(study, trial, objective, m)
     set_bounds(trial, objective, attrs)
     _upload(study, trial, trial_dir, artifacts)
@@ -412,5 +410,5 @@ def _upload(
     try:
         upload_files(study, trial, folder, store)
     except Exception as exc:  # any store: a bucket, a full or read-only disk
-        trial.set_user_attr("artifact_error", f"{type(exc).__name__}: {exc}"[:300])
+        trial.set_user_attr(Attr.ARTIFACT_ERROR, f"{type(exc).__name__}: {exc}"[:300])
         log.warning("trial=%d artifacts not stored: %s", trial.number, exc)

@@ -22,6 +22,7 @@ _OWN = (Attr.SEED_NAME, Attr.SEED_ALIASES, Attr.FLAGS, Attr.DEPLOYED, Attr.FALLB
 
 
 def _frozen(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
+    """The trial as storage holds it now."""
     return study.get_trials(deepcopy=False)[trial.number]
 
 
@@ -90,7 +91,7 @@ def record_not_deployed(
         params,
         "fail",
         reason,
-        trial.user_attrs.get("seed_name"),
+        trial.user_attrs.get(Attr.SEED_NAME),
         duration_s=time.perf_counter() - t0,
         attrs=dict(trial.user_attrs),
     )

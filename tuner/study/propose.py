@@ -157,6 +157,8 @@ class Proposer(optuna.samplers.BaseSampler):
         tries: int = 4,
         streak: int = 3,
     ) -> None:
+        """Wrap ``base`` (see the class); ``seed`` seeds the fallback's choice among equally
+        near points."""
         self.base = base
         self._space = space
         self._dists = {d.name: CategoricalDistribution(list(d.values)) for d in space.dimensions}
@@ -168,11 +170,15 @@ class Proposer(optuna.samplers.BaseSampler):
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
+        """The whole space: every point is drawn at once, in ``sample_relative``."""
         return dict(self._dists)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        """The trial's whole point: nothing for a queued trial (its parameters are fixed), else
+        coverage's proposal, the wrapped sampler's (fresh, valid), or a fresh neighbour; who
+        proposed it is stored on the trial at once."""
         if "fixed_params" in trial.system_attrs or not search_space:
             return {}  # a queued trial: its parameters are fixed
         snap = Snapshot.read(study, self._space, besides=trial.number)
@@ -198,6 +204,8 @@ class Proposer(optuna.samplers.BaseSampler):
     def _draw(
         self, study: optuna.Study, trial: FrozenTrial, inner: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        """One whole point from the wrapped sampler: its relative proposal, completed with
+        independent draws."""
         point = dict(self.base.sample_relative(study, trial, inner)) if inner else {}
         for name, dist in self._dists.items():
             if name not in point:
@@ -211,10 +219,12 @@ class Proposer(optuna.samplers.BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
+        """What ``sample_relative`` left out is the wrapped sampler's own choice."""
         # Reached for what sample_relative left out (the base's own choice, passed through).
         return self.base.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """The wrapped sampler's own preparation of the trial."""
         self.base.before_trial(study, trial)
 
     def after_trial(
@@ -224,9 +234,11 @@ class Proposer(optuna.samplers.BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
+        """The wrapped sampler's bookkeeping (NSGA-II's generations, TPE's none)."""
         self.base.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
+        """Reseed the wrapped sampler (Optuna does for each worker process)."""
         self.base.reseed_rng()
 
 

@@ -81,6 +81,10 @@ class StudyRunner:
         on_trial_start: OnStart | None = None,
         on_trial_end: Callable[[TrialOutcome], None] | None = None,
     ) -> None:
+        """A runner of the study in ``paths``. ``deployer_factory``, ``evaluator`` and
+        ``sampler_factory`` are seams for tests and benchmarks (a surface draw instead of a
+        deployment, a timed sampler); ``on_trial_start`` and ``on_trial_end`` let the CLI
+        show progress."""
         check_sampler(settings.sampler)  # before anything is created on disk
         self.paths = paths
         self.space = space
@@ -174,6 +178,8 @@ class StudyRunner:
             return self._run(run_id)
 
     def _run(self, run_id: str) -> RunResult:
+        """The loop: checks before any deployment, the study opened and its dead trials reaped,
+        what a killed run left cleaned up, the seeds queued, then trials until a Stop."""
         self._check()
         study = self.open_study()
         self._reap(study)
@@ -249,6 +255,7 @@ class StudyRunner:
             return run_trial(study, trial, ctx)
 
     def _context(self, study: optuna.Study, run_id: str) -> TrialContext:
+        """What every trial of this run is run with (``tuner.study._run_trial``)."""
         return TrialContext(
             space=self.space,
             profile=self.profile,
@@ -268,6 +275,7 @@ class StudyRunner:
         reap(study, self.paths.root, exclusive=self.settings.exclusive)
 
     def _result(self, study: optuna.Study, outcomes: list[TrialOutcome], stop: Stop) -> RunResult:
+        """The run's result, as storage holds the study now."""
         return RunResult(
             self.paths.name,
             deployments(study.get_trials(deepcopy=False)),
@@ -279,4 +287,5 @@ class StudyRunner:
 
 
 def _running(study: optuna.Study) -> list[Any]:
+    """The study's RUNNING trials."""
     return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -51,6 +51,7 @@ class _SweepSampler(optuna.samplers.GridSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
+        """Nothing: the runner stops the sweep when every valid point is evaluated."""
         return None
 
 
@@ -95,6 +96,7 @@ def make_sampler(name: str, space: SearchSpace, seed: int | None) -> optuna.samp
 
 
 def _sqrt_gamma(n: int) -> int:
+    """TPE's 'good' set: the best sqrt(n) trials (at most 25)."""
     return max(1, min(int(math.sqrt(n)), 25))
 
 

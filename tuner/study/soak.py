@@ -59,6 +59,8 @@ class SoakResult:
 
     @property
     def verdict(self) -> str:
+        """The drift between the first and last window in words: within the noise, or by how
+        much with its interval."""
         if self.drift_ms is None or self.drift_interval is None:
             return "fewer than two windows: no drift measured"
         lo, hi = self.drift_interval

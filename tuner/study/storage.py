@@ -71,6 +71,8 @@ class Heartbeat:
     grace_s: int = 60
 
     def kwargs(self) -> dict[str, Any]:
+        """The RDB storage's heartbeat arguments: a trial silent for the grace period is failed
+        and its point queued again."""
         from tuner.study.workers import retry_lost
 
         return {
@@ -120,10 +122,13 @@ def redact(url: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
+    """An exception's first line (its type's name when it has no message)."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _rdb(url: str, extra: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """An RDB storage for ``url`` with ``extra`` arguments (heartbeats), without Optuna's
+    experimental-feature warning."""
     with warnings.catch_warnings():
         # heartbeat_interval is marked experimental (since Optuna 2.9); it is what we want.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -164,6 +169,8 @@ def _sqlite_storage(
         ) from exc
 
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        """Per connection: WAL's synchronous level, and, for writers, transactions that take the
+        write lock as they begin (BEGIN IMMEDIATE)."""
         cur = dbapi_conn.cursor()
         if cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -172,6 +179,8 @@ def _sqlite_storage(
             dbapi_conn.isolation_level = None  # pysqlite's own BEGIN off: SQLAlchemy's below
 
     def on_begin(conn: sqlalchemy.engine.Connection) -> None:
+        """Every transaction takes SQLite's write lock at once: two workers never pop one queued
+        trial."""
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     sqlalchemy.event.listen(storage.engine, "connect", on_connect)

@@ -119,6 +119,9 @@ class Validator:
         evaluator: Callable[..., TrialOutcome] = evaluate,
         on_trial_end: Callable[[TrialOutcome], None] | None = None,
     ) -> None:
+        """The plan for the search study in ``paths``: its candidates (given, or validation's
+        choice), the extra deployments (``settings.extra``, or what a quarter of the search's
+        deployments leaves), the held-out workload."""
         self.paths = paths
         self.space = space
         self.profile = profile
@@ -186,6 +189,8 @@ class Validator:
             return self._run()
 
     def _run(self) -> ValidationResult:
+        """Deploy the fixed rounds' missing deployments, then the adaptive rounds; the result
+        with the validation's verdict."""
         study = self.open_study()
         fail_stale(study)
         # Servers or containers a hard-killed earlier run (search or validation) left behind.
@@ -256,6 +261,7 @@ class Validator:
         return sum(1 for r, _ in done if r is not None and r >= self.settings.rounds)
 
     def _past_deadline(self) -> bool:
+        """Whether ``--timeout`` has passed: no new deployment starts."""
         deadline = self.settings.deadline
         return deadline is not None and time.monotonic() > deadline
 
@@ -267,6 +273,7 @@ class Validator:
         done: set[tuple[Any, Any]],
         outcomes: list[TrialOutcome],
     ) -> None:
+        """One deployment of ``cand`` in round ``rnd``, noted as done and reported."""
         out = self._one(study, rnd, cand)
         done.add((rnd, cand.number))
         outcomes.append(out)
@@ -274,6 +281,8 @@ class Validator:
             self._on_end(out)
 
     def _one(self, study: optuna.Study, rnd: int, cand: FrozenTrial) -> TrialOutcome:
+        """Queue ``cand``'s point in the validation study, ask for it, and run it as any trial
+        is run."""
         attrs: dict[str, Any] = {
             Attr.PHASE: "validation",
             Attr.ROUND: rnd,

@@ -47,6 +47,7 @@ __all__ = [
 
 
 def _workers_dir(root: Path) -> Path:
+    """Where the study's worker locks live."""
     return root / ".workers"
 
 
@@ -120,6 +121,7 @@ def lost_trials(study: optuna.Study, root: Path, *, exclusive: bool) -> list[Fro
 
 
 def _beating(study: optuna.Study) -> bool:
+    """Whether the storage runs heartbeats (then another host's dead worker is found by them)."""
     # With heartbeats on, a trial of another host is failed by fail_stale_trials after its
     # grace period; without them, the study lock is the only evidence there is.
     from optuna.storages._heartbeat import is_heartbeat_enabled
