@@ -31,6 +31,7 @@ __all__ = [
     "InProcessDeployer",
     "classify_exit",
     "confined",
+    "said",
     "tail",
     "wait_healthy",
 ]
@@ -360,12 +361,27 @@ class BaseDeployer:
         self.stop()
 
 
-def confined(profile: Profile, cfg: BaseModel, update: Mapping[str, object]) -> Profile:
-    """``profile`` with its deployer section ``cfg`` updated (unchanged when ``update`` is
-    empty): what ``confine`` gives back."""
+def confined(
+    profile: Profile,
+    cfg: BaseModel,
+    slot: WorkerSlot,
+    devices: Callable[[tuple[str, ...]], dict[str, object]],
+) -> Profile:
+    """``profile`` confined to ``slot``: ``devices(gpus)`` says how the deployer's config names
+    the slot's GPUs (when it has any), and a fixed ``port`` becomes port + the slot's index so
+    that workers on one host never share one. Unchanged when there is nothing to confine."""
+    update = devices(slot.gpus) if slot.gpus is not None else {}
+    port = int(getattr(cfg, "port", 0) or 0)
+    if port:
+        update["port"] = port + slot.index
     if not update:
         return profile
-    return profile.model_copy(update={"deployer": cfg.model_copy(update=dict(update))})
+    return profile.model_copy(update={"deployer": cfg.model_copy(update=update)})
+
+
+def said(verb: str, what: str, items: Sequence[str]) -> str:
+    """A line for ``tuner cleanup``: ``stopped 2 server(s): a, b``."""
+    return f"{verb} {len(items)} {what}(s)" + (f": {', '.join(items)}" if items else "")
 
 
 class InProcessDeployer(BaseDeployer):

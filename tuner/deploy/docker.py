@@ -15,7 +15,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest
 
 from tuner.config.profile import DEFAULT_DEPLOYMENT, DEFAULT_PORT, DockerConfig, Profile
-from tuner.deploy.base import BaseDeployer, classify_exit, confined, tail
+from tuner.deploy.base import BaseDeployer, classify_exit, confined, said, tail
 from tuner.deploy.local import deferred_interrupts
 from tuner.errors import ConfigError, DeployError, EnvironmentFault, ServerExited, TunerError
 from tuner.types import Endpoint, WorkerSlot
@@ -125,21 +125,13 @@ class DockerDeployer(BaseDeployer):
             client = docker_client(host)
         except TunerError as exc:
             return [f"containers: not checked ({exc})"]
-        removed = remove_containers(client, study)
-        return [
-            f"removed {len(removed)} container(s)" + (f": {', '.join(removed)}" if removed else "")
-        ]
+        return [said("removed", "container", remove_containers(client, study))]
 
     @classmethod
     def confine(cls, profile: Profile, slot: WorkerSlot) -> Profile:
         """The slot's GPUs as the container's device ids; a fixed port + the slot's index."""
         cfg: DockerConfig = cls._config_of(profile)
-        update: dict[str, object] = {}
-        if cfg.port:
-            update["port"] = cfg.port + slot.index
-        if slot.gpus is not None:
-            update["gpus"] = list(slot.gpus)
-        return confined(profile, cfg, update)
+        return confined(profile, cfg, slot, lambda gpus: {"gpus": list(gpus)})
 
     @classmethod
     def hints(cls, profile: Profile) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import IO, Any
 from tuner.config.profile import DEFAULT_DEPLOYMENT, DEFAULT_PORT, LocalConfig, Profile
 from tuner.deploy._identity import check_served_by, free_port
 from tuner.deploy._records import forget, reclaim_processes, remember
-from tuner.deploy.base import BaseDeployer, classify_exit, confined, tail
+from tuner.deploy.base import BaseDeployer, classify_exit, confined, said, tail
 from tuner.errors import DeployError, ServerExited
 from tuner.types import Endpoint, WorkerSlot
 
@@ -189,21 +189,14 @@ class LocalDeployer(BaseDeployer):
         cls, roots: Sequence[Path], study: str | None, profile: Profile | None
     ) -> list[str]:
         """Servers recorded in the study folders that are still the recorded process, stopped."""
-        stopped = [s for root in roots for s in reclaim_processes(root)]
-        return [
-            f"stopped {len(stopped)} server(s)" + (f": {', '.join(stopped)}" if stopped else "")
-        ]
+        return [said("stopped", "server", [s for root in roots for s in reclaim_processes(root)])]
 
     @classmethod
     def confine(cls, profile: Profile, slot: WorkerSlot) -> Profile:
         """The slot's GPUs as ``CUDA_VISIBLE_DEVICES``; a fixed port + the slot's index."""
         cfg: LocalConfig = cls._config_of(profile)
-        update: dict[str, object] = {}
-        if cfg.port:
-            update["port"] = cfg.port + slot.index
-        if slot.gpus is not None:
-            update["env"] = {**cfg.env, "CUDA_VISIBLE_DEVICES": ",".join(slot.gpus)}
-        return confined(profile, cfg, update)
+        return confined(profile, cfg, slot, lambda gpus: {
+            "env": {**cfg.env, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}})  # fmt: skip
 
     @classmethod
     def hints(cls, profile: Profile) -> dict[str, Any]:
