@@ -113,7 +113,7 @@ def test_report_html_renders_plots(chromium: str, study_dir: Path, tmp_path: Pat
     assert plots >= 4, f"{plots} plots rendered"
     assert dom.count('class="main-svg"') >= plots  # plotly draws at least one SVG per plot
     assert "scatterlayer" in dom
-    assert "Recommendation" in dom
+    assert "Lines to paste" in dom
     assert shot.stat().st_size > 20_000
 
 

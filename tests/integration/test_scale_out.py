@@ -133,14 +133,16 @@ def test_kill_9_of_a_worker_its_point_is_retried_by_another(
 ) -> None:
     """kill -9 of a worker mid-trial. On one host the others see its lock free at once; from
     another host (its own study folder) only the heartbeats tell, after the grace period. Its
-    point is deployed again by the surviving worker, and the study reaches its target."""
+    point is deployed again by the surviving worker, and the study reaches its target. (No
+    seeds: a retry is queued behind the seeds still waiting, and the target would be reached
+    before it.)"""
     if hosts == 2 and storage.startswith("journal"):
         pytest.skip("the journal file is for one host: it has no heartbeats")
     (tmp_path / "fake.yaml").write_text(FAKE % 2.0)
     name, studies = _study_name(tmp_path), tmp_path / "a"
     common = ["--storage", storage, "--profile", str(tmp_path / "fake.yaml")]
     first = _tuner("optimize", "--trials", "1", "--study", name, "--studies-dir", str(studies),
-                   "--no-validate", *common)  # fmt: skip
+                   "--no-validate", "--no-seeds", *common)  # fmt: skip
     assert first.returncode == 0, first.stdout + first.stderr
 
     def worker(folder: Path, err: int) -> subprocess.Popen[bytes]:
@@ -180,7 +182,7 @@ def test_kill_9_of_a_worker_its_point_is_retried_by_another(
     assert retries[0].params == lost.params
     assert retries[0].state == TrialState.COMPLETE
     assert retries[0].user_attrs["worker"] != lost.user_attrs["worker"]
-    assert len(_deployed(trials)) == 4
+    assert 4 <= len(_deployed(trials)) <= 5  # the victim's trial may have been in flight
 
 
 def test_the_same_points_as_one_worker(tmp_path: Path, storage: str) -> None:
@@ -196,12 +198,17 @@ def test_the_same_points_as_one_worker(tmp_path: Path, storage: str) -> None:
                    "--studies-dir", str(studies), "--no-validate")  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
         trials = _trials(name, studies, storage)
-        points = {_key(t) for t in trials if t.user_attrs.get("deployed")}
+        # the seeds' points: with 3 workers, up to 2 sampler trials in flight finish past the
+        # target of 11 (every seed is popped before any of them)
+        points = {
+            _key(t) for t in trials if t.user_attrs.get("deployed") and StoredTrial(t).seed_name
+        }
         rep = _tuner("report", name, "--storage", storage, "--studies-dir", str(studies))
         assert rep.returncode == 0, rep.stderr
         # the report's table names the same configurations (latencies are measured anew)
         with (studies / name / "trials.csv").open() as f:
-            names = {row["name"] for row in csv.DictReader(f) if row["state"] == "complete"}
+            names = {row["name"] for row in csv.DictReader(f)
+                     if row["state"] == "complete" and not row["name"].startswith("trial_")}  # fmt: skip
         fronts.append((points, names))
     assert len(fronts[0][0]) == 11
     assert fronts[0] == fronts[1]

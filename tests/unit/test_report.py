@@ -411,21 +411,27 @@ class TestFrontDoor:
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-def test_compare_fits_an_80_column_terminal(study_dir: Path) -> None:
+def test_compare_fits_an_80_column_terminal(
+    study_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In 80 columns `tuner compare` stacks the two fronts and keeps the columns that fit:
     no line wider than the terminal, no cell cut to 'na…'."""
-    import os
-    import subprocess
-    import sys
+    import io
 
-    env = {**os.environ, "COLUMNS": "80"}
-    cmd = [sys.executable, "-m", "tuner.cli", "compare", "r", "r", "--studies-dir", str(study_dir)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    table = [line for line in r.stdout.splitlines() if not line.startswith("wrote ")]
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import tuner.cli.report
+    from tuner.cli import app
+
+    buf = io.StringIO()
+    monkeypatch.setattr(tuner.cli.report, "out", Console(file=buf, width=80))
+    r = CliRunner().invoke(app, ["compare", "r", "r", "--studies-dir", str(study_dir)])
+    assert r.exit_code == 0, r.output
+    table = [line for line in buf.getvalue().splitlines() if not line.startswith("wrote ")]
     assert max(len(line) for line in table) <= 80
-    assert "…" not in r.stdout
-    assert r.stdout.count("HIT ms") == 2  # both tables, stacked, with their cells shown
+    assert "…" not in buf.getvalue()
+    assert buf.getvalue().count("HIT ms") == 2  # both tables, stacked, with their cells shown
     front = [str(t.number) for t in pareto_trials(load_study(StudyPaths.create("r", study_dir)))[0]]
     rows = [line.split("│")[1].strip() for line in table if line.startswith("│")]
     assert rows == front * 2

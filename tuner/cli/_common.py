@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,8 +20,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Bayesian auto-tuner for vLLM serving configurations.",
 )
-# A terminal's own width (or COLUMNS when set); piped output is not cut to 80 columns.
-out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+# A terminal's own width; piped output is not cut to 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
 
 SPACE = Path("search_spaces/seed_192.yaml")
