@@ -244,6 +244,8 @@ METRICS: dict[str, Metric] = {
                "share of measured requests meeting their class's TTFT and TPOT SLOs"),
         Metric("cached_share_hit", "", "maximize", "cached_share_hit", "value",
                "share of later turns' prompt tokens the prefix cache held (per-request usage)"),
+        Metric("cached_share_miss", "", "minimize", "cached_share_miss", "value",
+               "share of first turns' prompt tokens the prefix cache held (per-request usage)"),
         Metric("requests_s", "req/s", "maximize", "requests_s", "value",
                "measured requests answered / wall time of the measurement"),
         Metric("queue_ms", "ms", "minimize", "queue_ms", "value",

@@ -74,6 +74,9 @@ class RequestRecord:
     # request class: cold (prefix never seen), first_turn (new conversation, shared system
     # prompt), continuation (later turns); "" in files written before classes existed
     klass: str = ""
+    # on a timetable (workload.timing), how late the request went out after its scheduled
+    # time (a turn waits for the one before it); None in closed loop
+    late_ms: float | None = None
 
 
 def series_of(records: list[RequestRecord] | tuple[RequestRecord, ...]) -> dict[str, list[float]]:

@@ -307,3 +307,79 @@ class TestTokenSizedWorkload:
                     {"tool_result_tokens": 10, "tool_result_words": 10}):  # fmt: skip
             with pytest.raises(ValidationError):
                 SyntheticAgentSpec.model_validate(bad)
+
+
+TIMED = FAST_WORKLOAD.model_copy(
+    update={"timing": "timetable", "arrival_gap_s": 0.05, "turn_gap_s": 0.04, "conversations": 6}
+)
+
+
+class TestTimetable:
+    """The load's timing drawn once from the seed: the same arrivals on every deployment."""
+
+    def test_the_timetable_is_drawn_from_the_seed(self) -> None:
+        """Two timetables of one seed are identical; another seed's differs; starts are in
+        order and each conversation's turns follow its start, in order."""
+        from tuner.measure.timetable import Timetable
+
+        def times(seed: int) -> list[tuple[float, ...]]:
+            t = Timetable(TIMED.model_copy(update={"seed": seed}))
+            return [tuple(t.send_at(k, j) for j in range(3)) for k in range(20)]
+
+        assert times(7) == times(7)
+        assert times(7) != times(8)
+        starts = [row[0] for row in times(7)]
+        assert starts == sorted(starts)
+        assert starts[0] == 0.0
+        assert all(list(row) == sorted(row) for row in times(7))
+
+    def test_requests_go_out_at_their_times_on_every_run(self) -> None:
+        """Against a server that answers at once, each request goes out at its scheduled
+        time (its lateness recorded), and two runs of one seed keep the same schedule: the
+        load is data, not a consequence of the answers."""
+        from tuner.measure.timetable import Timetable
+
+        plan = Timetable(TIMED)
+        runs = []
+        for _ in range(2):
+            with fake_server(["--enable-prefix-caching"], clock=VirtualClock()) as srv:
+                m = measure(Endpoint(srv.base_url, "fake-model"), TIMED)
+            measured = [s for s in m.samples if s.kind != "warmup"]
+            assert all(s.late_ms is not None and s.late_ms >= 0 for s in measured)
+            first = next(s for s in measured if (s.conversation, s.turn) == (0, 0))
+            origin = first.started_s - (first.late_ms or 0) / 1000
+            due = {(s.conversation, s.turn): s.started_s - (s.late_ms or 0) / 1000 - origin
+                   for s in measured}  # fmt: skip
+            for (k, j), at in due.items():
+                assert at == pytest.approx(plan.send_at(k, j), abs=0.005)
+            runs.append(sorted(due))
+            assert m.summary()["late_ms"] is not None
+        assert runs[0] == runs[1]
+
+    def test_a_timetable_sets_its_own_load(self) -> None:
+        from pydantic import ValidationError
+
+        with pytest.raises(ValidationError, match="a timetable sets its own load"):
+            type(FAST_WORKLOAD).model_validate(
+                {**FAST_WORKLOAD.model_dump(), "timing": "timetable", "concurrency": 4}
+            )
+
+
+def test_each_conversation_opens_with_its_own_task() -> None:
+    """With one shared system prompt, a first turn is a MISS on its own words: no two
+    conversations open with the same user line, and the prefix cache holds the system prompt
+    of a first turn, never all of it (its cached share is stored, so MISS means a miss)."""
+    from tuner.measure.workload import AgentWorkload
+
+    spec = C4.model_copy(update={"salt_system_prompt": False, "system_prompt_words": 400})
+    w = AgentWorkload(spec)
+    openers = {w.user_message(k, 0) for k in range(8)}
+    assert len(openers) == 8
+    with fake_server(["--enable-prefix-caching"], clock=VirtualClock()) as srv:
+        m = measure(Endpoint(srv.base_url, "fake-model"), spec)
+    share = m.cached_share_miss
+    assert share is not None
+    assert 0 < share < 1
+    firsts = [s for s in m.samples if s.kind == "miss"]
+    assert all((s.cached_tokens or 0) < s.prompt_tokens for s in firsts)
+    assert m.observations().scalars["cached_share_miss"] == share

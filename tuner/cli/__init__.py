@@ -12,7 +12,7 @@ import sys
 import optuna
 import typer
 
-from tuner.cli import optimize, report, soak, spaces, tools, workers  # noqa: F401  (registers the commands)
+from tuner.cli import noise, optimize, report, soak, spaces, tools, workers  # noqa: F401  (registers the commands)
 from tuner.cli._common import app, err
 from tuner.errors import TunerError
 

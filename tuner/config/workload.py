@@ -45,6 +45,15 @@ class LoadSpec(StrictModel):
     # Open loop instead: new conversations arrive as a Poisson process of this many per
     # second, however many are in flight (`concurrency` must then stay 1).
     rate: float | None = Field(default=None, gt=0)
+    # When requests go out. closed: each turn as soon as the one before it ends, C
+    # conversations in flight (the next starts as one ends): each deployment's batches then
+    # depend on its own earlier answers. timetable: every conversation's start and every
+    # turn's earliest send time are drawn once from the seed (starts `arrival_gap_s` apart on
+    # average, turns `turn_gap_s`), the same on every deployment of every candidate; a turn
+    # still waits for the one before it, and how late it went out is recorded.
+    timing: Literal["closed", "timetable"] = "closed"
+    arrival_gap_s: float = Field(default=2.0, gt=0)
+    turn_gap_s: float = Field(default=2.0, ge=0)
     # Under load, /metrics is read this often for the KV-cache peak (one at a time: after
     # every request).
     metrics_interval_s: float = Field(default=2.0, gt=0)
@@ -61,6 +70,11 @@ class LoadSpec(StrictModel):
         """A closed loop (``concurrency``) or an open one (``rate``), not both."""
         if self.rate is not None and self.concurrency > 1:
             raise ValueError("give either `concurrency` (closed loop) or `rate` (open loop)")
+        if self.timing == "timetable" and (self.rate is not None or self.concurrency > 1):
+            raise ValueError(
+                "a timetable sets its own load (arrival_gap_s, turn_gap_s): "
+                "no `rate` or `concurrency` with it"
+            )
         return self
 
     def held_out(self) -> Self:

@@ -125,13 +125,30 @@ class TrialMeasurement:
         end = max(s.started_s + s.total_ms / 1000.0 for s in measured)
         return count / (end - start) if end > start else 0.0
 
+    def _cached_share(self, kind: Kind) -> float | None:
+        """Share of one class's prompt tokens the prefix cache held, from each request's own
+        usage (None when the server reports no usage)."""
+        reqs = [s for s in self._of(kind) if s.cached_tokens is not None]
+        prompt = sum(s.prompt_tokens for s in reqs)
+        return sum(s.cached_tokens or 0 for s in reqs) / prompt if reqs and prompt else None
+
     @property
     def cached_share_hit(self) -> float | None:
-        """Share of HIT prompt tokens the prefix cache held, from each request's own usage
-        (None when the server reports no usage)."""
-        hit = [s for s in self._of("hit") if s.cached_tokens is not None]
-        prompt = sum(s.prompt_tokens for s in hit)
-        return sum(s.cached_tokens or 0 for s in hit) / prompt if hit and prompt else None
+        """Share of HIT prompt tokens the prefix cache held."""
+        return self._cached_share("hit")
+
+    @property
+    def cached_share_miss(self) -> float | None:
+        """Share of MISS prompt tokens the prefix cache held: what a first turn found cached
+        (a shared system prompt), so that MISS means what the report says it means."""
+        return self._cached_share("miss")
+
+    @property
+    def late_ms(self) -> float | None:
+        """On a timetable, the median lateness of the measured requests: how far the server
+        (a turn still waits for the one before it) kept them from their scheduled times."""
+        late = sorted(s.late_ms for s in self._measured() if s.late_ms is not None)
+        return late[len(late) // 2] if late else None
 
     def goodput(self, slos: Mapping[str, tuple[float | None, float | None]]) -> float | None:
         """Share of measured requests meeting their class's (TTFT ms, TPOT ms) SLO; None
@@ -163,6 +180,7 @@ class TrialMeasurement:
                 "throughput_tok_s": self.throughput_tok_s,
                 "startup_s": startup_s,
                 "cached_share_hit": self.cached_share_hit,
+                "cached_share_miss": self.cached_share_miss,
                 "goodput": self.goodput(slos or {}),
                 "requests_s": self.requests_s,
                 "queue_ms": self.queue_ms,
@@ -184,6 +202,8 @@ class TrialMeasurement:
             "server_ttft_hit_ms": _server_ttft(self._of("hit")),
             "throughput_tok_s": self.throughput_tok_s,
             "cached_share_hit": self.cached_share_hit,
+            "cached_share_miss": self.cached_share_miss,
+            "late_ms": self.late_ms,
             "memory": self.memory.as_dict(),
             "metrics_available": self.metrics_available,
             "stop_reason": self.stop_reason,

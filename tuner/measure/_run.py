@@ -7,8 +7,9 @@ the workload over httpx streaming and returns a :class:`TrialMeasurement` whose
 One conversation at a time (``concurrency: 1``), ``/metrics`` is read around every request, so
 each request has its own prefix-cache delta and server-side TTFT. With ``concurrency: C``, C
 conversations are in flight (a closed loop: a new one starts as one ends, starts staggered so
-the first turns do not arrive as one burst); per-request ``/metrics`` deltas mean nothing
-then, and each request's cache accounting comes from its own usage
+the first turns do not arrive as one burst), or they follow a fixed timetable
+(``tuner.measure.timetable``: the same arrivals on every deployment); per-request ``/metrics``
+deltas mean nothing then, and each request's cache accounting comes from its own usage
 (``prompt_tokens_details.cached_tokens``), with the trial-level ``/metrics`` delta kept as
 the cross-check.
 """
@@ -32,6 +33,7 @@ from tuner.errors import MeasureError
 from tuner.measure._result import Kind, RequestSample, TrialMeasurement
 from tuner.measure.client import ChatTiming, stream_chat
 from tuner.measure.metrics import MetricsSnapshot, fetch_metrics
+from tuner.measure.timetable import Timetable
 from tuner.measure.vram import MemoryReading, read_memory
 from tuner.measure.workload import Workload, make_workload, vocabulary_sample
 from tuner.types import Endpoint, tls_context
@@ -62,9 +64,17 @@ class _Run:
             self.kv_peak = max(self.kv_peak or 0.0, snap.kv_usage)
 
 
-async def _conversation(run: _Run, conv: int, *, warmup: bool, per_request: bool) -> None:
+async def _conversation(
+    run: _Run,
+    conv: int,
+    *,
+    warmup: bool,
+    per_request: bool,
+    schedule: tuple[Timetable, float] | None = None,
+) -> None:
     """One conversation's turns in order; its history grows with each answer (the model's, or
-    the recorded one of a trace)."""
+    the recorded one of a trace). ``schedule``: the timetable and the time its clock started;
+    each turn then waits for its time, and its lateness past it is recorded."""
     spec = run.spec
     c = run.workload.conversation(conv)
     # cold: nobody sent this opening before in this run; first_turn: another conversation did
@@ -72,7 +82,14 @@ async def _conversation(run: _Run, conv: int, *, warmup: bool, per_request: bool
     run.prefixes.add(c.prefix_key)
     messages = list(c.opening)
     for turn, t in enumerate(c.turns):
-        if turn and spec.think_time_s:
+        late_ms = None
+        if schedule is not None:
+            plan, t0 = schedule
+            due = t0 + plan.send_at(conv, turn)
+            if (wait := due - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            late_ms = max(0.0, time.perf_counter() - due) * 1000.0
+        elif turn and spec.think_time_s:
             await asyncio.sleep(spec.think_time_s)
         messages.extend(t.before)
         sent = time.perf_counter() - run.started
@@ -96,7 +113,7 @@ async def _conversation(run: _Run, conv: int, *, warmup: bool, per_request: bool
             run.errors += 1  # counted; too many make the trial `overload`
             return
         klass = first_class if turn == 0 else "continuation"
-        _record(run, conv, turn, warmup, sent, timing, per_request, klass)
+        _record(run, conv, turn, warmup, sent, timing, per_request, klass, late_ms)
         if per_request:
             await _per_request_metrics(run)
         messages.append(t.answer or {"role": "assistant", "content": timing.text})
@@ -111,6 +128,7 @@ def _record(
     timing: ChatTiming,
     per: bool,
     klass: str,
+    late_ms: float | None = None,
 ) -> None:
     """One finished request as a RequestRecord: its class and timings, the tokens the prefix
     cache held, and the server-side figures of its /metrics delta when measured one at a
@@ -132,6 +150,7 @@ def _record(
         itl_ms=timing.itl_ms,
         started_s=sent,
         klass=klass,
+        late_ms=late_ms,
     )
     run.samples.append(sample)
     if run.on_request is not None and not per:
@@ -174,7 +193,8 @@ async def measure_async(
     ratio = await _tokens_per_word(client, endpoint) if _sized_in_tokens(spec) else None
     workload = make_workload(spec, ratio)
     run = _Run(endpoint, spec, client, workload, time.perf_counter(), before, on_request)
-    per_request = spec.concurrency == 1 and spec.rate is None and spec.per_request_metrics
+    one_at_a_time = spec.concurrency == 1 and spec.rate is None and spec.timing == "closed"
+    per_request = one_at_a_time and spec.per_request_metrics
     for w in range(spec.warmup_conversations):
         await _conversation(run, -1 - w, warmup=True, per_request=per_request)
     measured_from = await fetch_metrics(client, endpoint.base_url)
@@ -186,12 +206,12 @@ async def measure_async(
     next_conv = 0
     stop = False
 
-    async def one() -> None:
+    async def one(schedule: tuple[Timetable, float] | None = None) -> None:
         """The next conversation, then the adaptive stop's check."""
         nonlocal next_conv, stop, stop_reason
         conv = next_conv
         next_conv += 1
-        await _conversation(run, conv, warmup=False, per_request=per_request)
+        await _conversation(run, conv, warmup=False, per_request=per_request, schedule=schedule)
         if check_alive is not None:
             check_alive()
         done = {s.conversation for s in run.samples if s.kind == "miss"}
@@ -218,6 +238,19 @@ async def measure_async(
             await asyncio.sleep(rng.expovariate(spec.rate or 1.0))
         await asyncio.gather(*tasks)
 
+    async def on_timetable() -> None:
+        """Timetable: each conversation starts at its drawn time, however many run."""
+        plan, t0 = Timetable(spec), time.perf_counter()
+        tasks: list[asyncio.Task[None]] = []
+        while not stop and next_conv < total:
+            if (wait := t0 + plan.start(next_conv) - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            if stop:
+                break
+            tasks.append(asyncio.create_task(one((plan, t0))))
+            await asyncio.sleep(0)  # let it take its conversation number
+        await asyncio.gather(*tasks)
+
     async def watch_kv() -> None:
         """Under load, /metrics is read every ``metrics_interval_s`` for the KV-cache peak."""
         while True:
@@ -227,7 +260,9 @@ async def measure_async(
 
     watcher = None if per_request else asyncio.create_task(watch_kv())
     try:
-        if spec.rate is not None:
+        if spec.timing == "timetable":
+            await on_timetable()
+        elif spec.rate is not None:
             await poisson()
         else:
             await asyncio.gather(*(worker(i) for i in range(spec.concurrency)))

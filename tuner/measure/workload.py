@@ -6,7 +6,8 @@ appended before the request, and what is appended after it (the recorded answer 
 ``synthetic_agent`` (:class:`AgentWorkload`, below) and ``trace`` (``tuner.measure.trace``).
 
 The synthetic agent's texts are generated deterministically from the workload seed, so every
-trial of a study sends the same conversations. With ``salt_system_prompt`` a per-conversation
+trial of a study sends the same conversations (common random numbers: candidates differ by
+their flags, not by their load). With ``salt_system_prompt`` a per-conversation
 salt opens the system prompt, so every first turn is a prefix the server has never seen.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +112,13 @@ class AgentWorkload:
         """Conversation ``index``: system prompt, then per turn a tool result and a user line
         (until ``turns``, or until the next prompt would pass ``context_tokens``)."""
         spec = self.spec
-        salt = uuid.uuid4().hex if spec.salt_system_prompt else "shared"
+        # A salt drawn from the seed: a prefix no server has seen, the same text (and token
+        # count) on every deployment of every candidate.
+        salt = (
+            f"{self._rng('salt', index).getrandbits(128):032x}"
+            if spec.salt_system_prompt
+            else "shared"
+        )
         system = {"role": "system", "content": self.system_prompt(salt)}
         context = self.estimate_tokens(system["content"])
         turns: list[Turn] = []
@@ -196,9 +202,12 @@ class AgentWorkload:
         return f"Tool result {turn}: {self._text(rng, words)}"
 
     def user_message(self, conversation: int, turn: int) -> str:
-        """The user's message of ``turn`` (the same text per turn index in every conversation)."""
-        rng = self._rng("user", turn)  # same text per turn index in every conversation
-        return f"Turn {turn + 1}: {self._text(rng, self.spec.user_words)}"
+        """The user's message of ``turn`` in ``conversation``: each conversation its own task
+        and its own lines, so that a first turn after a shared system prompt is a MISS on its
+        own words (were every conversation to open with the same line, the prefix cache would
+        hold all of it after the first conversation). The same text on every deployment."""
+        rng = self._rng("user", conversation, turn)
+        return f"Task {conversation} turn {turn + 1}: {self._text(rng, self.spec.user_words)}"
 
 
 WORKLOADS: dict[str, Any] = {"synthetic_agent": AgentWorkload, "trace": TraceWorkload}

@@ -227,6 +227,7 @@ def _attrs(
             "kv_cache_tokens": m.kv_cache_tokens,
             "rss_mib": mem["rss_mib"],
             "stop_reason": s["stop_reason"],
+            "late_ms": s.get("late_ms"),
             "conversations": s["conversations"],
             "concurrency": s["concurrency"],
             "failed_requests": s["failed_requests"],
