@@ -31,6 +31,7 @@ __all__ = [
     "Stat",
     "bootstrap_diff",
     "bootstrap_diff_grouped",
+    "bootstrap_diff_two_level",
     "bootstrap_interval",
     "metric",
     "within_precision",
@@ -180,6 +181,52 @@ def bootstrap_diff_grouped(
     diff = _two_stage(stat, a, rng, resamples) - _two_stage(stat, b, rng, resamples)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(diff, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def _within(
+    stat: Stat, groups: Sequence[Sequence[float]], rng: np.random.Generator, n: int
+) -> np.ndarray:
+    """``stat`` of ``n`` pooled resamples, each deployment's samples resampled within it."""
+    rows = np.concatenate([_resample(g, rng, n) for g in groups if len(g)], axis=1)
+    return _reduce_rows(stat, rows)
+
+
+def bootstrap_diff_two_level(
+    stat: Stat,
+    a: Sequence[Sequence[float]],
+    b: Sequence[Sequence[float]],
+    *,
+    cv: float,
+    level: float = 0.95,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> Interval:
+    """Interval of ``stat(a) - stat(b)`` where each side is one or more deployments' samples,
+    carrying both levels of noise: the samples within each deployment (resampled within it),
+    and the variation between fresh deployments of the same flags, which a side's own
+    deployments show too few of to resample: each side's estimate is scaled by the mean level
+    of its n deployments, drawn around 1 with relative sd ``cv / sqrt(n)``. One deployment a
+    side thus carries the full between-deployment variation; ``cv`` 0 is the within-only
+    bootstrap.
+
+    Example:
+        >>> lo, hi = bootstrap_diff_two_level("median", [[100.0] * 9], [[104.0] * 9], cv=0.05)
+        >>> lo < 0 < hi  # 4 % apart on one deployment each, at 5 % between deployments
+        True
+    """
+    a = [g for g in a if len(g)]
+    b = [g for g in b if len(g)]
+    if not a or not b:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    da = _within(stat, a, rng, resamples)
+    db = _within(stat, b, rng, resamples)
+    if cv > 0:
+        da = da * np.maximum(rng.normal(1.0, cv / math.sqrt(len(a)), resamples), 0.0)
+        db = db * np.maximum(rng.normal(1.0, cv / math.sqrt(len(b)), resamples), 0.0)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(da - db, [alpha, 1.0 - alpha])
     return (float(lo), float(hi))
 
 

@@ -98,6 +98,7 @@ class StudyAttr(StrEnum):
     SERVER_ARGS = "server_args"
     DEPLOYMENT = "deployment"
     GOAL_MET = "goal_met"
+    NOISE_PRIOR = "noise_prior"  # the machine's between-deployment variation when created
     SOAK = "soak"
     # The linked validation study.
     SEARCH_STUDY = "search_study"

@@ -4,6 +4,7 @@ configuration per load timing, the timetable sized to the closed loop, the sprea
 from __future__ import annotations
 
 import math
+import socket
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,95 @@ def test_the_prior_is_kept_per_host_and_deployer(tmp_path: Path) -> None:
     assert NoisePrior.load(tmp_path, "docker") == prior
     assert NoisePrior.load(tmp_path, "local") is None
     assert "tuner noise x" in prior.words()
+
+
+def test_the_two_level_interval_covers_at_its_level() -> None:
+    """Constructed configurations with the same true median, each deployed once or twice at a
+    level drawn with a known 6 % between deployments: the two-level interval of their
+    difference covers 0 at about its 95 %; the within-only bootstrap, which treats one
+    deployment as the truth, covers far less."""
+    import numpy as np
+
+    from tuner.metrics import bootstrap_diff, bootstrap_diff_two_level
+
+    rng = np.random.default_rng(0)
+    cv, draws = 0.06, 200
+
+    def config(n: int) -> list[list[float]]:
+        return [list(100 * rng.normal(1, cv) * rng.lognormal(0, 0.1, 15)) for _ in range(n)]
+
+    for n in (1, 2):
+        two = one = 0
+        for i in range(draws):
+            a, b = config(n), config(n)
+            lo, hi = bootstrap_diff_two_level("median", a, b, cv=cv, seed=i, resamples=400)
+            two += lo <= 0 <= hi
+            lo, hi = bootstrap_diff("median", sum(a, []), sum(b, []), seed=i, resamples=400)
+            one += lo <= 0 <= hi
+        assert 0.90 <= two / draws <= 0.995, (n, two)
+        assert one / draws < 0.8, (n, one)
+
+
+KNOB = """\
+name: knob
+dimensions:
+  max_num_seqs: {values: [8, 16, 32, 64], flag: --max-num-seqs}
+"""
+
+
+def test_a_knob_that_does_nothing_is_never_beyond_the_noise(tmp_path: Path) -> None:
+    """A replayed server whose four values of a knob serve the same recorded latencies, each
+    deployment scaled by a factor drawn with 10 % between deployments, one deployment each:
+    the study's groups call no pair beyond the noise (a within-only interval does), and the
+    noise model says it came from this machine's prior."""
+    import json
+    import random
+
+    from tests.conftest import ROOT
+    from tuner.config import ReplayConfig, ServerArgs, load_objective, load_space
+    from tuner.config.profile import Profile
+    from tuner.decide import best_group, load_observations, study_noise
+    from tuner.front import measured_trials
+    from tuner.metrics import bootstrap_diff
+    from tuner.study import RunSettings, StudyRunner, load_study
+    from tuner.testing import FAST_WORKLOAD
+
+    (tmp_path / "knob.yaml").write_text(KNOB)
+    space = load_space(tmp_path / "knob.yaml")
+    rng = random.Random(1)
+    hit = [rng.gauss(20.0, 2.0) for _ in range(60)]
+    miss = [rng.gauss(30.0, 3.0) for _ in range(60)]
+    points = [{"params": p, "flags": space.to_flags(p), "env": {}, "status": "ok",
+               "miss_ms": miss, "hit_ms": hit, "hit_rate": 0.9, "vram_mib": 1000.0}
+              for p in space.points()]  # fmt: skip
+    (tmp_path / "surface.json").write_text(json.dumps({"name": "knob", "points": points}))
+    profile = Profile(name="knob", server=ServerArgs(model="m"),
+                      deployer=ReplayConfig(surface=tmp_path / "surface.json",
+                                            deployment_noise=0.10, seed=3))  # fmt: skip
+    objective = load_objective(ROOT / "objectives" / "agent_multiturn.yaml")
+    workload = FAST_WORKLOAD.model_copy(update={"conversations": 6, "turns": 4})
+    objective = objective.model_copy(
+        update={"workload": workload, "criteria": None,
+                "objectives": [o.model_copy(update={"precision": None})
+                               for o in objective.objectives]})  # fmt: skip
+    studies = tmp_path / "studies"
+    NoisePrior(0.10, 8, "closed", socket.gethostname(), "replay", "2026-12-03",
+               "tuner noise (test)").save(studies)  # fmt: skip
+    paths = StudyPaths.create("k", studies)
+    StudyRunner(paths=paths, space=space, seeds=(), objective=objective, profile=profile,
+                settings=RunSettings(n_trials=4, sampler_seed=0)).run()  # fmt: skip
+    study = load_study(paths)
+    trials = measured_trials(study)
+    assert len(trials) == 4
+    noise = study_noise(study)
+    assert noise.cv == pytest.approx(0.10)
+    assert "tuner noise (test)" in noise.words()
+    obs = load_observations(study, paths.root, trials)
+    group = best_group(study, trials, "ttft_hit_ms", obs)
+    assert all(lo <= 0 <= hi for lo, hi in group.diffs.values())  # nothing beyond the noise
+    # the within-only interval calls some of these identical configurations apart
+    spec = "median"
+    samples = {t.number: obs[t.number].series["ttft_hit_ms"] for t in trials}
+    best = group.best.number
+    single = [bootstrap_diff(spec, samples[n], samples[best]) for n in samples if n != best]
+    assert any(not (lo <= 0 <= hi) for lo, hi in single)

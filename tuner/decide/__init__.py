@@ -22,6 +22,7 @@ from tuner.decide.groups import (
     within,
     within_noise,
 )
+from tuner.decide.noise import DEFAULT_CV, NoiseModel, NoisePrior, study_noise
 from tuner.decide.pick import (
     HIT,
     MISS,
@@ -41,6 +42,7 @@ from tuner.decide.validation import (
 )
 
 __all__ = [
+    "DEFAULT_CV",
     "HIT",
     "MISS",
     "TIE",
@@ -48,6 +50,8 @@ __all__ = [
     "CandidateResult",
     "Effect",
     "Group",
+    "NoiseModel",
+    "NoisePrior",
     "ValidationSummary",
     "baseline_trial",
     "best_group",
@@ -61,6 +65,7 @@ __all__ = [
     "miss_ok",
     "reference_params",
     "search_order",
+    "study_noise",
     "summarize_validation",
     "tied_candidates",
     "validation_candidates",

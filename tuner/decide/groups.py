@@ -1,15 +1,17 @@
 """Decisions that carry their uncertainty: groups within noise, the pick inside one, effects.
 
-Two configurations are *indistinguishable* on a metric when the bootstrap interval of the
-difference of their statistic (e.g. median HIT TTFT) contains 0, at a level corrected for the
-number of comparisons (Bonferroni). The best *group* is the best candidate and every candidate
-indistinguishable from it; inside it the pick is the one that changes fewest settings from the
-user's current configuration (the baseline seed), then the lowest VRAM. *Effects* estimate what
-each dimension does to each objective from the study's own trials, with an interval.
+Two configurations are *indistinguishable* on a metric when the interval of the difference of their
+statistic (e.g. median HIT TTFT) contains 0, at a level corrected for the number of comparisons
+(Bonferroni). The interval carries both levels of noise (``tuner.decide.noise``): the samples of
+each deployment, and the variation between fresh deployments of the same flags, which one
+deployment per configuration cannot show by itself. The best *group* is the best candidate and
+every candidate indistinguishable from it; inside it the pick is the one that changes fewest
+settings from the user's current configuration (the baseline seed), then the lowest VRAM. *Effects*
+estimate what each dimension does to each objective from the study's own trials, with an interval.
 
-Raw samples come from each trial's ``measurements.json`` (``tuner.schema``); a trial without
-one (an old or foreign study) falls back to its point value, so nothing is ever grouped on
-samples it does not have.
+Raw samples come from each trial's ``measurements.json`` (``tuner.schema``); a trial without one
+(an old or foreign study) falls back to its point value, so nothing is ever grouped on samples it
+does not have.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
+from tuner.decide.noise import NoiseModel, study_noise
 from tuner.errors import StudyError
-from tuner.metrics import METRICS, Interval, Observations, bootstrap_diff
+from tuner.metrics import METRICS, Interval, Observations
 from tuner.schema import TrialFolder
 from tuner.trial import Attr, StoredTrial, StudyAttr, metric_sign, metric_value
 
@@ -110,6 +113,7 @@ class Group:
     diffs: dict[int, Interval]  # trial number -> interval of (its value - best's)
     comparisons: int  # how many differences were tested (the Bonferroni divisor)
     on_samples: bool  # False: some candidate had no samples; grouped by point value
+    noise: NoiseModel | None = None  # the noise the intervals carry
 
     @property
     def numbers(self) -> list[int]:
@@ -123,17 +127,19 @@ def best_group(
     metric: str,
     observations: Mapping[int, Observations],
     *,
+    noise: NoiseModel | None = None,
     level: float = LEVEL,
     seed: int = 0,
     tie: float = TIE,
 ) -> Group:
     """The best of ``candidates`` on ``metric`` and every candidate within noise of it.
 
-    Each other candidate's difference to the best is bootstrapped at level
-    ``1 - (1 - level) / m`` for ``m`` comparisons; it joins the group when the interval
-    contains 0 and its estimate is within ``tie`` of the best's. A metric measured once (VRAM)
-    has no samples: only equal values tie.
+    Each other candidate's difference to the best gets the two-level interval of ``noise``
+    (default: the study's own, ``study_noise``) at level ``1 - (1 - level) / m`` for ``m``
+    comparisons; it joins the group when the interval contains 0 and its estimate is within
+    ``tie`` of the best's. A metric measured once (VRAM) has no samples: only equal values tie.
     """
+    noise = noise or study_noise(study)
     if not candidates:
         raise ValueError("no candidates")
     sign = metric_sign(study, metric)
@@ -149,7 +155,7 @@ def best_group(
         a = spec.samples(observations[t.number]) if spec and t.number in observations else []
         b = spec.samples(observations[best.number]) if spec and best.number in observations else []
         if spec is not None and a and b:
-            ci = bootstrap_diff(spec.stat, a, b, level=corrected, seed=seed)
+            ci = noise.diff(spec.stat, [a], [b], level=corrected, seed=seed)
         else:
             on_samples = False
             d = metric_value(study, t, metric) - metric_value(study, best, metric)
@@ -157,7 +163,7 @@ def best_group(
         diffs[t.number] = ci
         if within(ci, metric_value(study, t, metric), metric_value(study, best, metric), tie):
             members.append(t)
-    return Group(metric, best, tuple(members), diffs, len(others), on_samples)
+    return Group(metric, best, tuple(members), diffs, len(others), on_samples, noise)
 
 
 def reference_params(study: optuna.Study) -> dict[str, Any] | None:

@@ -22,14 +22,29 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tuner.metrics import METRICS, Observations
-from tuner.schema import RequestRecord, series_of, write_json
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["DEFAULT_CV", "NoisePrior", "Spread", "in_flight_at_hits", "spread"]
+from tuner.metrics import METRICS, Interval, Observations, Stat, bootstrap_diff_two_level
+from tuner.schema import RequestRecord, series_of, write_json
+from tuner.trial import Attr, StoredTrial, StudyAttr
+
+__all__ = [
+    "DEFAULT_CV",
+    "NoiseModel",
+    "NoisePrior",
+    "Spread",
+    "in_flight_at_hits",
+    "spread",
+    "study_noise",
+]
 
 # Between-deployment variation assumed where nothing was measured: what the decision-quality
-# benchmark models (the H100 study's validation moved its pick 1-14 %).
+# benchmark models (the H100 study's validation moved its pick 1-14 %), weighted as 2 degrees
+# of freedom so that a study's own repeated deployments soon outweigh it.
 DEFAULT_CV = 0.08
+_DEFAULT_DOF = 2
+Z95 = 1.96
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,3 +176,92 @@ class NoisePrior:
             f"{self.cv:.1%} between fresh deployments ({self.source}, {self.deployments} "
             f"deployments, {self.timing} load, {self.host}, {self.measured_at})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseModel:
+    """The two levels of noise every comparison carries: the samples within a deployment
+    (resampled) and ``cv``, the relative sd of a deployment's figure around the configuration's
+    own (estimated from repeated deployments, and a prior), with where ``cv`` comes from."""
+
+    cv: float
+    source: str
+    own: float | None = None  # the study's own estimate, from its repeated deployments
+    own_dof: int = 0  # the degrees of freedom behind it
+
+    def diff(
+        self,
+        stat: Stat,
+        a: Sequence[Sequence[float]],
+        b: Sequence[Sequence[float]],
+        *,
+        level: float = 0.95,
+        seed: int = 0,
+    ) -> Interval:
+        """Interval of ``stat(a) - stat(b)``, each side its deployments' samples."""
+        return bootstrap_diff_two_level(stat, a, b, cv=self.cv, level=level, seed=seed)
+
+    def detectable(self, n_a: int = 1, n_b: int = 1) -> float:
+        """The relative difference under which two configurations deployed ``n_a`` and
+        ``n_b`` times cannot be told apart here (95 %, between-deployment variation alone)."""
+        return Z95 * self.cv * math.sqrt(1 / n_a + 1 / n_b)
+
+    def deployments_for(self, relative: float = 0.05) -> int:
+        """Fresh deployments of each of two configurations that tell ``relative`` apart."""
+        return max(1, math.ceil(2 * (Z95 * self.cv / relative) ** 2))
+
+    def words(self) -> str:
+        """What the model assumes, for the report."""
+        return f"{self.cv:.1%} between fresh deployments of the same flags ({self.source})"
+
+
+def _hit(t: FrozenTrial) -> tuple[float, float] | None:
+    """A deployment's HIT median and the variance of its log from its own samples."""
+    value, ci = t.user_attrs.get("ttft_hit_ms"), t.user_attrs.get("ci_ttft_hit_ms")
+    if not isinstance(value, int | float) or value <= 0:
+        return None
+    within = 0.0
+    if isinstance(ci, list) and len(ci) == 2:
+        within = ((float(ci[1]) - float(ci[0])) / 2 / Z95 / float(value)) ** 2
+    return float(value), within
+
+
+def _groups(search: optuna.Study, validation: optuna.Study | None) -> list[list[FrozenTrial]]:
+    """Deployments of the same configuration on the same conversations: the search's
+    replicates (one point deployed twice) and each validation candidate's rounds."""
+    out: dict[str, list[FrozenTrial]] = {}
+    for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if StoredTrial(t).measured:
+            out.setdefault("s" + repr(sorted(t.params.items(), key=str)), []).append(t)
+    if validation is not None:
+        for t in validation.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            out.setdefault(f"v{t.user_attrs.get(Attr.CANDIDATE)}", []).append(t)
+    return [g for g in out.values() if len(g) >= 2]
+
+
+def study_noise(search: optuna.Study, validation: optuna.Study | None = None) -> NoiseModel:
+    """The study's noise model: the between-deployment variation of its own repeated
+    deployments (variance of the log of their HIT medians, less what their own samples
+    explain), pooled with the prior it was created with (``tuner noise``, or an earlier
+    study on this machine and deployer), else with the default."""
+    prior = search.user_attrs.get(StudyAttr.NOISE_PRIOR)
+    if isinstance(prior, dict) and isinstance(prior.get("cv"), int | float):
+        cv0, dof0 = float(prior["cv"]), max(1, int(prior.get("deployments", 2)) - 1)
+        said = f"prior: {NoisePrior(**prior).words()}"
+    else:
+        cv0, dof0, said = DEFAULT_CV, _DEFAULT_DOF, f"assumed {DEFAULT_CV:.0%}, nothing measured"
+    num, dof, n_groups = 0.0, 0, 0
+    for g in _groups(search, validation):
+        points = [p for t in g if (p := _hit(t)) is not None]
+        if len(points) < 2:
+            continue
+        logs = [math.log(v) for v, _ in points]
+        between = statistics.variance(logs) - statistics.fmean(w for _, w in points)
+        num += (len(points) - 1) * max(between, 0.0)
+        dof += len(points) - 1
+        n_groups += 1
+    cv = math.sqrt((dof0 * cv0**2 + num) / (dof0 + dof))
+    if dof:
+        said += f"; pooled with this study's {n_groups} configuration(s) deployed more than once"
+    own = math.sqrt(num / dof) if dof else None
+    return NoiseModel(cv, said, own, dof)

@@ -15,6 +15,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from tuner.decide.groups import Group, best_group, changes_from, load_observations, reference_params
+from tuner.decide.noise import study_noise
+from tuner.decide.validation import load_validation
 from tuner.front import candidate_trials, pareto_front
 from tuner.trial import StudyAttr, metric_value, seed_trial
 
@@ -51,7 +53,8 @@ def default_order(
     trials' raw samples are."""
     names = list(study.metric_names or ())
     pool = [t for t in cands if miss_ok(t)] or cands
-    group = best_group(study, pool, HIT, load_observations(study, root, pool))
+    noise = study_noise(study, load_validation(study))
+    group = best_group(study, pool, HIT, load_observations(study, root, pool), noise=noise)
     ref = reference_params(study)
 
     def inside(t: FrozenTrial) -> tuple[float, ...]:

@@ -27,8 +27,9 @@ from tuner.decide.groups import (
     within,
     within_noise,
 )
+from tuner.decide.noise import NoiseModel, study_noise
 from tuner.errors import Reason
-from tuner.metrics import METRICS, Interval, bootstrap_diff_grouped
+from tuner.metrics import METRICS, Interval
 from tuner.schema import validation_name
 from tuner.trial import Attr, StoredTrial, StudyAttr
 
@@ -82,6 +83,7 @@ class ValidationSummary:
     search_pick: int | None
     planned: int
     done: int
+    noise: NoiseModel | None = None  # the noise the intervals carry
 
     @property
     def held(self) -> bool | None:
@@ -106,10 +108,18 @@ class ValidationSummary:
         if len(self.group) > 1:
             listed = ", ".join(str(g) for g in sorted(self.group))
             parts.append(
-                f"Trials {listed} are within noise on HIT in validation (two-stage bootstrap "
-                "over deployments and samples, Bonferroni-corrected); the pick changes the "
-                "fewest settings from the baseline, then uses the least VRAM."
+                f"Trials {listed} are within noise on HIT in validation (samples within each "
+                "deployment and the variation between deployments, Bonferroni-corrected); the "
+                "pick changes the fewest settings from the baseline, then uses the least VRAM."
             )
+            if self.noise is not None:
+                need = self.noise.deployments_for(0.05)
+                if need > len(self.pick.deployments):
+                    parts.append(
+                        f"At {self.noise.cv:.1%} between deployments here, telling 5 % apart "
+                        f"takes about {need} deployments of each (`--validate-extra "
+                        f"{(need - len(self.pick.deployments)) * len(self.group)}`)."
+                    )
         held = self.held
         if held is True:
             parts.append(f"The search's pick (trial {self.search_pick}) held.")
@@ -168,9 +178,10 @@ def _results(
 
 
 def _rank(
-    results: list[CandidateResult], seed: int
+    results: list[CandidateResult], noise: NoiseModel, seed: int
 ) -> tuple[list[CandidateResult], dict[int, Interval]]:
-    """The contenders fastest first, and each slower one's interval of (its HIT - fastest's)."""
+    """The contenders fastest first, and each slower one's interval of (its HIT - fastest's),
+    carrying the samples of each deployment and the variation between deployments."""
     contenders = [r for r in results if not r.is_baseline and r.samples]
     ordered = sorted(contenders, key=lambda r: (r.value, r.candidate.number))
     if not ordered:
@@ -178,9 +189,7 @@ def _rank(
     best, stat = ordered[0], METRICS[HIT].stat
     level = bonferroni(0.95, len(ordered) - 1)
     diffs = {
-        r.candidate.number: bootstrap_diff_grouped(
-            stat, r.samples, best.samples, level=level, seed=seed
-        )
+        r.candidate.number: noise.diff(stat, r.samples, best.samples, level=level, seed=seed)
         for r in ordered[1:]
     }
     return ordered, diffs
@@ -199,7 +208,7 @@ def tied_candidates(
     distance: one 8 % slower on two deployments may still be the fastest), fastest first.
     What adaptive validation redeploys next."""
     results, _ = _results(search, validation, root, before_round)
-    ordered, diffs = _rank(results, seed)
+    ordered, diffs = _rank(results, study_noise(search, validation), seed)
     return [
         r.candidate.number
         for r in ordered
@@ -229,9 +238,12 @@ def summarize_validation(
     else:  # a validation study from before adaptive rounds
         planned_rounds = max((int(t.user_attrs.get(Attr.ROUND, 0)) for t in trials), default=-1) + 1
         planned = planned_rounds * len(results)
-    ordered, diffs = _rank(results, seed)
+    noise = study_noise(search, validation)
+    ordered, diffs = _rank(results, noise, seed)
     if not ordered:
-        return ValidationSummary(tuple(results), (), {}, None, search_pick, planned, finished)
+        return ValidationSummary(
+            tuple(results), (), {}, None, search_pick, planned, finished, noise
+        )
     best = ordered[0]
     group = [best] + [
         r for r in ordered[1:] if within(diffs[r.candidate.number], r.value, best.value)
@@ -239,4 +251,6 @@ def summarize_validation(
     ref = reference_params(search)
     pick = min(group, key=lambda r: (changes_from(r.candidate.params, ref), r.vram, r.value))
     numbers = tuple(r.candidate.number for r in group)
-    return ValidationSummary(tuple(results), numbers, diffs, pick, search_pick, planned, finished)
+    return ValidationSummary(
+        tuple(results), numbers, diffs, pick, search_pick, planned, finished, noise
+    )

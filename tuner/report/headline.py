@@ -21,11 +21,13 @@ from tuner.decide import (
     MISS,
     VRAM,
     CandidateResult,
+    NoiseModel,
     baseline_trial,
     load_observations,
     reference_params,
+    study_noise,
 )
-from tuner.metrics import METRICS, Interval, bootstrap_diff, bootstrap_diff_grouped
+from tuner.metrics import METRICS, Interval
 from tuner.report.recommend import Recommendation
 from tuner.report.synthesis import dimension_titles
 from tuner.trial import StoredTrial, metric_value
@@ -96,8 +98,9 @@ def _effect(
         by_number: dict[int, CandidateResult] = {r.candidate.number: r for r in v.results}
         mine, theirs = by_number.get(rec.trial.number), by_number.get(base.number)
     if mine is not None and theirs is not None and mine.samples and theirs.samples:
+        noise = _noise(study, rec)
         value, ref = mine.value, theirs.value
-        diff = bootstrap_diff_grouped(stat, mine.samples, theirs.samples)
+        diff = noise.diff(stat, mine.samples, theirs.samples)
         where = f"over {len(mine.samples)} and {len(theirs.samples)} fresh deployments"
         search = " (search)"  # the other objectives come from the search's deployments
     else:
@@ -106,7 +109,7 @@ def _effect(
         spec = METRICS[HIT]
         a = spec.samples(obs[rec.trial.number]) if rec.trial.number in obs else []
         b = spec.samples(obs[base.number]) if base.number in obs else []
-        diff = bootstrap_diff(stat, a, b) if a and b else (math.nan, math.nan)
+        diff = _noise(study, rec).diff(stat, [a], [b]) if a and b else (math.nan, math.nan)
         where = "one deployment each"
         search = ""
     rel = (value - ref) / ref * 100 if ref else math.nan
@@ -125,14 +128,25 @@ def _effect(
     return Line("TTFT HIT", text + ".")
 
 
-def _sureness(rec: Recommendation, study_name: str) -> Line:
-    """Validated or not, and what the group within noise means for the pick."""
-    v = rec.validation
+def _noise(study: optuna.Study, rec: Recommendation) -> NoiseModel:
+    """The noise the pick's figures carry: validation's model, else the search's group's."""
+    if rec.validation is not None and rec.validation.noise is not None:
+        return rec.validation.noise
+    if rec.group is not None and rec.group.noise is not None:
+        return rec.group.noise
+    return study_noise(study)
+
+
+def _sureness(study: optuna.Study, rec: Recommendation) -> Line:
+    """Validated or not, what the noise lets the data tell apart, what the group within noise
+    means for the pick, and how optimistic the search's own figure was."""
+    v, noise = rec.validation, _noise(study, rec)
     if v is None or v.pick is None:
         words = (
-            f"not validated: each configuration was deployed once (`tuner validate {study_name}` "
-            "redeploys the candidates on held-out conversations). A difference that the "
-            "variation between two deployments of the same flags covers cannot be told apart."
+            f"not validated: each configuration was deployed once (`tuner validate "
+            f"{study.study_name}` redeploys the candidates on held-out conversations). With "
+            f"{noise.words()}, one deployment each cannot tell apart differences under about "
+            f"{noise.detectable(1, 1):.0%}."
         )
         if rec.group is not None and len(rec.group.members) > 1:
             words += (
@@ -146,8 +160,17 @@ def _sureness(rec: Recommendation, study_name: str) -> Line:
     words = (
         f"validated on {deployments} fresh deployment(s) each, on held-out conversations"
         + (f"; {held}" if held else "")
-        + "."
+        + f". With {noise.words()}, {deployments} deployments each tell apart differences over "
+        f"about {noise.detectable(deployments, deployments):.0%}."
     )
+    searched = metric_value(study, rec.trial, HIT)
+    if math.isfinite(searched) and v.pick.value > 0:
+        words += (
+            f" The search measured it at {searched:.1f} ms on its own conversations "
+            f"({(searched - v.pick.value) / v.pick.value * 100:+.0f} % against validation: "
+            "the best of many single deployments is biased low, so the figure above is "
+            "validation's)."
+        )
     if len(v.group) > 1:
         words += (
             f" {len(v.group)} candidates are within noise of each other on HIT; this one "
@@ -166,5 +189,5 @@ def headline(study: optuna.Study, rec: Recommendation | None, root: Any = None) 
     effect = _effect(study, rec, root, baseline_trial(study))
     if effect is not None:
         lines.append(effect)
-    lines.append(_sureness(rec, study.study_name))
+    lines.append(_sureness(study, rec))
     return lines

@@ -63,7 +63,8 @@ class Rule:
             return f"the lowest weighted sum of min-max normalised objectives ({ws})"
         return (
             "the lowest TTFT HIT among feasible Pareto points whose TTFT MISS meets the criteria; "
-            "points within noise of it on HIT (95 % bootstrap interval of the difference, "
+            "points within noise of it on HIT (the 95 % interval of the difference, carrying "
+            "each deployment's samples and the variation between deployments, "
             "Bonferroni-corrected, contains 0, and within 5 % of it) form its group, and the "
             "group member with the fewest changes from the baseline, then the lowest VRAM, is "
             "chosen"
@@ -225,12 +226,15 @@ def _group_words(study: optuna.Study, group: Group, best: FrozenTrial) -> str:
     if len(group.members) == 1:
         return (
             f"{_label(best)} is faster on TTFT HIT than every other candidate: each is beyond the "
-            "noise (its 95 % Bonferroni-corrected interval excludes 0) or more than "
-            f"{TIE:.0%} slower ({group.comparisons} difference(s) tested)."
+            "noise (its 95 % Bonferroni-corrected interval excludes 0"
+            + (f", carrying {group.noise.words()}" if group.noise is not None else "")
+            + f") or more than {TIE:.0%} slower ({group.comparisons} difference(s) tested)."
         )
     nums = sorted(t.number for t in group.members)
     listed = ", ".join(str(n) for n in nums[:-1]) + f" and {nums[-1]}"
-    how = "95 % bootstrap intervals of their differences to the fastest"
+    how = "95 % intervals of their differences to the fastest"
+    if group.noise is not None:
+        how += f", carrying {group.noise.words()}"
     if not group.on_samples:
         how = "compared on their medians (no raw samples for some of them)"
     words = [

@@ -9,6 +9,8 @@ another space, other objectives or other settings (``tuner.study._fingerprint``)
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
@@ -16,6 +18,7 @@ import optuna
 from tuner.config.objective import ObjectiveFile
 from tuner.config.profile import Profile
 from tuner.config.space import SearchSpace
+from tuner.decide.noise import NoisePrior
 from tuner.deploy import deployment_hints
 from tuner.errors import StudyError
 from tuner.study._fingerprint import differences, fingerprint
@@ -38,11 +41,13 @@ def describe(
     *,
     force: bool,
     exclusive: bool,
+    studies: Path | None = None,
 ) -> None:
     """Store what a new study is made with; refuse to resume one made otherwise.
 
     ``exclusive`` False (a worker): the server arguments and deployment hints are left as the
     study has them, since a worker's profile is confined to its slot (its GPUs, its port).
+    ``studies``: the studies folder, where this machine's noise prior is kept.
     """
     want: list[str] = [str(o.name) for o in objective.objectives]
     have = study.user_attrs.get(StudyAttr.OBJECTIVES)
@@ -60,6 +65,11 @@ def describe(
         study.set_user_attr(StudyAttr.OBJECTIVE_FILE, objective.name)
         if objective.criteria is not None:
             study.set_user_attr(StudyAttr.CRITERIA, objective.criteria.model_dump())
+        # What fresh deployments vary by on this machine with this deployer (tuner noise, or
+        # an earlier study's validation): until its own repeated deployments say more.
+        prior = NoisePrior.load(studies, profile.deployer.kind) if studies else None
+        if prior is not None:
+            study.set_user_attr(StudyAttr.NOISE_PRIOR, asdict(prior))
     elif have != want or study.user_attrs.get(StudyAttr.SPACE) != space.name:
         raise StudyError(
             f"study {name!r} was created with space {study.user_attrs.get('space')!r} "

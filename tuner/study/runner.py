@@ -142,7 +142,8 @@ class StudyRunner:
             load_if_exists=True,
         )
         describe(study, self.paths.name, self.space, self.objective, self.profile,
-                 force=self.settings.force, exclusive=self.settings.exclusive)  # fmt: skip
+                 force=self.settings.force, exclusive=self.settings.exclusive,
+                 studies=self.paths.root.parent)  # fmt: skip
         return study
 
     def queue_seeds(self, study: optuna.Study | None = None) -> int:

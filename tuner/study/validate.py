@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from tuner.config.profile import Profile
 from tuner.config.space import SearchSpace
 from tuner.config.workload import held_out
 from tuner.decide import (
+    NoisePrior,
     ValidationSummary,
     search_order,
     summarize_validation,
@@ -222,9 +224,25 @@ class Validator:
         summary = summarize_validation(
             self.search, study, self.paths.root, ordered[0].number if ordered else None
         )
+        self._keep_noise(summary)
         return ValidationResult(
             study.study_name, len(plan) + extra, finished + extra, tuple(outcomes), late, summary
         )
+
+    def _keep_noise(self, summary: ValidationSummary) -> None:
+        """What this study's rounds measured of the variation between deployments, kept as
+        this machine's prior for the next study here (unless a prior of more deployments is
+        kept already)."""
+        noise = summary.noise
+        if noise is None or noise.own is None or noise.own_dof < 2:
+            return
+        studies = self.paths.root.parent
+        kept = NoisePrior.load(studies, self.profile.deployer.kind)
+        if kept is not None and kept.deployments > noise.own_dof + 1:
+            return
+        NoisePrior(noise.own, noise.own_dof + 1, self.objective.workload.timing,
+                   socket.gethostname(), self.profile.deployer.kind, time.strftime("%Y-%m-%d"),
+                   f"validation of study {self.paths.name}").save(studies)  # fmt: skip
 
     def _adaptive(
         self, study: optuna.Study, done: set[tuple[Any, Any]], outcomes: list[TrialOutcome]
