@@ -110,7 +110,7 @@ def _study(root: Path, rows: list[dict[str, Any]]) -> optuna.Study:
             + [_record("miss", x, j) for j, x in enumerate(miss)],
         )
         TrialFolder.of(root, i).write_measurements(doc)
-        attrs = {"ttft_hit_ms": float(np.median(hit)), "vram_mib": r["vram"]}
+        attrs = {"ttft_hit_ms": float(np.median(hit)), "vram_mib": r["vram"], **r.get("attrs", {})}
         if "seed" in r:
             attrs["seed_name"] = r["seed"]
         st.add_trial(
@@ -201,6 +201,49 @@ class TestGroupsAndRule:
         assert rec.trial.number == 1
         got = [t.number for t in validation_candidates(st, tmp_path, 2, st.trials[0])]
         assert got == [1, 2, 0]
+
+    def test_inside_a_group_headroom_weighs_before_fewest_changes(self, tmp_path: Path) -> None:
+        """Two members within noise: the one with fewer changes ran its KV cache at 0.98 and
+        lost prefix reuse; the one with room is picked, and the report says why."""
+        st = _study(
+            tmp_path,
+            [
+                {"params": BASE, "hit": 300.0, "vram": 10.0, "seed": "base"},
+                {"params": {"mem": 0.9, "prefix": True, "seqs": None}, "hit": 100.0, "vram": 9.0,
+                 "attrs": {"kv_peak": 0.98, "cached_share_hit": 0.80}},
+                {"params": {"mem": 0.95, "prefix": True, "seqs": 32}, "hit": 100.5, "vram": 9.0,
+                 "attrs": {"kv_peak": 0.61, "cached_share_hit": 0.93}},
+            ],
+        )  # fmt: skip
+        rec = recommend(st, parse_rule("default"), root=tmp_path)
+        assert rec is not None
+        assert rec.group is not None
+        assert sorted(rec.group.numbers) == [1, 2]
+        assert rec.trial.number == 2  # more changes, but room
+        from tuner.decide import best_reuse, headroom
+
+        near = headroom(st.trials[1], best_reuse(rec.group.members))
+        assert near == ["KV cache peaked at 0.98 of its capacity", "prefix reuse 80% against 93%"]
+        assert headroom(st.trials[2], best_reuse(rec.group.members)) == []
+
+    def test_a_median_and_its_tail_moved_apart_are_said(self, tmp_path: Path) -> None:
+        """A knob that makes ITL's median better and its p90 worse, each measurably, is found
+        (as chunked prefill without prefix caching did on an H200); a knob that moves both
+        the same way is not."""
+        from tuner.decide import tails_apart
+
+        rows = [
+            {"params": {**BASE, "prefix": p}, "hit": 100.0 + i, "vram": 9.0,
+             "attrs": {"itl_ms": (10.0 if p else 20.0) + i, "itl_p90_ms": (90.0 if p else 30.0) + i,
+                       "e2e_ms": (50.0 if p else 60.0) + i, "e2e_p90_ms": (80.0 if p else 90.0) + i}}
+            for p in (True, False) for i in (0.0, 0.5, 1.0)
+        ]  # fmt: skip
+        st = _study(tmp_path, rows)
+        found = tails_apart(st, st.trials)
+        assert [(m.dimension, m.value, m.metric, t.metric) for m, t in found] == [
+            ("prefix", True, "itl_ms", "itl_p90_ms")
+        ]
+        assert found[0][0].delta < 0 < found[0][1].delta
 
     def test_a_clear_winner_stands_alone(self, tmp_path: Path) -> None:
         """When the fastest is beyond the noise of every other, it is the group, even with more

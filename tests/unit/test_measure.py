@@ -137,14 +137,18 @@ def test_parse_real_vllm_metrics() -> None:
 
 
 def test_workload_is_deterministic_and_salted() -> None:
-    """Same texts in every trial; the salt opens the system prompt so turn 1 is a true MISS."""
+    """Same texts in every trial; the salt opens the system prompt so turn 1 is a true MISS;
+    each conversation has its own lines (its own task), the same on every deployment."""
     w = AgentWorkload(WorkloadSpec(system_prompt_words=50, tools=3))
     a, b = w.system_prompt("s1"), w.system_prompt("s2")
     assert a.startswith("Session s1.")
     assert b.startswith("Session s2.")
     assert a.removeprefix("Session s1.") == b.removeprefix("Session s2.")
     assert '"name":"search_file_0"' in a
-    assert w.user_message(0, 1) == w.user_message(5, 1) != w.user_message(0, 2)
+    assert w.user_message(0, 1) != w.user_message(5, 1)
+    assert w.user_message(0, 1) != w.user_message(0, 2)
+    assert w.user_message(5, 1) == AgentWorkload(w.spec).user_message(5, 1)
+    assert w.conversation(2) == AgentWorkload(w.spec).conversation(2)
 
 
 def _chunk(content: str, done: int, cached: int | None = None) -> dict[str, object]:

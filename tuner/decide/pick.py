@@ -9,6 +9,7 @@ then the lowest VRAM. The report's recommendation (``tuner.report.recommend``) a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
@@ -25,7 +26,9 @@ __all__ = [
     "MISS",
     "VRAM",
     "baseline_trial",
+    "best_reuse",
     "default_order",
+    "headroom",
     "miss_ok",
     "search_order",
     "validation_candidates",
@@ -45,22 +48,58 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
     return seed_trial(study.get_trials(deepcopy=False), crit.get("baseline"))
 
 
+# A configuration this close to its KV cache's limit is one burst away from evicting prefixes.
+KV_NEAR_LIMIT = 0.95
+REUSE_LOST = 0.05  # prefix reuse this much below the group's best: some turns lost their prefix
+
+
+def headroom(t: FrozenTrial, group_reuse: float | None = None) -> list[str]:
+    """Why ``t`` runs near its limit, in words (empty: it has room): KV use that peaked near
+    full, preemptions, prefix reuse lost against the best of its group (``group_reuse``)."""
+    a, out = t.user_attrs, []
+    peak, preempted, reuse = a.get("kv_peak"), a.get("preemptions"), a.get("cached_share_hit")
+    if isinstance(peak, int | float) and peak >= KV_NEAR_LIMIT:
+        out.append(f"KV cache peaked at {peak:.2f} of its capacity")
+    if isinstance(preempted, int | float) and preempted > 0:
+        out.append(f"{preempted:.0f} preemption(s)")
+    lower = group_reuse - REUSE_LOST if group_reuse is not None else None
+    if isinstance(reuse, int | float) and lower is not None and reuse < lower:
+        out.append(f"prefix reuse {reuse:.0%} against {group_reuse:.0%}")
+    return out
+
+
+def best_reuse(trials: Sequence[FrozenTrial]) -> float | None:
+    """The highest prefix reuse (cached share of HIT) among ``trials``."""
+    xs = [
+        float(v)
+        for t in trials
+        if isinstance(v := t.user_attrs.get("cached_share_hit"), int | float)
+    ]
+    return max(xs) if xs else None
+
+
 def default_order(
     study: optuna.Study, cands: list[FrozenTrial], root: Path | None
 ) -> tuple[list[FrozenTrial], Group]:
-    """``cands`` in the default rule's order: the best group on HIT (fewest changes, lowest
-    VRAM first), then the rest by HIT; and the group. ``root``: the study folder, where the
-    trials' raw samples are."""
+    """``cands`` in the default rule's order: the best group on HIT (a member with headroom
+    before one near its limit, then fewest changes, lowest VRAM), then the rest by HIT; and
+    the group. ``root``: the study folder, where the trials' raw samples are.
+
+    Headroom weighs before fewest changes: within noise on HIT, a member at 0.98 of its KV
+    cache that lost prefix reuse on some turns is one longer conversation away from falling
+    behind, while a member with room is not."""
     names = list(study.metric_names or ())
     pool = [t for t in cands if miss_ok(t)] or cands
     noise = study_noise(study, load_validation(study))
     group = best_group(study, pool, HIT, load_observations(study, root, pool), noise=noise)
     ref = reference_params(study)
+    reuse = best_reuse(group.members)
 
     def inside(t: FrozenTrial) -> tuple[float, ...]:
-        """Inside the group: fewest changes, then least VRAM, then the fastest."""
+        """Inside the group: room first, then fewest changes, least VRAM, the fastest."""
         vram = metric_value(study, t, VRAM) if VRAM in names else 0.0
-        return (changes_from(t.params, ref), vram, metric_value(study, t, HIT), t.number)
+        near = float(bool(headroom(t, reuse)))
+        return (near, changes_from(t.params, ref), vram, metric_value(study, t, HIT), t.number)
 
     chosen = sorted(group.members, key=inside)
     rest = sorted((t for t in cands if t not in chosen), key=lambda t: metric_value(study, t, HIT))

@@ -10,7 +10,8 @@ import optuna
 import pandas as pd
 import plotly.graph_objects as go
 
-from tuner.decide import baseline_trial
+from tuner.decide import baseline_trial, best_reuse, headroom, tails_apart
+from tuner.front import measured_trials
 from tuner.report.figures import figures
 from tuner.report.model import (
     Report,
@@ -112,6 +113,12 @@ def _group_lines(rep: Report) -> list[str]:
     for n, (lo, hi) in sorted(g.diffs.items()):
         where = "in the group" if n in g.numbers else "outside"
         lines.append(f"- trial {n}: difference to the fastest [{lo:+.1f}, {hi:+.1f}] ({where})")
+    reuse = best_reuse(g.members)
+    for t in g.members:
+        near = headroom(t, reuse)
+        lines.append(f"- trial {t.number} headroom: " + ("; ".join(near) if near else "room"))
+    if g.noise is not None:
+        lines.append(f"Noise: {g.noise.words()}.")
     return lines
 
 
@@ -135,6 +142,17 @@ def _soak_lines(rep: Report) -> list[str]:
         *rows,
         "",
     ]
+
+
+def _tail_lines(rep: Report) -> list[str]:
+    """Knobs that move a median one way and its tail the other: one percentile alone misleads."""
+    lines = []
+    for med, tail in tails_apart(rep.study, measured_trials(rep.study)):
+        lines.append(
+            f"> {med.dimension} = {med.value} moves {med.metric} {med.delta:+.1f} but "
+            f"{tail.metric} {tail.delta:+.1f}: the median and the tail disagree."
+        )
+    return [*lines, ""] if lines else []
 
 
 def _validation_lines(rep: Report) -> list[str]:
@@ -175,6 +193,7 @@ def render_markdown(rep: Report) -> str:
         "",
         "## What mattered",
         "",
+        *_tail_lines(rep),
         "Each dimension value against the others, from the study's measured trials: the "
         "difference of mean objective values and its 95 % bootstrap interval (an interval that "
         "contains 0 is no measurable effect). PED-ANOVA importances are in report.html.",
