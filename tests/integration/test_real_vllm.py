@@ -235,3 +235,32 @@ def test_two_local_workers_on_vllm_cpu(tmp_path: Path, model_dir: Path) -> None:
         (t.number, t.user_attrs.get("error")) for t in seeds
     ]
     assert _vllm_servers(str(model_dir)) == []
+
+
+def test_noise_of_one_configuration_on_vllm_cpu(tmp_path: Path, model_dir: Path) -> None:
+    """`tuner noise`: one configuration deployed 3 times in each load timing on real vLLM-CPU,
+    interleaved; the timetable sized to the closed loop; a spread per timing and metric, and
+    the machine's prior kept for the local deployer (its figures go to the README through
+    benchmarks/noise.py, never into an assert)."""
+    (tmp_path / "seeds.yaml").write_text(SEEDS)
+    (tmp_path / "profile.yaml").write_text(PROFILE.format(model=model_dir))
+    (tmp_path / "objective.yaml").write_text(OBJECTIVE)
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "tuner.cli", "noise", "--deployments", "3",
+           "--seed", "prefix_only", "--space", str(root / "search_spaces" / "seed_192.yaml"),
+           "--seeds", str(tmp_path / "seeds.yaml"), "--profile", str(tmp_path / "profile.yaml"),
+           "--objective", str(tmp_path / "objective.yaml"),
+           "--studies-dir", str(tmp_path / "studies")]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "timetable sized to the closed loop" in run.stdout
+    for timing in ("closed", "timetable"):
+        assert f"│ {timing}" in run.stdout
+    study = optuna.load_study(study_name="it_cpu-noise.noise",
+                              storage=f"sqlite:///{tmp_path / 'studies' / 'it_cpu-noise' / 'study.db'}")  # fmt: skip
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs["timing"] for t in done) == ["closed"] * 3 + ["timetable"] * 3
+    priors = list((tmp_path / "studies" / ".noise").glob("*-local.json"))
+    assert len(priors) == 1
+    assert json.loads(priors[0].read_text())["deployments"] == 3
+    assert _vllm_servers(str(model_dir)) == []

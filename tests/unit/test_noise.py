@@ -184,3 +184,34 @@ def test_a_knob_that_does_nothing_is_never_beyond_the_noise(tmp_path: Path) -> N
     best = group.best.number
     single = [bootstrap_diff(spec, samples[n], samples[best]) for n in samples if n != best]
     assert any(not (lo <= 0 <= hi) for lo, hi in single)
+
+
+def test_a_study_keeps_the_prior_and_its_validation_updates_it(
+    tmp_path: Path, space: SearchSpace, seeds: tuple, objective: ObjectiveFile
+) -> None:
+    """A new study stores the machine's prior for its deployer kind; its validation rounds
+    (fresh deployments of each candidate) give its own estimate, which the report's model
+    pools with the prior and which is kept as the next study's prior (a prior of more
+    deployments is not replaced)."""
+    from tuner.decide import load_validation, study_noise
+    from tuner.study import RunSettings, StudyRunner, ValidationSettings, Validator, load_study
+    from tuner.trial import StudyAttr
+
+    studies = tmp_path / "studies"
+    NoisePrior(0.2, 2, "closed", socket.gethostname(), "fake", "-", "tuner noise t").save(studies)
+    paths = StudyPaths.create("p", studies)
+    StudyRunner(paths=paths, space=space, seeds=tuple(seeds[:4]), objective=objective,
+                profile=fake_profile(), settings=RunSettings(n_trials=4, sampler_seed=0)).run()  # fmt: skip
+    study = load_study(paths)
+    assert study.user_attrs[StudyAttr.NOISE_PRIOR]["cv"] == 0.2
+    assert study_noise(study).cv == pytest.approx(0.2)
+    Validator(paths=paths, space=space, objective=objective, profile=fake_profile(),
+              settings=ValidationSettings(top=2, rounds=2, extra=0)).run()  # fmt: skip
+    model = study_noise(load_study(paths), load_validation(load_study(paths)))
+    assert model.own is not None
+    assert model.own_dof >= 2
+    assert "pooled with this study's" in model.source
+    kept = NoisePrior.load(studies, "fake")
+    assert kept is not None
+    assert kept.source == "validation of study p"
+    assert kept.cv == pytest.approx(model.own)
