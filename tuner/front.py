@@ -17,6 +17,8 @@ from optuna._hypervolume import compute_hypervolume  # no public API for it in O
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.trial import Attr
+
 __all__ = [
     "candidate_trials",
     "feasible",
@@ -36,7 +38,7 @@ def feasible(t: FrozenTrial) -> bool | None:
 def measured_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Completed trials that hold a measurement of their own (not a seed's pointer to another)."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [t for t in done if "duplicate_of" not in t.user_attrs]
+    return [t for t in done if Attr.DUPLICATE_OF not in t.user_attrs]
 
 
 def nondominated(

@@ -70,6 +70,7 @@ class Attr(StrEnum):
     PHASE = "phase"
     ROUND = "round"
     CANDIDATE = "candidate"  # the search trial this deployment re-measures
+    TIMING = "timing"  # tuner noise: the load timing of this deployment
 
 
 # The attributes a retry keeps: they say which point, not how one attempt went.
@@ -105,6 +106,8 @@ class StudyAttr(StrEnum):
     ROUNDS = "rounds"
     WORKLOAD_SEED = "workload_seed"
     WORKLOAD = "workload"
+    PHASE = "phase"  # validation, noise
+    TIMETABLE = "timetable"  # tuner noise: the timetable's (arrival gap, turn gap)
 
 
 class Role(StrEnum):

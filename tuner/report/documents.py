@@ -24,6 +24,7 @@ from tuner.report.model import (
 )
 from tuner.report.pareto import write_pareto
 from tuner.report.recommend import Recommendation, Rule
+from tuner.trial import StudyAttr
 
 __all__ = ["Report", "build_report", "md_table", "write_report"]
 
@@ -31,7 +32,7 @@ __all__ = ["Report", "build_report", "md_table", "write_report"]
 def _criteria_lines(rep: Report) -> list[str]:
     """The success criteria in words, the baseline's figures, the trials meeting them, and where
     --stop-when-met stopped the search."""
-    crit = rep.study.user_attrs.get("criteria")
+    crit = rep.study.user_attrs.get(StudyAttr.CRITERIA)
     if not crit:
         return ["No success criteria in the objective file."]
     base = baseline_trial(rep.study)
@@ -50,7 +51,7 @@ def _criteria_lines(rep: Report) -> list[str]:
     meets = rep.table[rep.table["meets_criteria"] == True]  # noqa: E712 (pandas mask)
     names = ", ".join(f"{c} (#{t})" for c, t in zip(meets["config"], meets["trial"], strict=True))
     lines.append(f"\nTrials meeting all criteria ({len(meets)}): {names or 'none'}")
-    met = rep.study.user_attrs.get("goal_met")
+    met = rep.study.user_attrs.get(StudyAttr.GOAL_MET)
     if isinstance(met, dict):
         lines.append(
             f"The search stopped early (--stop-when-met) at {met.get('deployments')} "
@@ -124,7 +125,7 @@ def _group_lines(rep: Report) -> list[str]:
 
 def _soak_lines(rep: Report) -> list[str]:
     """The soak of the pick (``tuner soak``), when one was run: drift and every window."""
-    soak = rep.study.user_attrs.get("soak")
+    soak = rep.study.user_attrs.get(StudyAttr.SOAK)
     if not soak:
         return []
     rows = [

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from tuner.report.synthesis import baseline_trial, name_of
+from tuner.trial import Attr
 
 __all__ = ["figures"]
 
@@ -29,7 +30,7 @@ def _measured(study: optuna.Study) -> list[FrozenTrial]:
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "duplicate_of" not in t.user_attrs
+        if Attr.DUPLICATE_OF not in t.user_attrs
     ]
 
 

@@ -28,6 +28,7 @@ from tuner.report.synthesis import (
     quality_warnings,
     synthesis_frame,
 )
+from tuner.trial import StudyAttr
 
 __all__ = [
     "Report",
@@ -113,7 +114,7 @@ def effects_frame(rep: Report, measurable: bool | None = None) -> pd.DataFrame:
     """What mattered: one row per dimension value and objective, measurable effects first
     (``measurable``: only those, or only the rest). An interval that cannot be computed (one
     trial on a side) reads "too few trials", never "no measurable effect"."""
-    units = rep.study.user_attrs.get("units", {})
+    units = rep.study.user_attrs.get(StudyAttr.UNITS, {})
     rows = []
     for e in sorted(rep.effects, key=lambda e: (not e.measurable, -abs(e.delta))):
         if measurable is not None and e.measurable != measurable:

@@ -12,7 +12,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.front import feasible, pareto_front
-from tuner.trial import StoredTrial
+from tuner.trial import StoredTrial, StudyAttr
 
 __all__ = ["pareto_frame", "pareto_trials", "trials_frame", "write_pareto"]
 
@@ -76,7 +76,7 @@ def write_pareto(study: optuna.Study, outdir: Path) -> dict[str, Path]:
     outdir.mkdir(parents=True, exist_ok=True)
     front, feasible = pareto_frame(study)
     trials = trials_frame(study)
-    units = study.user_attrs.get("units", {})
+    units = study.user_attrs.get(StudyAttr.UNITS, {})
     paths = {
         "pareto_csv": outdir / "pareto.csv",
         "pareto_json": outdir / "pareto.json",
@@ -90,7 +90,7 @@ def write_pareto(study: optuna.Study, outdir: Path) -> dict[str, Path]:
             {"name": n, "direction": d.name.lower(), "unit": units.get(n, "")}
             for n, d in zip(study.metric_names or [], study.directions, strict=False)
         ],
-        "criteria": study.user_attrs.get("criteria"),
+        "criteria": study.user_attrs.get(StudyAttr.CRITERIA),
         "front_is_feasible": feasible,
         "pareto": json.loads(front.to_json(orient="records")),
     }

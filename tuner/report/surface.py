@@ -9,7 +9,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import Reason
 from tuner.schema import Surface, SurfacePoint, TrialFolder
-from tuner.trial import StoredTrial
+from tuner.trial import Attr, StoredTrial, StudyAttr
 
 __all__ = ["export_surface"]
 
@@ -27,7 +27,7 @@ def _folder(root: Path, t: FrozenTrial) -> TrialFolder:
     """A trial's folder: in the study folder, else where the trial recorded it."""
     # The recorded path may be another machine's (e.g. the GPU box): the study folder wins.
     local = TrialFolder.of(root, t.number)
-    return local if local.path.exists() else TrialFolder(Path(str(t.user_attrs["trial_dir"])))
+    return local if local.path.exists() else TrialFolder(Path(str(t.user_attrs[Attr.TRIAL_DIR])))
 
 
 def export_surface(study: optuna.Study, root: Path, description: str = "") -> Surface:
@@ -35,7 +35,7 @@ def export_surface(study: optuna.Study, root: Path, description: str = "") -> Su
     points: dict[str, SurfacePoint] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         a = t.user_attrs
-        if "duplicate_of" in a or not a.get("deployed"):
+        if Attr.DUPLICATE_OF in a or not a.get(Attr.DEPLOYED):
             continue
         params, flags, env = dict(t.params), list(a.get("flags", [])), dict(a.get("env", {}))
         if t.state == TrialState.COMPLETE:
@@ -62,7 +62,7 @@ def export_surface(study: optuna.Study, root: Path, description: str = "") -> Su
     return Surface(
         name=study.study_name,
         description=description or f"exported from study {study.study_name}",
-        space=str(study.user_attrs.get("space", "")),
+        space=str(study.user_attrs.get(StudyAttr.SPACE, "")),
         objectives=list(study.metric_names or []),
         points=list(points.values()),
     )

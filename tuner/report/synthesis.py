@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.decide import baseline_trial
 from tuner.errors import Reason
 from tuner.front import feasible
-from tuner.trial import StoredTrial
+from tuner.trial import Attr, StoredTrial, StudyAttr
 
 __all__ = [
     "FailureGroup",
@@ -50,10 +50,10 @@ def dimension_titles(study: optuna.Study) -> dict[str, str]:
     From what the study stored when it was created (the space's ``label:`` per dimension);
     studies from before labels existed show the names; failing that, every parameter seen.
     """
-    labels = study.user_attrs.get("dimension_labels")
+    labels = study.user_attrs.get(StudyAttr.DIMENSION_LABELS)
     if isinstance(labels, dict) and labels:
         return {str(k): str(v) for k, v in labels.items()}
-    dims = study.user_attrs.get("dimensions")
+    dims = study.user_attrs.get(StudyAttr.DIMENSIONS)
     if not isinstance(dims, list):
         dims = list(dict.fromkeys(p for t in study.get_trials(deepcopy=False) for p in t.params))
     return {str(d): str(d) for d in dims}
@@ -123,7 +123,7 @@ class FailureGroup:
     def example_tail(self, lines: int = 15) -> str:
         """The last ``lines`` of the first server log tail among the group's trials."""
         for t in self.trials:
-            tail = t.user_attrs.get("log_tail")
+            tail = t.user_attrs.get(Attr.LOG_TAIL)
             if tail:
                 return "\n".join(str(tail).splitlines()[-lines:])
         return ""

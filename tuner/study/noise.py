@@ -38,7 +38,7 @@ from tuner.study._run_trial import TrialContext, run_trial
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._trial import TrialOutcome, evaluate, fail_stale
 from tuner.study.storage import StudyPaths, open_storage, study_lock
-from tuner.trial import Attr, StoredTrial
+from tuner.trial import Attr, StoredTrial, StudyAttr
 
 __all__ = ["NOISE_SUFFIX", "NoiseResult", "NoiseRun", "NoiseSettings", "size_timetable"]
 
@@ -132,7 +132,7 @@ class NoiseRun:
             sampler=optuna.samplers.RandomSampler(seed=0),  # every trial is enqueued
             load_if_exists=True,
         )
-        study.set_user_attr("phase", "noise")
+        study.set_user_attr(StudyAttr.PHASE, "noise")
         return study
 
     def _objective(self, study: optuna.Study, timing: str) -> ObjectiveFile:
@@ -143,7 +143,7 @@ class NoiseRun:
         if timing == "closed":
             w = w.model_copy(update={"timing": "closed"})
         else:
-            gaps = study.user_attrs.get("timetable")
+            gaps = study.user_attrs.get(StudyAttr.TIMETABLE)
             if gaps is None:
                 raise StudyError("the timetable is sized from a closed-loop deployment first")
             update = {"timing": "timetable", "arrival_gap_s": gaps[0], "turn_gap_s": gaps[1]}
@@ -171,7 +171,7 @@ class NoiseRun:
     def _done(self, study: optuna.Study, rnd: int, timing: str) -> bool:
         return any(
             t.user_attrs.get(Attr.ROUND) == rnd
-            and t.user_attrs.get("timing") == timing
+            and t.user_attrs.get(Attr.TIMING) == timing
             and (t.state == TrialState.COMPLETE or StoredTrial(t).is_failure)
             for t in study.get_trials(deepcopy=False)
         )
@@ -187,7 +187,7 @@ class NoiseRun:
                 raise StudyError(
                     "no closed-loop deployment measured: nothing to size a timetable on"
                 )
-        study.set_user_attr("timetable", list(size_timetable(TrialFolder(closed[0]))))
+        study.set_user_attr(StudyAttr.TIMETABLE, list(size_timetable(TrialFolder(closed[0]))))
 
     def _deploy(self, study: optuna.Study, rnd: int, timing: str) -> None:
         attrs: dict[str, Any] = {Attr.PHASE: "noise", Attr.ROUND: rnd, "timing": timing}
@@ -203,7 +203,7 @@ class NoiseRun:
         return [
             Path(str(t.user_attrs[Attr.TRIAL_DIR]))
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("timing") == timing and Attr.TRIAL_DIR in t.user_attrs
+            if t.user_attrs.get(Attr.TIMING) == timing and Attr.TRIAL_DIR in t.user_attrs
         ]
 
     def _result(self, study: optuna.Study, planned: int) -> NoiseResult:
@@ -215,6 +215,6 @@ class NoiseRun:
             if runs:
                 spreads += [spread(runs, m, timing) for m in METRICS_SHOWN]
         done = sum(len(self._measured(study, timing)) for timing in self.settings.timings)
-        gaps = study.user_attrs.get("timetable")
+        gaps = study.user_attrs.get(StudyAttr.TIMETABLE)
         sized = (float(gaps[0]), float(gaps[1])) if gaps else None
         return NoiseResult(study.study_name, tuple(spreads), sized, done, planned)

@@ -25,6 +25,7 @@ from tuner.deploy import check_model, make_deployer
 from tuner.measure import measure
 from tuner.metrics import bootstrap_diff, percentile
 from tuner.study._signals import sigterm_as_interrupt
+from tuner.trial import Attr, StudyAttr
 
 __all__ = ["SoakResult", "SoakWindow", "soak"]
 
@@ -87,8 +88,8 @@ def soak(
     duration_s: float,
 ) -> SoakResult:
     """Deploy ``trial``'s configuration once and measure it until ``duration_s`` has passed."""
-    flags = list(trial.user_attrs.get("flags", []))
-    env = dict(trial.user_attrs.get("env", {}))
+    flags = list(trial.user_attrs.get(Attr.FLAGS, []))
+    env = dict(trial.user_attrs.get(Attr.ENV, {}))
     base = held_out(objective.workload)
     windows: list[SoakWindow] = []
     hits: list[list[float]] = []
@@ -117,5 +118,5 @@ def soak(
         drift = windows[-1].ttft_hit_ms - windows[0].ttft_hit_ms
         interval = bootstrap_diff("median", hits[-1], hits[0])
     result = SoakResult(trial.number, flags, round(seconds, 1), windows, drift, interval)
-    study.set_user_attr("soak", result.as_dict())
+    study.set_user_attr(StudyAttr.SOAK, result.as_dict())
     return result

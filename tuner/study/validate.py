@@ -176,7 +176,7 @@ class Validator:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([o.name for o in self.objective.objectives])
             study.set_user_attr(StudyAttr.SEARCH_STUDY, self.paths.name)
-            study.set_user_attr("phase", "validation")
+            study.set_user_attr(StudyAttr.PHASE, "validation")
             study.set_user_attr(StudyAttr.ROUNDS, self.settings.rounds)
             study.set_user_attr(StudyAttr.WORKLOAD_SEED, self.objective.workload.seed)
             study.set_user_attr(StudyAttr.WORKLOAD, self.objective.workload.model_dump(mode="json"))
