@@ -13,6 +13,10 @@
 #   remeasure NAME TRIALS ROUNDS [PROFILE [OBJECTIVE]]
 #                    re-deploy trials (e.g. 36,2,10) of study NAME in interleaved validation rounds
 #                    on held-out conversations (benchmarks/gpu/remeasure.py); RESUME=DIR as above
+#   noise [K [SEED [PROFILE [OBJECTIVE]]]]
+#                    tuner noise: SEED (default prefix_only_092) deployed K times (default 3) per
+#                    load timing, closed and timetable interleaved, resumable (defaults:
+#                    benchmarks/gpu/h100_131k.yaml, benchmarks/gpu/agent_c8.yaml)
 #   startup          start-up time, eager vs compiled with a cold and a warm VLLM_CACHE_ROOT
 #                    (benchmarks/gpu/startup.py; PROFILE, default benchmarks/gpu/h100_131k.yaml)
 #   failures         two configurations that must fail for real (invalid flags; GPU memory held)
@@ -89,6 +93,14 @@ remeasure)
   echo "remeasure rc=$?"
   collect
   ;;
+noise)
+  timeout -s TERM "${BUDGET_S:-500}" python3 -m tuner.cli noise --deployments "${2:-3}" \
+    --seed "${3:-prefix_only_092}" --studies-dir "$ST" --study gpu-noise \
+    --profile "${4:-benchmarks/gpu/h100_131k.yaml}" --objective "${5:-benchmarks/gpu/agent_c8.yaml}" \
+    --timeout "$(( ${BUDGET_S:-500} - 150 ))"
+  echo "noise rc=$?"
+  collect
+  ;;
 startup)
   timeout -s TERM "${BUDGET_S:-500}" python3 benchmarks/gpu/startup.py \
     "${2:-benchmarks/gpu/h100_131k.yaml}" "$OUT/startup.json" 2>&1 | grep -v "^INFO\|^(EngineCore" | tail -20
@@ -117,5 +129,5 @@ tp-oom)
   kill $hog; wait $hog 2>/dev/null
   collect
   ;;
-*) echo "usage: device.sh receive|install|study NAME N [PROFILE [OBJECTIVE [SEEDS]]]|remeasure NAME TRIALS ROUNDS|startup|failures|tp-oom" >&2; exit 2 ;;
+*) echo "usage: device.sh receive|install|study NAME N [PROFILE [OBJECTIVE [SEEDS]]]|noise [K [SEED]]|remeasure NAME TRIALS ROUNDS|startup|failures|tp-oom" >&2; exit 2 ;;
 esac
