@@ -93,17 +93,23 @@ class TrialMeasurement:
     def hit_rate_hit(self) -> float | None:
         """Prefix-cache hit rate (tokens) of HIT turns; 0: a speed-up cannot be the cache's.
 
-        One request at a time it is each request's /metrics delta; under concurrency those
-        deltas mean nothing and each request's own usage (cached tokens) is used instead.
+        From each request's own usage (cached tokens) whenever the server reports it: it is
+        right at any load and timing. Else, one request at a time, from each request's
+        /metrics delta (under load those deltas mean nothing: None).
         """
-        if self.concurrency > 1:
-            return self.cached_share_hit
-        return _rate(self._of("hit")) if self.metrics_available else None
+        return self._hit_rate("hit")
 
     @property
     def hit_rate_miss(self) -> float | None:
-        """The first turns' prefix-cache hit rate (None without /metrics)."""
-        return _rate(self._of("miss")) if self.metrics_available else None
+        """The first turns' prefix-cache hit rate, as :attr:`hit_rate_hit` reads it."""
+        return self._hit_rate("miss")
+
+    def _hit_rate(self, kind: Kind) -> float | None:
+        share = self._cached_share(kind)
+        if share is not None:
+            return share
+        sequential = any(s.prefix_queries for s in self._of(kind)) or self.concurrency == 1
+        return _rate(self._of(kind)) if self.metrics_available and sequential else None
 
     @property
     def throughput_tok_s(self) -> float:
