@@ -22,12 +22,13 @@ from pathlib import Path
 
 from tuner.config.objective import WorkloadSpec
 from tuner.config.profile import FakeConfig, Profile, ServerArgs
-from tuner.deploy.fake import fake_starts
+from tuner.deploy.fake import FakeDeployer, fake_starts
 from tuner.deploy.local import free_port
 from tuner.simulate import Clock, ModelEngine, ServerModel, SimulatedServer
 
 __all__ = [
     "FAST_WORKLOAD",
+    "interrupting",
     "PostgresUnavailable",
     "fake_profile",
     "fake_server",
@@ -132,3 +133,19 @@ def postgres_server(database: str = "tuner") -> Iterator[str]:
             with contextlib.suppress(PostgresUnavailable):
                 run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def interrupting(at: int = 1) -> type[FakeDeployer]:
+    """A fake deployer class whose ``at``-th server start (counted over all its instances) is
+    interrupted as Ctrl-C would, while it starts: for interrupt-and-resume tests."""
+
+    class Interrupting(FakeDeployer):
+        starts = 0
+
+        def wait_ready(self) -> float:
+            type(self).starts += 1
+            if type(self).starts == at:
+                raise KeyboardInterrupt
+            return super().wait_ready()
+
+    return Interrupting

@@ -12,11 +12,10 @@ import pytest
 from tuner.config import ObjectiveFile
 from tuner.config.space import SearchSpace
 from tuner.decide.noise import NoisePrior, spread
-from tuner.deploy.fake import FakeDeployer
 from tuner.schema import RequestRecord
 from tuner.study import StudyPaths
 from tuner.study.noise import NoiseRun, NoiseSettings
-from tuner.testing import fake_profile
+from tuner.testing import fake_profile, interrupting
 
 
 def _params(space: SearchSpace) -> dict[str, object]:
@@ -47,22 +46,12 @@ def test_both_timings_interleaved_and_the_timetable_sized_from_the_closed_loop(
     assert math.isfinite(by[("closed", "ttft_hit_ms")].cv)
 
 
-class _InterruptOnThird(FakeDeployer):
-    starts = 0
-
-    def wait_ready(self) -> float:
-        type(self).starts += 1
-        if type(self).starts == 3:
-            raise KeyboardInterrupt
-        return super().wait_ready()
-
-
 def test_an_interrupted_noise_run_resumes(
     tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
 ) -> None:
     """Ctrl-C on the third deployment; the same run again deploys what is missing only."""
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, space, objective, deployer_factory=_InterruptOnThird).run()
+        _run(tmp_path, space, objective, deployer_factory=interrupting(3)).run()
     again = _run(tmp_path, space, objective).run()
     assert (again.done, again.planned) == (4, 4)
 

@@ -16,12 +16,11 @@ from optuna.trial import TrialState
 from tuner.config import ObjectiveFile, Profile, ServerArgs
 from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
-from tuner.deploy.fake import FakeDeployer
 from tuner.errors import ConfigError, StudyError
 from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
 from tuner.study.sampling import SamplerContext
 from tuner.study.workers import worker_lease
-from tuner.testing import fake_profile, study_starts
+from tuner.testing import fake_profile, interrupting, study_starts
 from tuner.trial import Role, StoredTrial, deployments
 
 
@@ -252,11 +251,6 @@ class TestFailures:
         assert (Path(t.user_attrs["trial_dir"]) / "server.attempt1.log").exists()
 
 
-class _Interrupting(FakeDeployer):
-    def wait_ready(self) -> float:
-        raise KeyboardInterrupt
-
-
 class TestInterruptAndResume:
     def test_ctrl_c_marks_interrupted_and_resume_retries(
         self, tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
@@ -265,7 +259,7 @@ class TestInterruptAndResume:
         s = [seed(space, "a"), seed(space, "b", max_num_seqs=64)]
         make_runner(tmp_path, space, s[:1], objective, trials=1).run()
         runner = make_runner(
-            tmp_path, space, s, objective, trials=2, deployer_factory=_Interrupting
+            tmp_path, space, s, objective, trials=2, deployer_factory=interrupting(1)
         )
         with pytest.raises(KeyboardInterrupt):
             runner.run()
@@ -291,7 +285,7 @@ class TestInterruptAndResume:
         make_runner(tmp_path, space, s[:1], objective, trials=1).run()
         with pytest.raises(KeyboardInterrupt):
             make_runner(tmp_path, space, s, objective, trials=3,
-                        deployer_factory=_Interrupting).run()  # fmt: skip
+                        deployer_factory=interrupting(1)).run()  # fmt: skip
         make_runner(tmp_path, space, s, objective, trials=4).run()
         study = load_study(StudyPaths.create("s", tmp_path))
         done = [t for t in study.trials if t.state == TrialState.COMPLETE]

@@ -17,7 +17,6 @@ from tuner.config import ObjectiveFile, Profile, ReplayConfig, ServerArgs
 from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
 from tuner.decide import baseline_trial
-from tuner.deploy.fake import FakeDeployer
 from tuner.report import recommend
 from tuner.schema import MeasurementsDoc, RequestRecord, TrialFolder
 from tuner.study import (
@@ -30,7 +29,7 @@ from tuner.study import (
     load_study,
 )
 from tuner.study._trial import TrialOutcome
-from tuner.testing import fake_profile
+from tuner.testing import fake_profile, interrupting
 
 
 def _search(root: Path, space: SearchSpace, seeds: Sequence[Seed], obj: ObjectiveFile,
@@ -81,16 +80,6 @@ def _validation(paths: StudyPaths) -> optuna.Study:
     return optuna.load_study(study_name="v.validation", storage=paths.storage_url)
 
 
-class _InterruptOnThird(FakeDeployer):
-    starts = 0
-
-    def wait_ready(self) -> float:
-        type(self).starts += 1
-        if type(self).starts == 3:
-            raise KeyboardInterrupt
-        return super().wait_ready()
-
-
 def test_rounds_are_interleaved_and_held_out(
     tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
 ) -> None:
@@ -126,7 +115,7 @@ def test_interrupt_then_resume(
     profile = fake_profile()
     paths = _search(tmp_path, space, seeds, objective, profile, 4)
     with pytest.raises(KeyboardInterrupt):
-        _validator(paths, space, objective, profile, deployer_factory=_InterruptOnThird).run()
+        _validator(paths, space, objective, profile, deployer_factory=interrupting(3)).run()
     val = _validation(paths)
     assert [t.state for t in val.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL]
     assert val.trials[2].user_attrs["reason"] == "interrupted"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +33,11 @@ from tuner.deploy import make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import StudyError
 from tuner.schema import TrialFolder
-from tuner.study._run_trial import TrialContext, run_trial
+from tuner.study._linked import deploy_point, open_linked, past
+from tuner.study._run_trial import TrialContext
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._trial import TrialOutcome, evaluate, fail_stale
-from tuner.study.storage import StudyPaths, open_storage, study_lock
+from tuner.study.storage import StudyPaths, study_lock
 from tuner.trial import Attr, StoredTrial, StudyAttr
 
 __all__ = ["NOISE_SUFFIX", "NoiseResult", "NoiseRun", "NoiseSettings", "size_timetable"]
@@ -125,15 +125,8 @@ class NoiseRun:
         )
 
     def _open(self) -> optuna.Study:
-        study = optuna.create_study(
-            study_name=self.paths.name + NOISE_SUFFIX,
-            storage=open_storage(self.paths.storage_url),
-            directions=[o.direction for o in self.objective.objectives],
-            sampler=optuna.samplers.RandomSampler(seed=0),  # every trial is enqueued
-            load_if_exists=True,
-        )
-        study.set_user_attr(StudyAttr.PHASE, "noise")
-        return study
+        attrs: dict[str, Any] = {StudyAttr.PHASE: "noise"}
+        return open_linked(self.paths, self.paths.name + NOISE_SUFFIX, self.objective, attrs)
 
     def _objective(self, study: optuna.Study, timing: str) -> ObjectiveFile:
         """The objective with ``timing``: a timetable sized to the closed loop's load."""
@@ -165,8 +158,7 @@ class NoiseRun:
             return self._result(study, len(plan))
 
     def _late(self) -> bool:
-        deadline = self.settings.deadline
-        return deadline is not None and time.monotonic() > deadline
+        return past(self.settings.deadline)
 
     def _done(self, study: optuna.Study, rnd: int, timing: str) -> bool:
         return any(
@@ -190,11 +182,9 @@ class NoiseRun:
         study.set_user_attr(StudyAttr.TIMETABLE, list(size_timetable(TrialFolder(closed[0]))))
 
     def _deploy(self, study: optuna.Study, rnd: int, timing: str) -> None:
-        attrs: dict[str, Any] = {Attr.PHASE: "noise", Attr.ROUND: rnd, "timing": timing}
-        study.enqueue_trial(dict(self.params), user_attrs=attrs)
-        trial = study.ask()
-        log.info("noise round=%d timing=%s trial=%d", rnd, timing, trial.number)
-        out = run_trial(study, trial, self._context(self._objective(study, timing)))
+        attrs: dict[str, Any] = {Attr.PHASE: "noise", Attr.ROUND: rnd, Attr.TIMING: timing}
+        log.info("noise round=%d timing=%s", rnd, timing)
+        out = deploy_point(study, self.params, attrs, self._context(self._objective(study, timing)))
         if self._on_end is not None:
             self._on_end(out)
 

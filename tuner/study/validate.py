@@ -24,7 +24,6 @@ import logging
 import math
 import socket
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,10 +47,11 @@ from tuner.deploy import cleanup_stale, make_deployer
 from tuner.deploy.base import Deployer
 from tuner.errors import StudyError
 from tuner.schema import VALIDATION_SUFFIX, TrialFolder, validation_name
-from tuner.study._run_trial import TrialContext, run_trial
+from tuner.study._linked import deploy_point, open_linked, past
+from tuner.study._run_trial import TrialContext
 from tuner.study._signals import sigterm_as_interrupt
 from tuner.study._trial import TrialOutcome, evaluate, fail_stale
-from tuner.study.storage import StudyPaths, load_study, open_storage, study_lock
+from tuner.study.storage import StudyPaths, load_study, study_lock
 from tuner.trial import Attr, StoredTrial, StudyAttr, deployments
 
 __all__ = [
@@ -162,28 +162,17 @@ class Validator:
 
     def open_study(self) -> optuna.Study:
         """Create or load ``NAME.validation`` next to the search study."""
-        name = validation_name(self.paths.name)
-        study = optuna.create_study(
-            study_name=name,
-            storage=open_storage(self.paths.storage_url),
-            directions=[o.direction for o in self.objective.objectives],
-            sampler=optuna.samplers.RandomSampler(seed=0),  # every trial is enqueued
-            load_if_exists=True,
-        )
-        if StudyAttr.SEARCH_STUDY not in study.user_attrs:
-            with warnings.catch_warnings():
-                # set_metric_names is marked experimental; the dashboard shows the names.
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names([o.name for o in self.objective.objectives])
-            study.set_user_attr(StudyAttr.SEARCH_STUDY, self.paths.name)
-            study.set_user_attr(StudyAttr.PHASE, "validation")
-            study.set_user_attr(StudyAttr.ROUNDS, self.settings.rounds)
-            study.set_user_attr(StudyAttr.WORKLOAD_SEED, self.objective.workload.seed)
-            study.set_user_attr(StudyAttr.WORKLOAD, self.objective.workload.model_dump(mode="json"))
-            criteria = self.objective.criteria
-            if criteria is not None:
-                study.set_user_attr(StudyAttr.CRITERIA, criteria.model_dump())
-        return study
+        w, criteria = self.objective.workload, self.objective.criteria
+        attrs: dict[str, Any] = {
+            StudyAttr.SEARCH_STUDY: self.paths.name,
+            StudyAttr.PHASE: "validation",
+            StudyAttr.ROUNDS: self.settings.rounds,
+            StudyAttr.WORKLOAD_SEED: w.seed,
+            StudyAttr.WORKLOAD: w.model_dump(mode="json"),
+        }
+        if criteria is not None:
+            attrs[StudyAttr.CRITERIA] = criteria.model_dump()
+        return open_linked(self.paths, validation_name(self.paths.name), self.objective, attrs)
 
     def run(self) -> ValidationResult:
         """Deploy what the plan still lacks; Ctrl-C / SIGTERM stop it, resumable."""
@@ -280,8 +269,7 @@ class Validator:
 
     def _past_deadline(self) -> bool:
         """Whether ``--timeout`` has passed: no new deployment starts."""
-        deadline = self.settings.deadline
-        return deadline is not None and time.monotonic() > deadline
+        return past(self.settings.deadline)
 
     def _deploy(
         self,
@@ -299,8 +287,7 @@ class Validator:
             self._on_end(out)
 
     def _one(self, study: optuna.Study, rnd: int, cand: FrozenTrial) -> TrialOutcome:
-        """Queue ``cand``'s point in the validation study, ask for it, and run it as any trial
-        is run."""
+        """A fresh deployment of ``cand``'s point in round ``rnd``, run as any trial is run."""
         attrs: dict[str, Any] = {
             Attr.PHASE: "validation",
             Attr.ROUND: rnd,
@@ -309,7 +296,5 @@ class Validator:
         seed = StoredTrial(cand).seed_name
         if seed:
             attrs[Attr.SEED_NAME] = seed
-        study.enqueue_trial(dict(cand.params), user_attrs=attrs)
-        trial = study.ask()
-        log.info("validation round=%d candidate=%d trial=%d", rnd, cand.number, trial.number)
-        return run_trial(study, trial, self._ctx)
+        log.info("validation round=%d candidate=%d", rnd, cand.number)
+        return deploy_point(study, cand.params, attrs, self._ctx)
