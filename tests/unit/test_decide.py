@@ -245,6 +245,26 @@ class TestGroupsAndRule:
         ]
         assert found[0][0].delta < 0 < found[0][1].delta
 
+    def test_one_trial_on_a_side_reads_too_few_trials(self, tmp_path: Path) -> None:
+        """A dimension value measured on one trial (or whose other values share one trial) has
+        no interval for its effect: the report reads "too few trials (n / m)", never "no
+        measurable effect" (prefix caching's x3 on HIT was read so in a quick start)."""
+        from tuner.report.model import reading
+
+        st = _study(
+            tmp_path,
+            [
+                {"params": BASE, "hit": 300.0, "vram": 10.0, "seed": "base"},
+                {"params": {"mem": 0.95, "prefix": True, "seqs": None}, "hit": 100.0, "vram": 9.0},
+                {"params": {"mem": 0.9, "prefix": True, "seqs": None}, "hit": 101.0, "vram": 9.0},
+                {"params": {"mem": 0.9, "prefix": True, "seqs": 32}, "hit": 100.5, "vram": 9.0},
+            ],
+        )
+        found = {(e.dimension, e.value, e.metric): e for e in effects(st, st.trials)}
+        assert reading(found[("mem", 0.95, "ttft_hit_ms")]) == "too few trials (1 / 3)"
+        assert reading(found[("seqs", 32, "ttft_hit_ms")]) == "too few trials (1 / 3)"
+        assert reading(found[("prefix", True, "ttft_hit_ms")]) == "too few trials (3 / 1)"
+
     def test_a_clear_winner_stands_alone(self, tmp_path: Path) -> None:
         """When the fastest is beyond the noise of every other, it is the group, even with more
         changes than another candidate."""

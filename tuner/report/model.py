@@ -37,6 +37,7 @@ __all__ = [
     "effects_frame",
     "front_frame",
     "md_table",
+    "reading",
     "validation_frame",
 ]
 
@@ -110,6 +111,17 @@ def front_frame(rep: Report) -> pd.DataFrame:
     return tbl.loc[nums].reset_index()[["trial", "config", *dims, *metrics, *extra]]
 
 
+def reading(e: Effect) -> str:
+    """An effect in words: lower or higher when its interval excludes 0, "too few trials
+    (n / m)" when no interval can be computed (one trial on a side), else no measurable
+    effect."""
+    if e.measurable:
+        return "lower" if e.delta < 0 else "higher"
+    if math.isnan(e.interval[0]):
+        return f"too few trials ({e.n} / {e.n_rest})"
+    return "no measurable effect"
+
+
 def effects_frame(rep: Report, measurable: bool | None = None) -> pd.DataFrame:
     """What mattered: one row per dimension value and objective, measurable effects first
     (``measurable``: only those, or only the rest). An interval that cannot be computed (one
@@ -121,12 +133,6 @@ def effects_frame(rep: Report, measurable: bool | None = None) -> pd.DataFrame:
             continue
         lo, hi = e.interval
         unit = units.get(e.metric, "")
-        if e.measurable:
-            verdict = "lower" if e.delta < 0 else "higher"
-        elif lo != lo:
-            verdict = f"too few trials ({e.n} / {e.n_rest})"
-        else:
-            verdict = "no measurable effect"
         rows.append(
             {
                 "dimension": e.dimension,
@@ -135,7 +141,7 @@ def effects_frame(rep: Report, measurable: bool | None = None) -> pd.DataFrame:
                 "effect": f"{e.delta:+.1f} {unit}".strip(),
                 "95 % interval": "–" if lo != lo else f"[{lo:+.1f}, {hi:+.1f}]",
                 "trials (value / others)": f"{e.n} / {e.n_rest}",
-                "reading": verdict,
+                "reading": reading(e),
             }
         )
     return pd.DataFrame(rows)
