@@ -93,9 +93,9 @@ class TrialMeasurement:
     def hit_rate_hit(self) -> float | None:
         """Prefix-cache hit rate (tokens) of HIT turns; 0: a speed-up cannot be the cache's.
 
-        From each request's own usage (cached tokens) whenever the server reports it: it is
-        right at any load and timing. Else, one request at a time, from each request's
-        /metrics delta (under load those deltas mean nothing: None).
+        From each request's own usage (cached tokens) when the server reports it, which is
+        right at any load and timing; else, when measured one at a time, from each request's
+        /metrics delta (under load those deltas mean nothing).
         """
         return self._hit_rate("hit")
 
@@ -105,11 +105,16 @@ class TrialMeasurement:
         return self._hit_rate("miss")
 
     def _hit_rate(self, kind: Kind) -> float | None:
+        # vLLM leaves prompt_tokens_details out of a request that hit nothing, and out of every
+        # request without --enable-prompt-tokens-details: a request reads 0 either way. Only a
+        # hit somewhere shows that the server reports its cache per request.
         share = self._cached_share(kind)
-        if share is not None:
+        if any((s.cached_tokens or 0) > 0 for s in self._measured()):
             return share
-        sequential = any(s.prefix_queries for s in self._of(kind)) or self.concurrency == 1
-        return _rate(self._of(kind)) if self.metrics_available and sequential else None
+        per_request = any(s.server_ttft_ms is not None for s in self._of(kind))
+        if self.metrics_available and (per_request or self.concurrency == 1 and share is None):
+            return _rate(self._of(kind))
+        return share
 
     @property
     def throughput_tok_s(self) -> float:
