@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ TRIAL_LABEL = "io.vllm-tuner.trial"
 
 def docker_client(base_url: str | None = None) -> docker.DockerClient:
     """A client for the engine; an EnvironmentFault (one line) when it cannot be reached."""
+    _check_socket(base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
     client: docker.DockerClient | None = None
     try:
         client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
@@ -38,6 +40,20 @@ def docker_client(base_url: str | None = None) -> docker.DockerClient:
             client.close()  # its connection pool would outlive the error
         raise EnvironmentFault(f"cannot reach the Docker Engine: {exc}") from exc
     return client
+
+
+def _check_socket(url: str) -> None:
+    """Connect to a unix-socket engine once ourselves: the SDK's unix transport leaves its socket
+    open when the connect is refused (warnings as errors turn that into a test failure)."""
+    if not url.startswith("unix://"):
+        return
+    path = url.removeprefix("unix://")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise EnvironmentFault(f"cannot reach the Docker Engine at {path}: {exc}") from exc
 
 
 def remove_containers(
