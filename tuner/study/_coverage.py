@@ -86,7 +86,7 @@ class Coverage:
         sampler's turn: after any other trial, the next coverage trial; after a coverage
         trial, a carry, and only when that trial's news was clear (``keeps_turn``)."""
         front, _ = pareto_front(study)  # read once for the decision and the proposal
-        last = snap.trials[-1] if snap.trials else None
+        last = snap.previous
         if last is None or StoredTrial(last).role not in ("coverage", "carry"):
             return self._propose(study, front, snap, valid, carry_only=False)
         if self._keeps_turn(study, front, last):

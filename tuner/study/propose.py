@@ -53,6 +53,7 @@ class Snapshot:
     """
 
     trials: list[FrozenTrial]
+    before: int | None = None  # the number of the trial being proposed (left out of trials)
     evaluated: dict[str, FrozenTrial] = field(default_factory=dict)
     busy: set[str] = field(default_factory=set)
     tried: set[tuple[str, str]] = field(default_factory=set)
@@ -62,7 +63,7 @@ class Snapshot:
     def read(cls, study: optuna.Study, space: SearchSpace, besides: int | None = None) -> Snapshot:
         """Read ``study`` now, leaving out trial ``besides`` (the one being proposed)."""
         trials = [t for t in study.get_trials(deepcopy=False) if t.number != besides]
-        snap = cls(trials)
+        snap = cls(trials, besides)
         n_dims = len(space.dimensions)
         for t in trials:
             complete = len(t.params) == n_dims
@@ -79,6 +80,13 @@ class Snapshot:
             if t.user_attrs.get(Attr.CARRIES) and complete:
                 snap.carried.add(space.key(t.params))
         return snap
+
+    @property
+    def previous(self) -> FrozenTrial | None:
+        """The trial created just before the one being proposed (another worker's may be
+        newer: the proposal follows on from what came before it)."""
+        older = (t for t in reversed(self.trials) if self.before is None or t.number < self.before)
+        return next(older, None)
 
     def fresh(self, key: str) -> bool:
         """Neither evaluated nor about to be measured by another trial."""
