@@ -64,6 +64,7 @@ class Attr(StrEnum):
     LOG_TAIL = "log_tail"  # the server log's last lines
     DUPLICATE_OF = "duplicate_of"  # the trial whose measurement this proposal repeats
     CRASH_RETRIES = "crash_retries"  # redeployments after a crash
+    DOMINATED_BY = "dominated_by"  # the front trial that was ahead when its measurement stopped
     ARTIFACT_ERROR = "artifact_error"  # the artifact store refused its files
     CONSTRAINTS_NOTE = "constraints_note"  # why the criteria could not be applied yet
     # Validation (the linked NAME.validation study).
@@ -99,6 +100,7 @@ class StudyAttr(StrEnum):
     SERVER_ARGS = "server_args"
     DEPLOYMENT = "deployment"
     GOAL_MET = "goal_met"
+    SETTLED = "settled"  # why the search ended before --trials (tuner.study._stops.Settled)
     NOISE_PRIOR = "noise_prior"  # the machine's between-deployment variation when created
     SOAK = "soak"
     # The linked validation study.

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tuner.errors import MeasureError
-from tuner.measure import measure, stream_chat
+from tuner.measure import TrialMeasurement, measure, stream_chat
 from tuner.simulate import ServerModel, VirtualClock
 from tuner.testing import FAST_WORKLOAD, fake_server
 from tuner.types import Endpoint
@@ -383,3 +383,44 @@ def test_each_conversation_opens_with_its_own_task() -> None:
     firsts = [s for s in m.samples if s.kind == "miss"]
     assert all((s.cached_tokens or 0) < s.prompt_tokens for s in firsts)
     assert m.observations().scalars["cached_share_miss"] == share
+
+
+class TestDecidedStop:
+    @pytest.mark.parametrize("timing", ["closed", "timetable"])
+    def test_a_decided_measurement_ends_at_once(self, timing: str) -> None:
+        """At C=4 (or on a timetable), a measurement that ``decided`` ends after its minimum
+        stops there: the conversations in flight are cancelled, not counted as failures, and
+        what completed is kept."""
+        calls: list[int] = []
+
+        def decided(m: object) -> str | None:
+            calls.append(1)
+            return "dominated"
+
+        update = {"conversations": 8, "max_conversations": 16, "decided_after": 2}
+        if timing == "timetable":
+            update |= {"timing": "timetable", "arrival_gap_s": 0.05, "turn_gap_s": 0.0}
+            spec = FAST_WORKLOAD.model_copy(update=update)
+        else:
+            spec = C4.model_copy(update=update)
+        with fake_server(["--enable-prefix-caching"], model=ServerModel(base_ms=20.0)) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), spec, decided=decided)
+        done = {s.conversation for s in m.samples if s.kind == "miss"}
+        assert m.stop_reason == "dominated"
+        assert len(calls) == 1
+        assert 2 <= len(done) < 8
+        assert m.failed_requests == 0
+
+    def test_not_before_its_minimum(self) -> None:
+        spec = C4.model_copy(update={"decided_after": 8})
+        seen: list[int] = []
+
+        def decided(m: TrialMeasurement) -> str | None:
+            seen.append(m.miss.n)
+            return None
+
+        with fake_server(["--enable-prefix-caching"], clock=VirtualClock()) as srv:
+            m = measure(Endpoint(srv.base_url, "fake-model"), spec, decided=decided)
+        assert m.stop_reason == "fixed"
+        assert seen
+        assert min(seen) >= 8  # asked only once 8 conversations are measured

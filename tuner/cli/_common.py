@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from tuner.config import Profile
 from tuner.errors import ConfigError, Reason
-from tuner.study import TrialOutcome
+from tuner.study import Settle, TrialOutcome
 
 app = typer.Typer(
     add_completion=False,
@@ -52,9 +52,31 @@ ArtifactsOpt = Annotated[
         "--artifacts", help="the trials' files: a folder, or s3://BUCKET (default STUDY/artifacts)"
     ),
 ]
+SettleAfterOpt = Annotated[
+    int,
+    typer.Option(
+        "--settle-after",
+        min=0,
+        help="end the search early once the last K deployments added under --settle-share of "
+        "the front's hypervolume and every value was tried (0: always --trials)",
+    ),
+]
+SettleShareOpt = Annotated[float, typer.Option("--settle-share", min=0.0, max=1.0)]
+EarlyStopOpt = Annotated[
+    bool,
+    typer.Option(
+        "--early-stop/--no-early-stop",
+        help="stop measuring a search trial already behind the front beyond the noise",
+    ),
+]
 GpusOpt = Annotated[
     str | None, typer.Option("--gpus", help="GPU ids to use, e.g. 0,1,2,3 (split among workers)")
 ]
+
+
+def settle(after: int, share: float) -> Settle | None:
+    """The search's settle rule from the two options; None: off."""
+    return Settle(after, share) if after > 0 else None
 
 
 def parse_gpus(text: str | None) -> list[str] | None:

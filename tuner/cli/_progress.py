@@ -66,6 +66,8 @@ def run_study(
     if result.stop == Stop.GOAL:
         out.print(f"search stopped early (--stop-when-met): trial {result.goal_met} meets the "
                   "success criteria with intervals within the objectives' precision")  # fmt: skip
+    if result.stop == Stop.SETTLED:
+        out.print(f"search ended before --trials: {result.settled} (--settle-after 0 runs on)")
     extra = " (every valid point evaluated)" if result.stop == Stop.EXHAUSTED else ""
     out.print(
         f"study {result.study_name}: {result.deployed} deployments{extra}, {result.new_trials} new "

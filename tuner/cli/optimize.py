@@ -14,12 +14,15 @@ from tuner.cli._common import (
     SPACE,
     STUDIES,
     ArtifactsOpt,
+    EarlyStopOpt,
     GpusOpt,
     GraceOpt,
     HeartbeatOpt,
     ObjectiveOpt,
     ProfileOpt,
     SeedsOpt,
+    SettleAfterOpt,
+    SettleShareOpt,
     SpaceOpt,
     StorageOpt,
     StudiesOpt,
@@ -27,6 +30,7 @@ from tuner.cli._common import (
     objective_path,
     out,
     parse_gpus,
+    settle,
     trial_line,
 )
 from tuner.cli._progress import run_study
@@ -115,6 +119,9 @@ def optimize(
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="worker processes sharing the study")
     ] = 1,
+    settle_after: SettleAfterOpt = 8,
+    settle_share: SettleShareOpt = 0.01,
+    early_stop: EarlyStopOpt = True,
     gpus: GpusOpt = None,
     heartbeat: HeartbeatOpt = 10,
     grace: GraceOpt = 60,
@@ -136,7 +143,8 @@ def optimize(
     settings = RunSettings(n_trials=trials, sampler_seed=sampler_seed, enqueue_seeds=not no_seeds,
                            precheck=not no_precheck, sampler=sampler, deadline=deadline,
                            force=force, heartbeat=Heartbeat(heartbeat, grace), artifacts=artifacts,
-                           stop_when_met=stop_when_met)  # fmt: skip
+                           stop_when_met=stop_when_met, early_stop=early_stop,
+                           settle=settle(settle_after, settle_share))  # fmt: skip
     name = study if study is not None else f"{prof.name}-{sp.name}"  # "" is refused, not replaced
     paths = StudyPaths.create(name, studies_dir, storage)
     try:

@@ -24,11 +24,14 @@ from tuner.cli._common import (
     SPACE,
     STUDIES,
     ArtifactsOpt,
+    EarlyStopOpt,
     GpusOpt,
     GraceOpt,
     HeartbeatOpt,
     ObjectiveOpt,
     ProfileOpt,
+    SettleAfterOpt,
+    SettleShareOpt,
     SpaceOpt,
     StorageOpt,
     StudiesOpt,
@@ -36,6 +39,7 @@ from tuner.cli._common import (
     objective_path,
     out,
     parse_gpus,
+    settle,
 )
 from tuner.cli._progress import run_study
 from tuner.config import Profile, SearchSpace, load_objective, load_profile, load_seeds, load_space
@@ -76,6 +80,9 @@ def worker(
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=1, help="seconds; no new deployment after")
     ] = None,
+    settle_after: SettleAfterOpt = 8,
+    settle_share: SettleShareOpt = 0.01,
+    early_stop: EarlyStopOpt = True,
 ) -> None:
     """Join a study as one more worker: deploy what the sampler proposes until it holds TRIALS."""
     sp = load_space(space)
@@ -93,6 +100,8 @@ def worker(
         slot=ws.label(),
         artifacts=artifacts,
         deadline=time.monotonic() + timeout if timeout else None,
+        settle=settle(settle_after, settle_share),
+        early_stop=early_stop,
     )
     run_study(paths, sp, SEEDS, obj, confine(prof, ws), settings, plain=f"[{ws.label()}]")
 
@@ -138,6 +147,12 @@ def run_workers(
                 ]  # fmt: skip
                 if s.gpus:
                     cmd += ["--gpus", ",".join(s.gpus)]
+                rule = settings.settle
+                cmd += ["--settle-after", str(rule.after if rule else 0)]
+                if rule:
+                    cmd += ["--settle-share", str(rule.share)]
+                if not settings.early_stop:
+                    cmd.append("--no-early-stop")
                 if settings.artifacts:
                     cmd += ["--artifacts", settings.artifacts]
                 if settings.deadline is not None:  # --timeout covers the workers too

@@ -7,6 +7,7 @@ own recorded conversations. Every kind shares the load settings of :class:`LoadS
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -37,6 +38,10 @@ class LoadSpec(StrictModel):
     # conversations / seconds of measurement. Without them, `conversations` is also the cap.
     max_conversations: int | None = Field(default=None, ge=1)
     max_seconds: float | None = Field(default=None, gt=0)
+    # The search's early stop: a trial already behind a front point beyond the noise on every
+    # objective stops measuring after this many conversations (default: half of
+    # `conversations`, at least 2), keeping its figures (stop_reason: dominated).
+    decided_after: int | None = Field(default=None, ge=1)
     # Load: C conversations in flight (closed loop; a new one starts as one ends), their
     # starts staggered so that the first turns do not arrive as one burst.
     concurrency: int = Field(default=1, ge=1)
@@ -76,6 +81,11 @@ class LoadSpec(StrictModel):
                 "no `rate` or `concurrency` with it"
             )
         return self
+
+    @property
+    def decided_from(self) -> int:
+        """Measured conversations after which the dominated stop may end a measurement."""
+        return self.decided_after or max(2, math.ceil(self.conversations / 2))
 
     def held_out(self) -> Self:
         """The same workload on conversations the search never used (for validation): the

@@ -180,12 +180,16 @@ async def measure_async(
     check_alive: Callable[[], None] | None = None,
     on_request: Callable[[RequestSample], None] | None = None,
     enough: Callable[[TrialMeasurement], bool] | None = None,
+    decided: Callable[[TrialMeasurement], str | None] | None = None,
 ) -> TrialMeasurement:
     """Warm-up conversation(s), then at least ``spec.conversations`` measured ones.
 
     With ``enough`` (adaptive measurement), conversations go on until ``enough(measured so
     far)`` is true or a cap (``spec.max_conversations``, ``spec.max_seconds``) is reached; the
-    measurement's ``stop_reason`` says which. More than ``spec.max_error_share`` failed
+    measurement's ``stop_reason`` says which. With ``decided``, from ``spec.decided_from``
+    conversations on, a reason it returns (``dominated``) ends the measurement at once:
+    conversations in flight are cancelled, what they completed is kept. More than
+    ``spec.max_error_share`` failed
     requests is a MeasureError with reason ``overload``; no token for
     ``spec.stall_timeout_s`` is one with reason ``hang``.
     """
@@ -205,9 +209,10 @@ async def measure_async(
     started = time.perf_counter()
     next_conv = 0
     stop = False
+    cut = asyncio.Event()  # set when ``decided`` ends the measurement
 
     async def one(schedule: tuple[Timetable, float] | None = None) -> None:
-        """The next conversation, then the adaptive stop's check."""
+        """The next conversation, then the early and the adaptive stops' checks."""
         nonlocal next_conv, stop, stop_reason
         conv = next_conv
         next_conv += 1
@@ -215,7 +220,16 @@ async def measure_async(
         if check_alive is not None:
             check_alive()
         done = {s.conversation for s in run.samples if s.kind == "miss"}
-        if enough is None or len(done) < spec.conversations or stop:
+        if stop:
+            return
+        if decided is not None and len(done) >= spec.decided_from:
+            partial = _partial(run.samples, run.last, _memory(endpoint, run.last))
+            why = decided(partial)
+            if why is not None:
+                stop, stop_reason = True, why
+                cut.set()
+                return
+        if enough is None or len(done) < spec.conversations:
             return
         if enough(_partial(run.samples, run.last)):
             stop, stop_reason = True, "precision"
@@ -233,23 +247,31 @@ async def measure_async(
         """Open loop: conversations arrive at ``spec.rate`` per second, however many run."""
         rng = random.Random(spec.seed)
         tasks: list[asyncio.Task[None]] = []
-        while not stop and next_conv < total:
-            tasks.append(asyncio.create_task(one()))
-            await asyncio.sleep(rng.expovariate(spec.rate or 1.0))
-        await asyncio.gather(*tasks)
+        try:
+            while not stop and next_conv < total:
+                tasks.append(asyncio.create_task(one()))
+                await asyncio.sleep(rng.expovariate(spec.rate or 1.0))
+            await asyncio.gather(*tasks)
+        finally:  # cut short: the conversations in flight go too
+            for t in tasks:
+                t.cancel()
 
     async def on_timetable() -> None:
         """Timetable: each conversation starts at its drawn time, however many run."""
         plan, t0 = Timetable(spec), time.perf_counter()
         tasks: list[asyncio.Task[None]] = []
-        while not stop and next_conv < total:
-            if (wait := t0 + plan.start(next_conv) - time.perf_counter()) > 0:
-                await asyncio.sleep(wait)
-            if stop:
-                break
-            tasks.append(asyncio.create_task(one((plan, t0))))
-            await asyncio.sleep(0)  # let it take its conversation number
-        await asyncio.gather(*tasks)
+        try:
+            while not stop and next_conv < total:
+                if (wait := t0 + plan.start(next_conv) - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
+                if stop:
+                    break
+                tasks.append(asyncio.create_task(one((plan, t0))))
+                await asyncio.sleep(0)  # let it take its conversation number
+            await asyncio.gather(*tasks)
+        finally:  # cut short: the conversations in flight go too
+            for t in tasks:
+                t.cancel()
 
     async def watch_kv() -> None:
         """Under load, /metrics is read every ``metrics_interval_s`` for the KV-cache peak."""
@@ -258,14 +280,28 @@ async def measure_async(
             with contextlib.suppress(MeasureError):
                 run.saw(await fetch_metrics(client, endpoint.base_url))
 
-    watcher = None if per_request else asyncio.create_task(watch_kv())
-    try:
+    async def load() -> None:
+        """The measured conversations, in the spec's load shape."""
         if spec.timing == "timetable":
             await on_timetable()
         elif spec.rate is not None:
             await poisson()
         else:
             await asyncio.gather(*(worker(i) for i in range(spec.concurrency)))
+
+    watcher = None if per_request else asyncio.create_task(watch_kv())
+    try:
+        main, cutter = asyncio.create_task(load()), asyncio.create_task(cut.wait())
+        try:
+            await asyncio.wait({main, cutter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cutter.cancel()
+            if cut.is_set():
+                main.cancel()  # decided: what is in flight would not change the answer
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+        if not cut.is_set():
+            main.result()  # a conversation's error, as before
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -279,10 +315,7 @@ async def measure_async(
             f"{spec.max_error_share:.0%}): the server is overloaded at this load",
             reason="overload",
         )
-    if endpoint.reported_vram_mib is not None:  # a simulated server reports its own memory
-        memory = MemoryReading(vram_mib=endpoint.reported_vram_mib, source="reported")
-    else:
-        memory = read_memory(endpoint.pids, after.kv_cache_bytes)
+    memory = _memory(endpoint, after)
     delta = after.delta(measured_from)
     return TrialMeasurement(
         samples=tuple(run.samples),
@@ -322,11 +355,21 @@ async def _tokens_per_word(client: httpx.AsyncClient, endpoint: Endpoint) -> flo
     return count / len(text.split()) if count > 0 else None
 
 
-def _partial(samples: list[RequestSample], last: MetricsSnapshot) -> TrialMeasurement:
-    """What is measured so far, for the adaptive stop (memory is read once, at the end)."""
+def _memory(endpoint: Endpoint, snap: MetricsSnapshot) -> MemoryReading:
+    """The server's memory now: what a simulated server reports, else read from its processes."""
+    if endpoint.reported_vram_mib is not None:
+        return MemoryReading(vram_mib=endpoint.reported_vram_mib, source="reported")
+    return read_memory(endpoint.pids, snap.kv_cache_bytes)
+
+
+def _partial(
+    samples: list[RequestSample], last: MetricsSnapshot, memory: MemoryReading | None = None
+) -> TrialMeasurement:
+    """What is measured so far, for the early and the adaptive stops (the precision check
+    needs no memory: it is then read once, at the end)."""
     return TrialMeasurement(
         samples=tuple(samples),
-        memory=MemoryReading(vram_mib=math.nan, source="pending"),
+        memory=memory or MemoryReading(vram_mib=math.nan, source="pending"),
         cache_config=last.cache_config,
         metrics_available=last.available,
     )
@@ -340,6 +383,7 @@ def measure(
     check_alive: Callable[[], None] | None = None,
     on_request: Callable[[RequestSample], None] | None = None,
     enough: Callable[[TrialMeasurement], bool] | None = None,
+    decided: Callable[[TrialMeasurement], str | None] | None = None,
 ) -> TrialMeasurement:
     """Synchronous entry point: owns its event loop and HTTP client."""
 
@@ -356,6 +400,7 @@ def measure(
                 check_alive=check_alive,
                 on_request=on_request,
                 enough=enough,
+                decided=decided,
             )
 
     return run_interruptible(_go())

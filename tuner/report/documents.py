@@ -24,7 +24,7 @@ from tuner.report.model import (
 )
 from tuner.report.pareto import write_pareto
 from tuner.report.recommend import Recommendation, Rule
-from tuner.trial import StudyAttr
+from tuner.trial import Attr, StudyAttr
 
 __all__ = ["Report", "build_report", "md_table", "write_report"]
 
@@ -59,6 +59,26 @@ def _criteria_lines(rep: Report) -> list[str]:
             "within the objectives' precision."
         )
     return lines
+
+
+def _spend_lines(rep: Report) -> list[str]:
+    """What the search spared: why it ended before --trials, and the trials that stopped
+    measuring once they were behind the front beyond the noise."""
+    lines = []
+    why = rep.study.user_attrs.get(StudyAttr.SETTLED)
+    if isinstance(why, dict) and why.get("words"):
+        lines.append(f"The search ended before --trials: {why['words']}.")
+    cut = [t for t in rep.study.get_trials(deepcopy=False)
+           if t.user_attrs.get("stop_reason") == "dominated"]  # fmt: skip
+    if cut:
+        listed = ", ".join(
+            f"{t.number} (behind {t.user_attrs.get(Attr.DOMINATED_BY)})" for t in cut
+        )
+        lines.append(
+            f"{len(cut)} trial(s) stopped measuring once a front trial was ahead beyond the "
+            f"noise (their figures are kept, from fewer conversations): {listed}."
+        )
+    return [*lines, ""] if lines else []
 
 
 def _paste_lines(rec: Recommendation) -> list[str]:
@@ -177,6 +197,7 @@ def render_markdown(rep: Report) -> str:
         f"Objectives: {', '.join(st.metric_names or [])} (all minimised). "
         f"{n_done} finished trials; {sum(len(g.trials) for g in rep.failures)} failed.",
         "",
+        *_spend_lines(rep),
         "## Validation",
         "",
         *_validation_lines(rep),

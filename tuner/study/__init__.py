@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tuner.study._signals import sigterm_as_interrupt
+from tuner.study._stops import Settle
 from tuner.study._trial import TrialOutcome
 from tuner.study.runner import Stop, StudyRunner
 from tuner.study.settings import RunResult, RunSettings
@@ -19,6 +20,7 @@ __all__ = [
     "Heartbeat",
     "RunResult",
     "RunSettings",
+    "Settle",
     "Stop",
     "StudyPaths",
     "StudyRunner",

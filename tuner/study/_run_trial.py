@@ -55,6 +55,7 @@ class TrialContext:
     worker: str | None = None
     slot: str | None = None
     on_start: OnStart | None = None
+    early_stop: bool = False  # the search's dominated stop (tuner.study._stops)
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> TrialOutcome:
@@ -102,6 +103,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> Tr
             env=env,
             # only when there is a store: the benchmarks' evaluators take no such argument
             **({"artifacts": ctx.store} if ctx.store is not None else {}),
+            **({"early_stop": True} if ctx.early_stop else {}),
         )
     except KeyboardInterrupt:
         if study.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:

@@ -29,6 +29,7 @@ from tuner.errors import DeployError, MeasureError, Reason, ServerExited
 from tuner.measure import TrialMeasurement, measure
 from tuner.metrics import METRICS, within_precision
 from tuner.schema import MeasurementsDoc, TrialFolder
+from tuner.study._stops import dominated_stop
 from tuner.study.artifacts import ArtifactStore, upload_files
 from tuner.trial import Attr, seed_trial
 
@@ -246,6 +247,7 @@ def deploy_and_measure(
     workload: SyntheticAgentSpec | TraceSpec,
     crash_retries: int,
     enough: Callable[[TrialMeasurement], bool] | None = None,
+    decided: Callable[[TrialMeasurement], str | None] | None = None,
 ) -> Measured:
     """Start the server, wait until healthy, run the workload; the server is always stopped.
 
@@ -260,7 +262,8 @@ def deploy_and_measure(
                 endpoint = dep.start(flags, trial_dir, env)
                 startup_s = dep.wait_ready()
                 check_model(endpoint.base_url, endpoint.model)  # the server we started
-                m = measure(endpoint, workload, check_alive=dep.check_alive, enough=enough)
+                m = measure(endpoint, workload, check_alive=dep.check_alive, enough=enough,
+                            decided=decided)  # fmt: skip
                 return Measured(m, startup_s, crash_retries=attempt)
             except DeployError as exc:
                 tail = exc.log_tail or dep.log_tail()
@@ -382,9 +385,12 @@ def evaluate(
     crash_retries: int,
     env: dict[str, str] | None = None,
     artifacts: ArtifactStore | None = None,
+    early_stop: bool = False,
 ) -> TrialOutcome:
-    """Deploy ``flags`` and ``env``, measure, tell Optuna; KeyboardInterrupt propagates."""
+    """Deploy ``flags`` and ``env``, measure, tell Optuna; KeyboardInterrupt propagates.
+    ``early_stop``: the search's dominated stop (``dominated_stop``)."""
     started = time.perf_counter()
+    ahead: list[int] = []
     result = deploy_and_measure(
         make_deployer,
         profile,
@@ -394,7 +400,10 @@ def evaluate(
         workload=objective.workload,
         crash_retries=crash_retries,
         enough=precise_enough(objective),
+        decided=dominated_stop(study, trial, objective, ahead) if early_stop else None,
     )
+    if ahead:
+        trial.set_user_attr(Attr.DOMINATED_BY, ahead[-1])
     return record(
         study, trial, result, objective=objective, flags=flags, env=env, trial_dir=trial_dir,
         started=started, artifacts=artifacts,

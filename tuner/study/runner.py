@@ -23,6 +23,7 @@ import functools
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict
 from enum import StrEnum
 from typing import Any
 
@@ -43,6 +44,7 @@ from tuner.study._goal import check_goal, goal_met
 from tuner.study._run_trial import OnStart, TrialContext, run_trial
 from tuner.study._setup import artifact_store, describe
 from tuner.study._signals import sigterm_as_interrupt
+from tuner.study._stops import settled
 from tuner.study._trial import TrialOutcome, evaluate
 from tuner.study.propose import Snapshot, enqueue_seeds
 from tuner.study.sampling import SamplerContext, SamplerFactory, check_sampler, default_sampler
@@ -59,6 +61,7 @@ class Stop(StrEnum):
 
     TARGET = "target"  # the study holds --trials deployments
     EXHAUSTED = "exhausted"  # every valid point is evaluated or being measured
+    SETTLED = "settled"  # the last deployments could not have moved the front (--settle-after)
     GOAL = "goal"  # --stop-when-met: a trial meets the criteria, precisely enough
     DEADLINE = "deadline"  # --timeout: no new deployment starts
 
@@ -222,12 +225,26 @@ class StudyRunner:
             snap = Snapshot.read(study, self.space)
             if all(not snap.fresh(key) for key in self.valid):
                 return Stop.EXHAUSTED
+        if self._settled(study) is not None:
+            return Stop.SETTLED
         if self._goal(study) is not None:
             return Stop.GOAL
         deadline = self.settings.deadline
         if deadline is not None and time.monotonic() > deadline:
             return Stop.DEADLINE
         return None
+
+    def _settled(self, study: optuna.Study) -> str | None:
+        """Why the search has settled (``tuner.study._stops.settled``), stored with the study
+        the first time; None: it has not, or the rule is off."""
+        if self.settings.settle is None or self._fixed is not None:
+            return None
+        why = settled(study, self.space, self.valid, self.settings.settle)
+        if why is None:
+            return None
+        if StudyAttr.SETTLED not in study.user_attrs:
+            study.set_user_attr(StudyAttr.SETTLED, {**asdict(why), "words": why.words()})
+        return why.words()
 
     def _goal(self, study: optuna.Study) -> int | None:
         """--stop-when-met: the trial that meets the goal, once nothing is queued or running
@@ -269,6 +286,7 @@ class StudyRunner:
             worker=run_id,
             slot=self.settings.slot,
             on_start=self._on_start,
+            early_stop=self.settings.early_stop,
         )
 
     def _reap(self, study: optuna.Study) -> None:
@@ -284,6 +302,7 @@ class StudyRunner:
             tuple(outcomes),
             stop,
             self._goal(study) if stop == Stop.GOAL else None,
+            self._settled(study) if stop == Stop.SETTLED else None,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuner.study._stops import Settle
 from tuner.study._trial import TrialOutcome
 from tuner.study.storage import Heartbeat
 
@@ -48,12 +49,19 @@ class RunSettings:
     # --stop-when-met: once the seeds are done, stop when a trial meets the success criteria
     # with intervals within the objectives' precision (tuner.study._goal).
     stop_when_met: bool = False
+    # Once the seeds are done and every dimension value deployed, end the search when the last
+    # `after` deployments added under `share` of the front's hypervolume, each at the
+    # favourable end of its interval (tuner.study._stops); None: always --trials.
+    settle: Settle | None = Settle()
+    # A search trial behind the front beyond the noise on every objective stops measuring
+    # after workload.decided_after conversations (stop_reason: dominated).
+    early_stop: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
     """What a run did: deployments the study holds, trials it added, each outcome, and why it
-    stopped (``tuner.study.runner.Stop``: target, exhausted, goal, deadline)."""
+    stopped (``tuner.study.runner.Stop``: target, exhausted, settled, goal, deadline)."""
 
     study_name: str
     deployed: int  # deployments the study holds now
@@ -61,6 +69,7 @@ class RunResult:
     outcomes: tuple[TrialOutcome, ...]
     stop: str = "target"
     goal_met: int | None = None  # --stop-when-met: the trial that met the goal
+    settled: str | None = None  # why the search settled before --trials (Stop.SETTLED)
 
     @property
     def exhausted(self) -> bool:
