@@ -19,6 +19,7 @@
 #                    benchmarks/gpu/h100_131k.yaml, benchmarks/gpu/agent_c8.yaml)
 #   startup          start-up time, eager vs compiled with a cold and a warm VLLM_CACHE_ROOT
 #                    (benchmarks/gpu/startup.py; PROFILE, default benchmarks/gpu/h100_131k.yaml)
+#   bytecode         whether a missing Python bytecode cache slows vLLM's start (benchmarks/gpu/bytecode.py)
 #   failures         two configurations that must fail for real (invalid flags; GPU memory held)
 #   tp-oom           tensor parallel 2: another process holds 100 GB of the second GPU only, then a
 #                    server asking 0.95 of both must fail as `oom` (PROFILE, default
@@ -105,6 +106,10 @@ startup)
   timeout -s TERM "${BUDGET_S:-500}" python3 benchmarks/gpu/startup.py \
     "${2:-benchmarks/gpu/h100_131k.yaml}" "$OUT/startup.json" 2>&1 | grep -v "^INFO\|^(EngineCore" | tail -20
   ;;
+bytecode)
+  timeout -s TERM "${BUDGET_S:-540}" python3 benchmarks/gpu/bytecode.py \
+    "${2:-benchmarks/gpu/h100_131k.yaml}" "$OUT/bytecode.json" 2>&1 | grep -v "^INFO\|^(EngineCore" | tail -20
+  ;;
 failures)
   # Another process holds ~60 GB first, as a second model on the same GPU would.
   python3 -c 'import torch, time; x = torch.empty(60 * 2**30, dtype=torch.uint8, device="cuda"); print("holding", flush=True); time.sleep(900)' &
@@ -129,5 +134,5 @@ tp-oom)
   kill $hog; wait $hog 2>/dev/null
   collect
   ;;
-*) echo "usage: device.sh receive|install|study NAME N [PROFILE [OBJECTIVE [SEEDS]]]|noise [K [SEED]]|remeasure NAME TRIALS ROUNDS|startup|failures|tp-oom" >&2; exit 2 ;;
+*) echo "usage: device.sh receive|install|study NAME N [PROFILE [OBJECTIVE [SEEDS]]]|noise [K [SEED]]|remeasure NAME TRIALS ROUNDS|startup|bytecode|failures|tp-oom" >&2; exit 2 ;;
 esac
