@@ -203,6 +203,20 @@ class TestLocal:
         assert '"--max-num-seqs"' in text
         assert sys.executable in text
 
+    @pytest.mark.parametrize("profile_sets", [False, True])
+    def test_bytecode_is_kept_unless_the_profile_says(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profile_sets: bool
+    ) -> None:
+        """An image's PYTHONDONTWRITEBYTECODE does not reach the server (every start would
+        compile torch again); a profile that sets it gets it."""
+        monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+        env = {"PYTHONDONTWRITEBYTECODE": "1"} if profile_sets else {}
+        with make_deployer(local_profile(env=env)) as dep:
+            ep = dep.start([], tmp_path)
+            dep.wait_ready()
+            server_env = psutil.Process(ep.pids[0]).environ()
+        assert ("PYTHONDONTWRITEBYTECODE" in server_env) is profile_sets
+
     def test_crash_is_classified_with_log_tail(self, tmp_path: Path) -> None:
         """A server that exits during start-up raises ServerExited(crash) with its log."""
         with make_deployer(local_profile()) as dep:
