@@ -64,6 +64,7 @@ class Attr(StrEnum):
     LOG_TAIL = "log_tail"  # the server log's last lines
     DUPLICATE_OF = "duplicate_of"  # the trial whose measurement this proposal repeats
     CRASH_RETRIES = "crash_retries"  # redeployments after a crash
+    WARM_FROM = "warm_from"  # STUDY#N: copied from (or queued after) that study's trial N
     DOMINATED_BY = "dominated_by"  # the front trial that was ahead when its measurement stopped
     ARTIFACT_ERROR = "artifact_error"  # the artifact store refused its files
     CONSTRAINTS_NOTE = "constraints_note"  # why the criteria could not be applied yet
@@ -82,6 +83,7 @@ RETRY_ATTRS = (
     Attr.CARRIES,
     Attr.FALLBACK,
     Attr.EXTERNAL,
+    Attr.WARM_FROM,
 )
 
 
@@ -100,6 +102,7 @@ class StudyAttr(StrEnum):
     SERVER_ARGS = "server_args"
     DEPLOYMENT = "deployment"
     GOAL_MET = "goal_met"
+    MEASURED_WITH = "measured_with"  # what makes its measurements compare (study.warm)
     SETTLED = "settled"  # why the search ended before --trials (tuner.study._stops.Settled)
     NOISE_PRIOR = "noise_prior"  # the machine's between-deployment variation when created
     SOAK = "soak"
@@ -120,6 +123,7 @@ class Role(StrEnum):
     CARRY = "carry"  # a winning value carried across the front
     FALLBACK = "fallback"  # a fresh neighbour of the front, the sampler having nothing new
     EXTERNAL = "external"  # the running server of the external deployer
+    WARM = "warm"  # from another study (--warm-start): copied, or its front queued
     VALIDATION = "validation"  # a fresh redeployment of a candidate
     SAMPLER = "sampler"  # the sampler's own proposal (TPE)
 
@@ -214,6 +218,7 @@ class StoredTrial:
         if a.get(Attr.PHASE) == "validation":
             return Role.VALIDATION
         for attr, role in (
+            (Attr.WARM_FROM, Role.WARM),
             (Attr.SEED_NAME, Role.SEED),
             (Attr.EXTERNAL, Role.EXTERNAL),
             (Attr.COVERAGE, Role.COVERAGE),

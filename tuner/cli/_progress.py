@@ -61,6 +61,8 @@ def run_study(
 
         run = runner(on_trial_start=started, on_trial_end=ended)
         result = run.run()
+    for w in run.warmed:
+        out.print(f"warm start from {w.words()}")
     if run.reclaimed:
         out.print(f"cleaned up after an earlier run: {', '.join(run.reclaimed)}")
     if result.stop == Stop.GOAL:

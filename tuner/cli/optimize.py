@@ -119,6 +119,14 @@ def optimize(
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="worker processes sharing the study")
     ] = 1,
+    warm_start: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--warm-start",
+            help="start from another study's measurements (copied when they compare, its "
+            "front queued first when only the model or workload differs); repeatable",
+        ),
+    ] = None,
     settle_after: SettleAfterOpt = 8,
     settle_share: SettleShareOpt = 0.01,
     early_stop: EarlyStopOpt = True,
@@ -144,6 +152,7 @@ def optimize(
                            precheck=not no_precheck, sampler=sampler, deadline=deadline,
                            force=force, heartbeat=Heartbeat(heartbeat, grace), artifacts=artifacts,
                            stop_when_met=stop_when_met, early_stop=early_stop,
+                           warm_start=tuple(warm_start or ()),
                            settle=settle(settle_after, settle_share))  # fmt: skip
     name = study if study is not None else f"{prof.name}-{sp.name}"  # "" is refused, not replaced
     paths = StudyPaths.create(name, studies_dir, storage)

@@ -48,6 +48,7 @@ __all__ = [
     "FakeDeployer",
     "LocalDeployer",
     "ReplayDeployer",
+    "build",
     "check_model",
     "check_profile",
     "classify_exit",
@@ -125,6 +126,11 @@ def fixed_params(profile: Profile, space: SearchSpace) -> dict[str, ParamValue] 
 def check_profile(profile: Profile, space: SearchSpace) -> None:
     """ConfigError, before any deployment, when the profile cannot serve ``space``."""
     _class_of(profile).check(profile, space)
+
+
+def build(profile: Profile) -> str | None:
+    """What serves the profile's trials (vLLM's version, the image); None: unknown."""
+    return _class_of(profile).build(profile)
 
 
 def deployment_hints(profile: Profile) -> dict[str, Any]:

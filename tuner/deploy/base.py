@@ -213,6 +213,11 @@ class DeployerClass(Protocol):
         """``--keep-best``: leave the user's server running the flags; a line saying so."""
         ...
 
+    def build(self, profile: Profile) -> str | None:
+        """What serves the trials, as far as it decides whether two studies' measurements
+        compare (the vLLM version, the image); None: not known before a deployment."""
+        ...
+
 
 class BaseDeployer:
     """Context-manager plumbing shared by the implementations.
@@ -289,6 +294,12 @@ class BaseDeployer:
     @classmethod
     def check(cls, profile: Profile, space: SearchSpace) -> None:
         """ConfigError, before any deployment, when the profile cannot serve ``space``."""
+
+    @classmethod
+    def build(cls, profile: Profile) -> str | None:
+        """What serves the trials (vLLM's version, the image), for a study's measurements to
+        be reused by another (``--warm-start``); None by default: unknown, never reused."""
+        return None
 
     @classmethod
     def keep(

@@ -150,6 +150,12 @@ class DockerDeployer(BaseDeployer):
         return confined(profile, cfg, slot, lambda gpus: {"gpus": list(gpus)})
 
     @classmethod
+    def build(cls, profile: Profile) -> str | None:
+        """The image as named in the profile (a tag that is moved is the user's to rename)."""
+        cfg: DockerConfig = cls._config_of(profile)
+        return f"image {cfg.image}"
+
+    @classmethod
     def hints(cls, profile: Profile) -> dict[str, Any]:
         """The image, GPUs, port, volumes, variables and shared memory the recommendation's
         ``docker run`` line repeats."""

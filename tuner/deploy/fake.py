@@ -65,6 +65,13 @@ class FakeDeployer(InProcessDeployer):
     kind = "fake"
     config_type = FakeConfig
 
+    @classmethod
+    def build(cls, profile: Profile) -> str | None:
+        """The simulated engine and its model of the flags' cost."""
+        cfg: FakeConfig = cls._config_of(profile)
+        return "simulated " + cfg.model_dump_json(include={"base_ms", "per_token_ms", "decode_ms",
+                                                           "per_seq_ms", "kv_tokens"})  # fmt: skip
+
     def __init__(self, profile: Profile, managed_flags: Collection[str] = ()) -> None:
         """A deployer of simulated servers; ``clock`` is the wall clock unless a test puts a
         virtual one there."""

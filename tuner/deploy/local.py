@@ -215,6 +215,24 @@ class LocalDeployer(BaseDeployer):
             "env": {**cfg.env, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}})  # fmt: skip
 
     @classmethod
+    def build(cls, profile: Profile) -> str | None:
+        """The module run and the vLLM version the profile's interpreter has installed (read
+        from its package metadata: no import of vLLM, a fraction of a second)."""
+        cfg: LocalConfig = cls._config_of(profile)
+        python = cfg.python or sys.executable
+        probe = (
+            "import importlib.metadata as m\n"
+            "try: print(m.version('vllm'))\n"
+            "except m.PackageNotFoundError: print('-')"
+        )
+        try:
+            out = subprocess.run([python, "-c", probe], capture_output=True, text=True,
+                                 timeout=60, check=True).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return f"{cfg.module} (vllm {out})"
+
+    @classmethod
     def hints(cls, profile: Profile) -> dict[str, Any]:
         """The port and the variables to pass (HF_TOKEN by default)."""
         cfg: LocalConfig = cls._config_of(profile)

@@ -31,6 +31,12 @@ class ReplayDeployer(InProcessDeployer):
     config_type = ReplayConfig
 
     @classmethod
+    def build(cls, profile: Profile) -> str | None:
+        """The recorded surface replayed."""
+        cfg: ReplayConfig = cls._config_of(profile)
+        return f"replay of {cfg.surface.name}"
+
+    @classmethod
     def check(cls, profile: Profile, space: SearchSpace) -> None:
         """The surface must hold points of ``space``, or every trial would 'crash'."""
         cfg: ReplayConfig = cls._config_of(profile)

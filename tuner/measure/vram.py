@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 
-__all__ = ["GpuRow", "MemoryReading", "gpu_reading", "read_memory"]
+__all__ = ["GpuRow", "MemoryReading", "gpu_reading", "machine", "read_memory"]
 
 MIB = 1024 * 1024
 
@@ -86,6 +86,28 @@ def _nvml_rows(pids: set[int]) -> list[GpuRow] | None:
     finally:
         with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
+
+
+def machine() -> str:
+    """The accelerators this host measures on, for telling whether two studies' figures
+    compare: the GPUs' names and count from NVML (``2 x NVIDIA H200``), else ``cpu``."""
+    try:
+        import pynvml
+    except ImportError:
+        return "cpu"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return "cpu"
+    try:
+        names = [
+            str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
+            for i in range(pynvml.nvmlDeviceGetCount())
+        ]
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+    return ", ".join(f"{names.count(n)} x {n}" for n in sorted(set(names))) or "cpu"
 
 
 def gpu_reading(rows: list[GpuRow], kv_mib: float | None) -> MemoryReading | None:

@@ -24,6 +24,7 @@ from tuner.errors import StudyError
 from tuner.study._fingerprint import differences, fingerprint
 from tuner.study.artifacts import STORE_ATTR, ArtifactStore, open_store, store_of
 from tuner.study.storage import MEMORY, StudyPaths
+from tuner.study.warm import measured_with
 from tuner.trial import StudyAttr
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ def describe(
         prior = NoisePrior.load(studies, profile.deployer.kind) if studies else None
         if prior is not None:
             study.set_user_attr(StudyAttr.NOISE_PRIOR, asdict(prior))
+        # The key another study's --warm-start compares with (tuner.study.warm).
+        study.set_user_attr(StudyAttr.MEASURED_WITH, measured_with(objective, profile))
     elif have != want or study.user_attrs.get(StudyAttr.SPACE) != space.name:
         raise StudyError(
             f"study {name!r} was created with space {study.user_attrs.get('space')!r} "

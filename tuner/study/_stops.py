@@ -140,7 +140,9 @@ def settled(
     busy = (TrialState.WAITING, TrialState.RUNNING)
     if any(t.state in busy and Attr.SEED_NAME in t.user_attrs for t in trials):
         return None
-    done = [t for t in trials if t.state not in busy and StoredTrial(t).is_deployment]
+    # this study's deployments, and the measurements --warm-start copied in (numbered first)
+    done = [t for t in trials if t.state not in busy and (StoredTrial(t).is_deployment or (
+        Attr.WARM_FROM in t.user_attrs and StoredTrial(t).evaluated))]  # fmt: skip
     wanted = {(d.name, repr(p[d.name])) for p in valid.values() for d in space.dimensions}
     seen = {(name, repr(v)) for t in done for name, v in t.params.items()}
     if len(done) <= settle.after or not wanted <= seen:

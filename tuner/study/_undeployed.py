@@ -18,7 +18,8 @@ from tuner.trial import Attr, StoredTrial
 __all__ = ["record_duplicate", "record_env_fault", "record_not_deployed"]
 
 # What a trial that repeats another's measurement keeps of its own: who it is, not the original's.
-_OWN = (Attr.SEED_NAME, Attr.SEED_ALIASES, Attr.FLAGS, Attr.DEPLOYED, Attr.FALLBACK, Attr.WORKER)
+_OWN = (Attr.SEED_NAME, Attr.SEED_ALIASES, Attr.FLAGS, Attr.DEPLOYED, Attr.FALLBACK, Attr.WORKER,
+        Attr.WARM_FROM)  # fmt: skip
 
 
 def _frozen(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:

@@ -49,7 +49,8 @@ from tuner.study._trial import TrialOutcome, evaluate
 from tuner.study.propose import Snapshot, enqueue_seeds
 from tuner.study.sampling import SamplerContext, SamplerFactory, check_sampler, default_sampler
 from tuner.study.settings import RunResult, RunSettings
-from tuner.study.storage import StudyPaths, open_storage, study_lock
+from tuner.study.storage import StudyPaths, load_study, open_storage, study_lock
+from tuner.study.warm import WarmStart, warm_start
 from tuner.study.workers import reap, worker_lease
 from tuner.trial import Attr, StoredTrial, StudyAttr, deployments
 
@@ -103,6 +104,7 @@ class StudyRunner:
         self._on_start = on_trial_start
         self._on_end = on_trial_end
         self.reclaimed: list[str] = []  # what cleanup of an earlier killed run removed
+        self.warmed: list[WarmStart] = []  # what --warm-start copied or queued
         # The external deployer measures the one configuration its server runs.
         self._fixed = fixed_params(profile, space)
         self._valid_points: dict[str, dict[str, ParamValue]] | None = None
@@ -151,10 +153,13 @@ class StudyRunner:
 
     def queue_seeds(self, study: optuna.Study | None = None) -> int:
         """Queue the seeds the study has not measured (or, for the external deployer, its one
-        point), once, whatever the number of workers; how many trials were queued. ``tuner
-        optimize --workers N`` calls it under the study's lock before the workers start."""
+        point), once, whatever the number of workers, after what ``--warm-start`` copies or
+        queues; how many seed trials were queued. ``tuner optimize --workers N`` calls it under
+        the study's lock before the workers start."""
         study = study or self.open_study()
         self._reap(study)  # a dead run's seeds come back to the queue first
+        if self.settings.warm_start:  # before the seeds: a related front is queued first
+            self.warmed = self._warm(study)
         if self._fixed is not None:
             trials = study.get_trials(deepcopy=False)
             if any(t.state == TrialState.WAITING or StoredTrial(t).evaluated for t in trials):
@@ -190,7 +195,7 @@ class StudyRunner:
         # What a hard-killed earlier run left behind, never the servers of running trials.
         keep = [self.paths.trial_dir(t.number) for t in _running(study)]
         self.reclaimed = cleanup_stale(self.profile, self.paths.name, self.paths.root, keep)
-        if self.settings.enqueue_seeds or self._fixed is not None:
+        if self.settings.enqueue_seeds or self.settings.warm_start or self._fixed is not None:
             self.queue_seeds(study)
         ctx = self._context(study, run_id)
         outcomes: list[TrialOutcome] = []
@@ -204,6 +209,17 @@ class StudyRunner:
                 if self._on_end is not None:
                     self._on_end(outcomes[-1])
         return self._result(study, outcomes, stop)
+
+    def _warm(self, study: optuna.Study) -> list[WarmStart]:
+        """``--warm-start``: copy or queue from the named studies (``tuner.study.warm``),
+        found where this study is (its studies folder, or the shared storage)."""
+        own = StudyPaths.create(self.paths.name, self.paths.root.parent)
+        shared = None if own.storage_url == self.paths.storage_url else self.paths.storage_url
+        related = [
+            load_study(StudyPaths.create(name, self.paths.root.parent, shared))
+            for name in self.settings.warm_start
+        ]
+        return warm_start(study, self.space, self.valid, related)
 
     def _check(self) -> None:
         """What would fail every trial is refused before the first deployment."""

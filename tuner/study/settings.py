@@ -56,6 +56,10 @@ class RunSettings:
     # A search trial behind the front beyond the noise on every objective stops measuring
     # after workload.decided_after conversations (stop_reason: dominated).
     early_stop: bool = True
+    # --warm-start: studies (same studies folder or storage) whose measurements this one
+    # starts from (tuner.study.warm): copied when they compare, their front queued when only
+    # the model or the workload differs.
+    warm_start: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
