@@ -136,6 +136,19 @@ def _measure(p: SurfacePoint, rng: random.Random, factor: float, precision: floa
     return hit, miss
 
 
+def write_samples(trial_dir: Path, number: int, params: dict[str, Any], flags: list[str],
+                  startup_s: float | None, hit: list[float], miss: list[float]) -> None:  # fmt: skip
+    """A replayed deployment's samples as measurements.json (what validation pools): one MISS
+    and three HIT per conversation."""
+    recs = [RequestRecord(i, 0, "miss", x, x, 1, 1, 0.0, 0.0, 0.0, None)
+            for i, x in enumerate(miss)]  # fmt: skip
+    recs += [RequestRecord(i // 3, 1 + i % 3, "hit", x, x, 1, 1, 0.0, 0.0, 0.0, None)
+             for i, x in enumerate(hit)]  # fmt: skip
+    TrialFolder(trial_dir).write_measurements(MeasurementsDoc(
+        trial=number, params=params, flags=flags, startup_s=startup_s, summary={},
+        samples=recs))  # fmt: skip
+
+
 def _evaluator(surface: Surface, rng: random.Random, noise: float,
                precision: float | None = None, max_conversations: int = 3) -> Any:  # fmt: skip
     points = surface.by_key()
@@ -150,14 +163,8 @@ def _evaluator(surface: Surface, rng: random.Random, noise: float,
             return TrialOutcome(trial.number, params, "fail", reason, deployed=True)
         factor = max(0.3, rng.gauss(1.0, noise))
         hit, miss = _measure(p, rng, factor, precision, max_conversations)
-        recs = [RequestRecord(i, 0, "miss", x, x, 1, 1, 0.0, 0.0, 0.0, None)
-                for i, x in enumerate(miss)]  # fmt: skip
-        recs += [RequestRecord(i // 3, 1 + i % 3, "hit", x, x, 1, 1, 0.0, 0.0, 0.0, None)
-                 for i, x in enumerate(hit)]  # fmt: skip
         trial.set_user_attr("conversations", len(miss))
-        TrialFolder(trial_dir).write_measurements(MeasurementsDoc(
-            trial=trial.number, params=params, flags=flags, startup_s=p.startup_s, summary={},
-            samples=recs))  # fmt: skip
+        write_samples(trial_dir, trial.number, params, flags, p.startup_s, hit, miss)
         values = [statistics.median(hit), statistics.median(miss), p.vram_mib]
         for k, v in zip(("ttft_hit_ms", "ttft_miss_ms", "vram_mib"), values, strict=True):
             trial.set_user_attr(k, v)

@@ -10,9 +10,12 @@ the recorded GPU studies (h100c8, tp2, h100: start-up, and measurement in propor
 conversations measured). The dominated stop asks the product's own rule
 (tuner.study._stops.ahead_of) after every conversation from the second.
 
-Levers, side by side on the same seeds: today's defaults before the stops (40 deployments, no
-stop), the dominated stop alone, the settle stop alone, both (the new defaults), random search
-with both. Prints per surface and lever: GPU minutes to the validated pick (median, p90),
+Levers, side by side on the same seeds (LEVERS): today's defaults before the stops (40
+deployments, no stop), the dominated stop alone, the settle stop alone, both (the new defaults),
+both with a longer settle window, both with the start-up the H200 measured once bytecode is
+cached (modelled: 15.5 s off each start), random search with both, and a warm start (the front
+of an earlier study of another model's surface on the same space, under another load, queued
+instead of the 12 seeds; that study's own minutes not counted). Prints per surface and lever: GPU minutes to the validated pick (median, p90),
 deployments (search + validation), the pick within 5 % of the true best, mean regret.
 Writes benchmarks/results/time_to_pick.json.
 
@@ -24,11 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +41,14 @@ import numpy as np
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decision_quality import BUDGET, ROOT, SURFACES, _surface, truth  # noqa: E402
+from decision_quality import BUDGET, ROOT, SURFACES, _surface, truth, write_samples  # noqa: E402
 
 from tuner.config import Profile, ReplayConfig, ServerArgs, load_objective, load_seeds, load_space
 from tuner.decide import baseline_trial, validation_candidates
 from tuner.decide.stops import Reading
 from tuner.metrics import bootstrap_interval
 from tuner.report import recommend
-from tuner.schema import MeasurementsDoc, RequestRecord, SurfacePoint, TrialFolder, point_key
+from tuner.schema import SurfacePoint, point_key
 from tuner.study import (
     RunSettings,
     Settle,
@@ -58,14 +63,30 @@ from tuner.study._stops import ahead_of
 from tuner.study._trial import TrialOutcome, record_failure
 
 GPU = ROOT / "benchmarks" / "results" / "gpu"
-# lever -> (sampler, settle rule, dominated stop)
-LEVERS: dict[str, tuple[str, Settle | None, bool]] = {
-    "before (40, no stop)": ("tpe", None, False),
-    "dominated stop": ("tpe", None, True),
-    "settle stop": ("tpe", Settle(), False),
-    "both (defaults)": ("tpe", Settle(), True),
-    "random + both": ("random", Settle(), True),
+@dataclass(frozen=True)
+class Lever:
+    sampler: str = "tpe"
+    settle: Settle | None = Settle()
+    early_stop: bool = True
+    startup_saved_s: float = 0.0  # taken off every recorded start-up (floor 10 s)
+    warm: bool = False  # a related study's front queued instead of the seeds
+
+
+# The bytecode lever: what the H200 measured (benchmarks/results/gpu/bytecode.json), a warm
+# start 47.1 s with PYTHONDONTWRITEBYTECODE, 31.6 s without; modelled as the same seconds saved.
+BYTECODE_S = 15.5
+LEVERS: dict[str, Lever] = {
+    "before (40, no stop)": Lever(settle=None, early_stop=False),
+    "dominated stop": Lever(settle=None),
+    "settle stop": Lever(early_stop=False),
+    "both (defaults)": Lever(),
+    "both, settle after 12": Lever(settle=Settle(after=12)),
+    "both + bytecode": Lever(startup_saved_s=BYTECODE_S),
+    "random + both": Lever(sampler="random"),
+    "warm: related front, no seeds": Lever(startup_saved_s=BYTECODE_S, warm=True),
 }
+# The related study a warm start comes from: another model's surface over the same space.
+RELATED = {"h100_llama6b": "synthetic_mission", "synthetic_ties": "h100_llama6b"}
 NAMES = ("ttft_hit_ms", "ttft_miss_ms", "vram_mib")
 
 
@@ -74,7 +95,10 @@ def recorded_times() -> list[tuple[float, float]]:
     studies made, search and validation."""
     out = []
     for folder in ("h100c8", "tp2", "h100"):
-        url = f"sqlite:///{GPU / folder / 'study.db'}"
+        # A copy: opening the committed database would leave its -wal and -shm files behind.
+        copy = Path(tempfile.mkdtemp()) / "study.db"
+        shutil.copyfile(GPU / folder / "study.db", copy)
+        url = f"sqlite:///{copy}"
         for summary in optuna.get_all_study_summaries(url):
             study = optuna.load_study(study_name=summary.study_name, storage=url)
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
@@ -92,12 +116,14 @@ def _reading(xs: list[float]) -> Reading:
 
 
 def _evaluator(points: dict[str, SurfacePoint], rng: random.Random, noise: float,
-               times: list[tuple[float, float]], spent: list[float]) -> Any:  # fmt: skip
+               times: list[tuple[float, float]], spent: list[float],
+               saved_s: float = 0.0) -> Any:  # fmt: skip
     def evaluate(study: optuna.Study, trial: optuna.Trial, *, flags: list[str], env: Any = None,
                  trial_dir: Path, early_stop: bool = False, **_: Any) -> TrialOutcome:  # fmt: skip
         p = points.get(point_key(flags, env))
         params = dict(trial.params)
         startup, per_conv = rng.choice(times)
+        startup = max(10.0, startup - saved_s)
         if p is None or p.status != "ok":  # a failed start costs its start-up
             spent.append(startup)
             reason = p.status if p else "crash"
@@ -123,13 +149,7 @@ def _evaluator(points: dict[str, SurfacePoint], rng: random.Random, noise: float
                     stop = "precision"
                     break
         spent.append(startup + per_conv * len(miss))
-        recs = [RequestRecord(i, 0, "miss", x, x, 1, 1, 0.0, 0.0, 0.0, None)
-                for i, x in enumerate(miss)]  # fmt: skip
-        recs += [RequestRecord(i // 3, 1 + i % 3, "hit", x, x, 1, 1, 0.0, 0.0, 0.0, None)
-                 for i, x in enumerate(hit)]  # fmt: skip
-        TrialFolder(trial_dir).write_measurements(MeasurementsDoc(
-            trial=trial.number, params=params, flags=flags, startup_s=startup, summary={},
-            samples=recs))  # fmt: skip
+        write_samples(trial_dir, trial.number, params, flags, startup, hit, miss)
         h, m = _reading(hit), _reading(miss)
         values = [h.value, m.value, p.vram_mib]
         attrs = {"ttft_hit_ms": h.value, "ttft_miss_ms": m.value, "vram_mib": p.vram_mib,
@@ -146,12 +166,29 @@ def _evaluator(points: dict[str, SurfacePoint], rng: random.Random, noise: float
     return evaluate
 
 
+def _related(tmp: Path, name: str, seed: int, space: Any, seeds: Any, objective: Any,
+             profile: Profile, noise: float, times: list[tuple[float, float]]) -> None:  # fmt: skip
+    """The study a warm start comes from: RELATED[name]'s surface, served with the same
+    arguments (its replay file has the same name, so the same build), another workload seed."""
+    other = _surface(RELATED[name])
+    folder = tmp / "related_surface"
+    folder.mkdir()
+    (folder / "surface.json").write_text(json.dumps(other.to_json()))
+    prof = profile.model_copy(update={"deployer": ReplayConfig(surface=folder / "surface.json")})
+    load = objective.workload.model_copy(update={"seed": objective.workload.seed + 100})
+    StudyRunner(paths=StudyPaths.create("related", tmp), space=space, seeds=tuple(seeds),
+                objective=objective.model_copy(update={"workload": load}), profile=prof,
+                settings=RunSettings(n_trials=BUDGET, sampler_seed=seed + 1000),
+                evaluator=_evaluator(other.by_key(), random.Random(seed), noise, times, []),
+                ).run()  # fmt: skip
+
+
 def run_one(job: tuple[str, int, str, float]) -> dict[str, Any]:
     """One search + validation under one lever; GPU minutes, deployments and the pick."""
     name, seed, lever, noise = job
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    sampler, settle, early = LEVERS[lever]
+    lv = LEVERS[lever]
     space_name, max_len, seeds_file = SURFACES[name]
     surface = _surface(name)
     space = load_space(ROOT / "search_spaces" / f"{space_name}.yaml")
@@ -168,11 +205,16 @@ def run_one(job: tuple[str, int, str, float]) -> dict[str, Any]:
         profile = Profile(name="ttp", server=ServerArgs(model="m", max_model_len=max_len),
                           deployer=ReplayConfig(surface=Path(tmp) / "surface.json"))  # fmt: skip
         paths = StudyPaths.create("ttp", Path(tmp))
-        settings = RunSettings(n_trials=BUDGET, sampler_seed=seed, sampler=sampler,
-                               settle=settle, early_stop=early)  # fmt: skip
-        runner = StudyRunner(paths=paths, space=space, seeds=tuple(seeds), objective=objective,
-                             profile=profile, settings=settings,
-                             evaluator=_evaluator(points, rng, noise, times, search_s))  # fmt: skip
+        if lv.warm:  # an earlier study of another model on this space, same server, other load
+            _related(Path(tmp), name, seed, space, seeds, objective, profile, noise, times)
+        settings = RunSettings(n_trials=BUDGET, sampler_seed=seed, sampler=lv.sampler,
+                               settle=lv.settle, early_stop=lv.early_stop,
+                               enqueue_seeds=not lv.warm,
+                               warm_start=("related",) if lv.warm else ())  # fmt: skip
+        runner = StudyRunner(paths=paths, space=space, seeds=() if lv.warm else tuple(seeds),
+                             objective=objective, profile=profile, settings=settings,
+                             evaluator=_evaluator(points, rng, noise, times, search_s,
+                                                  lv.startup_saved_s))  # fmt: skip
         result = runner.run()
         study = load_study(paths)
         base = baseline_trial(study) or min(
@@ -181,7 +223,8 @@ def run_one(job: tuple[str, int, str, float]) -> dict[str, Any]:
         extra = default_extra(result.deployed, 2, len(candidates))
         val = Validator(paths=paths, space=space, objective=objective, profile=profile,
                         candidates=candidates, settings=ValidationSettings(rounds=2, extra=extra),
-                        evaluator=_evaluator(points, rng, noise, times, val_s)).run()  # fmt: skip
+                        evaluator=_evaluator(points, rng, noise, times, val_s,
+                                             lv.startup_saved_s)).run()  # fmt: skip
         final = recommend(load_study(paths), root=paths.root)
         assert final is not None
         true = truth(name, 0.05, 12)
@@ -198,7 +241,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--surfaces", nargs="+", default=["h100_llama6b", "synthetic_ties"])
-    ap.add_argument("--levers", nargs="+", default=list(LEVERS))
+    ap.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
     ap.add_argument("--deployment-noise", type=float, default=0.08)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="time_to_pick.json")
