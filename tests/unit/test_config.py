@@ -91,6 +91,21 @@ class TestErrors:
         with pytest.raises(ConfigError, match=r"f\.yaml:3: invalid YAML"):
             load_profile(p)
 
+    @pytest.mark.parametrize(
+        ("content", "line", "byte"),
+        [(b"name: caf\xe9\n", 1, "0xe9"), (b"name: x\nserver:\n  model: \xff\xfe\n", 3, "0xff")],
+    )
+    def test_not_utf8_names_file_line_and_byte(
+        self, tmp_path: Path, content: bytes, line: int, byte: str
+    ) -> None:
+        """A Latin-1 or binary file is one line naming where the first bad byte is."""
+        p = tmp_path / "f.yaml"
+        p.write_bytes(content)
+        with pytest.raises(ConfigError) as exc:
+            load_profile(p)
+        assert str(exc.value).startswith(f"{p}:{line}: not UTF-8: byte {byte}")
+        assert "\n" not in str(exc.value)
+
     def test_missing_file(self, tmp_path: Path) -> None:
         """A missing file is one line, not a traceback."""
         with pytest.raises(ConfigError, match="file not found"):

@@ -53,6 +53,7 @@ def test_existing_sqlite_database_keeps_its_journal_mode(tmp_path: Path) -> None
 
 
 def test_journal_file_round_trip(tmp_path: Path) -> None:
+    (tmp_path / "j").mkdir()
     url = f"journal:///{tmp_path / 'j' / 'study.log'}"
     _add_trials(open_storage(url), "j", 2)
     study = load_study(StudyPaths.create("j", tmp_path, url))
@@ -65,6 +66,7 @@ def test_a_truncated_journal_is_never_appended_to(tmp_path: Path) -> None:
     from tuner.study.storage import journal_problem
 
     log = tmp_path / "j" / "study.log"
+    log.parent.mkdir()
     url = f"journal:///{log}"
     _add_trials(open_storage(url), "j", 3)
     data = log.read_bytes()
@@ -146,3 +148,44 @@ def test_a_queued_trial_goes_to_one_worker_only_on_sqlite(tmp_path: Path) -> Non
         study.enqueue_trial({}, user_attrs={"seed": i})
     popped = _pop_all(url, 4)
     assert sorted(popped) == list(range(60))
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
+def test_in_memory_sqlite_is_refused_in_one_line(url: str) -> None:
+    """SQLAlchemy's in-memory SQLite would lose the study at exit (and its heartbeat thread
+    would open another, empty one)."""
+    with pytest.raises(StudyError, match="in-memory SQLite database is lost at exit"):
+        open_storage(url)
+
+
+def test_a_journal_in_a_missing_folder_is_refused(tmp_path: Path) -> None:
+    """As for SQLite: a typo in the path creates no folder tree."""
+    url = f"journal:///{tmp_path}/no/such/dir/j.log".replace("////", "///")
+    with pytest.raises(StudyError, match="no folder"):
+        open_storage(url)
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_damaged_page_is_one_line_and_the_file_untouched(tmp_path: Path) -> None:
+    """The header intact, a page in the middle overwritten: refused at open with SQLite's own
+    verdict, the file byte for byte as it was."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url)
+    assert storage is not None
+    study = optuna.create_study(study_name="c", storage=storage)
+    for i in range(40):
+        trial = study.ask()
+        trial.set_user_attr("pad", "x" * 500)
+        study.tell(trial, float(i))
+    storage.engine.dispose()
+    with sqlite3.connect(tmp_path / "study.db") as conn:  # every page into the file
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray((tmp_path / "study.db").read_bytes())
+    assert len(data) > 8192 + 4096
+    data[8192 : 8192 + 4096] = b"\xab" * 4096
+    (tmp_path / "study.db").write_bytes(bytes(data))
+    with pytest.raises(StudyError) as exc:
+        open_storage(url)
+    assert "damaged" in str(exc.value)
+    assert "\n" not in str(exc.value)
+    assert (tmp_path / "study.db").read_bytes() == bytes(data)

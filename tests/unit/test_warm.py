@@ -122,6 +122,7 @@ class TestWarmStart:
         assert "\n" not in str(exc.value)
         d = _study(tmp_path, "d")
         assert not d.trials
-        assert d.user_attrs[StudyAttr.MEASURED_WITH]["build"] != (
-            _study(tmp_path, "a").user_attrs[StudyAttr.MEASURED_WITH]["build"]
+        assert (
+            d.user_attrs[StudyAttr.MEASURED_WITH]["build"]
+            != (_study(tmp_path, "a").user_attrs[StudyAttr.MEASURED_WITH]["build"])
         )

@@ -30,6 +30,15 @@ def load_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", file=path) from None
+    except UnicodeDecodeError as exc:
+        # Where the undecodable byte sits, as a line the user can open the file at.
+        at = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} "
+            "(save the file as UTF-8)",
+            file=path,
+            line=at,
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=path) from exc
     try:

@@ -92,8 +92,15 @@ def open_storage(
     host the workers' locks tell a dead worker, ``tuner.study.workers``)."""
     if url == MEMORY:
         return None
+    if _in_memory_sqlite(url):
+        # SQLAlchemy reads this as an in-memory database: gone at exit, and its heartbeat
+        # thread would see another, empty one.
+        raise StudyError(
+            f"--storage {url}: an in-memory SQLite database is lost at exit; give a file "
+            "(sqlite:///PATH) or leave --storage out"
+        )
     extra = heartbeat.kwargs() if heartbeat is not None else {}
-    if url.startswith(SQLITE) and url != SQLITE + ":memory:":
+    if url.startswith(SQLITE):
         return _sqlite_storage(url, extra, writing=writing)
     if url.startswith(JOURNAL):
         from optuna.storages.journal import JournalFileBackend
@@ -102,7 +109,8 @@ def open_storage(
         problem = journal_problem(url) if writing else None
         if problem:
             raise StudyError(problem)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():  # as for SQLite: a typo must not create a folder tree
+            raise StudyError(f"--storage {url}: no folder {path.parent}")
         try:
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         except ValueError as exc:  # a corrupt record in the middle
@@ -111,6 +119,15 @@ def open_storage(
         return _rdb(url, extra)
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, ImportError) as exc:
         raise StudyError(f"cannot open storage {redact(url)}: {_first_line(exc)}") from exc
+
+
+def _in_memory_sqlite(url: str) -> bool:
+    """``sqlite://``, ``sqlite:///`` or ``sqlite:///:memory:``: no file behind it."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return False
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
 
 def redact(url: str) -> str:
@@ -124,6 +141,22 @@ def redact(url: str) -> str:
 def _first_line(exc: BaseException) -> str:
     """An exception's first line (its type's name when it has no message)."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _check_pages(path: Path) -> None:
+    """A damaged page with the header intact opens, then fails mid-query with a traceback:
+    SQLite's quick check first (read-only, a few milliseconds for a study's database)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        verdict = str(exc)
+    if verdict != "ok":
+        said = [ln for ln in verdict.splitlines() if ln.strip() and not ln.startswith("***")]
+        raise StudyError(
+            f"cannot open study database {path}: damaged ({(said or [verdict])[0]}); nothing was "
+            "changed (restore it from a copy, or use another --study)"
+        )
 
 
 def _rdb(url: str, extra: dict[str, Any]) -> optuna.storages.RDBStorage:
@@ -158,6 +191,8 @@ def _sqlite_storage(
     if not path.exists() and path.parent.is_dir():
         with contextlib.closing(sqlite3.connect(path)) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
+    elif path.is_file():
+        _check_pages(path)
     try:
         storage = _rdb(url, extra)
     except sqlalchemy.exc.SQLAlchemyError as exc:
