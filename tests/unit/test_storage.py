@@ -189,3 +189,21 @@ def test_a_damaged_page_is_one_line_and_the_file_untouched(tmp_path: Path) -> No
     assert "damaged" in str(exc.value)
     assert "\n" not in str(exc.value)
     assert (tmp_path / "study.db").read_bytes() == bytes(data)
+
+
+def test_the_lock_follows_a_shared_journal_not_the_folder(tmp_path: Path) -> None:
+    """Two studies folders over one journal file: the second run of the same study is refused
+    in one line; another study on the same journal is not."""
+    from tuner.study.storage import study_lock
+
+    url = f"journal:///{tmp_path / 'shared.log'}"
+    first = StudyPaths.create("s", tmp_path / "one", url)
+    second = StudyPaths.create("s", tmp_path / "two", url)
+    other = StudyPaths.create("t", tmp_path / "two", url)
+    with study_lock(first):
+        with pytest.raises(StudyError, match="is being run by pid"), study_lock(second):
+            pass
+        with study_lock(other):
+            pass
+    with study_lock(second):  # released with the first
+        pass

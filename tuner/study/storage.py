@@ -272,15 +272,33 @@ def load_study(paths: StudyPaths, *, writing: bool = False) -> optuna.Study:
 
 @contextlib.contextmanager
 def study_lock(paths: StudyPaths) -> Iterator[None]:
-    """One writer per study: an exclusive ``flock`` on ``STUDY/.lock`` for as long as it runs.
+    """One writer per study: an exclusive ``flock`` on ``STUDY/.lock`` for as long as it runs,
+    and, when the study lives in a file elsewhere (``--storage journal:///F`` or
+    ``sqlite:///F``), on ``F.NAME.lock`` beside that file too: the lock follows the storage,
+    so two ``--studies-dir`` over one journal cannot both write one study.
 
     A second ``tuner optimize`` (or ``validate``) on the same study refuses with one line
     instead of failing the first one's running trial as stale. The kernel drops the lock when
     the holder dies, kill -9 included, so a stale lock never blocks the next run. (Several
-    workers sharing one study over a database is the scale-out mode, not this.)
+    workers sharing one study over a database is the scale-out mode, not this; a PostgreSQL
+    study has no file to lock beside.)
     """
     paths.root.mkdir(parents=True, exist_ok=True)
-    path = paths.root / ".lock"
+    locks = [paths.root / ".lock"]
+    for prefix in (JOURNAL, SQLITE):
+        if paths.storage_url.startswith(prefix):
+            file = Path(("/" if prefix == JOURNAL else "") + paths.storage_url.removeprefix(prefix))
+            if file.resolve().parent != paths.root.resolve():
+                locks.append(file.with_name(f"{file.name}.{paths.name}.lock"))
+    with contextlib.ExitStack() as held:
+        for path in locks:
+            held.enter_context(_flock(path, paths.name))
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: Path, name: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (its text says who holds it), or one line."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -288,7 +306,7 @@ def study_lock(paths: StudyPaths) -> Iterator[None]:
         except BlockingIOError:
             holder = path.read_text(errors="replace").strip() or "another process"
             raise StudyError(
-                f"study {paths.name!r} is being run by {holder}: wait for it to finish or stop "
+                f"study {name!r} is being run by {holder}: wait for it to finish or stop "
                 "it (Ctrl-C), then run the same command again"
             ) from None
         os.ftruncate(fd, 0)
