@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from tuner.config import TraceSpec
 from tuner.errors import ConfigError
 from tuner.measure import measure
 from tuner.measure._conversation import Conversation
-from tuner.measure.trace import TraceWorkload
+from tuner.measure.trace import TraceWorkload, check_trace
 from tuner.types import Endpoint
 
 TOOLS = [{"type": "function", "function": {"name": "read_file", "parameters": {}}}]
@@ -145,8 +146,85 @@ def test_the_shipped_trace_example_loads_and_splits() -> None:
     def task(c: Conversation) -> str:
         return str(c.turns[0].before[0]["content"])
 
-    ids = {task(search.conversation(i)) for i in range(4)}
-    held = {task(holdout.conversation(i)) for i in range(2)}
-    assert len(ids) == 4
+    # 4 search conversations: the last is the warm-up, never measured; the other 3 cycle.
+    measured = [task(search.conversation(i)) for i in range(4)]
+    warmup = task(search.conversation(-1))
+    assert len(set(measured[:3])) == 3
+    assert measured[3] == measured[0]
+    assert warmup not in measured
+    held = {task(holdout.conversation(i)) for i in range(-1, 2)}
     assert len(held) == 2
-    assert not ids & held
+    assert not {*measured, warmup} & held
+
+
+class TestCheckedBeforeDeploying:
+    """check_trace: what would fail every trial is refused before any server starts."""
+
+    def _spec(self, tmp_path: Path, lines: list[str], **kw: Any) -> TraceSpec:
+        f = tmp_path / "t.jsonl"
+        f.write_text("\n".join(lines) + "\n")
+        return TraceSpec(path=f, holdout=0.0, **kw)
+
+    def _ok(self, n: int = 1) -> str:
+        return json.dumps({"messages": [{"role": "system", "content": "s"},
+                                        {"role": "user", "content": "u" * n},
+                                        {"role": "assistant", "content": "a"}]})  # fmt: skip
+
+    @pytest.mark.parametrize(
+        ("line", "said"),
+        [
+            ('{"messages": [{"role": "user", "content": "x"},', "not JSON: Expecting value"),
+            (json.dumps({"messages": [{"role": "robot", "content": "x"}]}), "role must be"),
+            (json.dumps({"messages": [{"role": "system", "content": "s"},
+                                      {"role": "assistant", "content": "a"}]}),
+             "no user message before the first answer"),
+            (json.dumps({"messages": []}), "no assistant message"),
+        ],
+    )  # fmt: skip
+    def test_a_bad_line_is_file_line_reason(self, tmp_path: Path, line: str, said: str) -> None:
+        spec = self._spec(tmp_path, [self._ok(), line])
+        with pytest.raises(ConfigError) as exc:
+            check_trace(spec, 4096)
+        assert str(exc.value).startswith(f"{spec.path}:2: ")
+        assert said in str(exc.value)
+
+    def test_the_json_error_names_its_column(self, tmp_path: Path) -> None:
+        spec = self._spec(tmp_path, ['{"messages": [}'])
+        with pytest.raises(ConfigError, match=r":1: not JSON: .*\(column 15\)"):
+            check_trace(spec, 4096)
+
+    def test_an_empty_trace(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="holds no conversation"):
+            check_trace(self._spec(tmp_path, [""]), 4096)
+
+    def test_a_conversation_longer_than_the_context(self, tmp_path: Path) -> None:
+        spec = self._spec(tmp_path, [self._ok(), self._ok(), self._ok(40_000)])
+        check_trace(spec, 20_000)  # 10 000 tokens: fits
+        with pytest.raises(ConfigError, match=r":3: the conversation needs about 100\d\d tokens"):
+            check_trace(spec, 8_000)
+
+    def test_an_empty_holdout_split_is_refused_before_the_search(self, tmp_path: Path) -> None:
+        """Validation replays the held-out split: one that is empty must not surface only
+        after the search."""
+        f = tmp_path / "t.jsonl"
+        f.write_text(self._ok() + "\n")
+        with pytest.raises(ConfigError, match="holdout split is empty"):
+            check_trace(TraceSpec(path=f, holdout=0.2), 4096)
+
+
+def test_a_bad_trace_stops_the_study_before_any_deployment(
+    tmp_path: Path, space: Any, objective: Any
+) -> None:
+    """The runner's check reads the whole trace first: one line, no server started, no trial."""
+    from tuner.study import RunSettings, StudyPaths, StudyRunner
+    from tuner.testing import fake_profile, study_starts
+
+    f = tmp_path / "t.jsonl"
+    f.write_text(write_openai(tmp_path / "ok.jsonl", 3).read_text() + '{"messages": [\n')
+    obj = objective.model_copy(update={"workload": TraceSpec(path=f, holdout=0.0)})
+    runner = StudyRunner(paths=StudyPaths.create("s", tmp_path / "studies"), space=space,
+                         seeds=(), objective=obj, profile=fake_profile(),
+                         settings=RunSettings(n_trials=2))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"t\.jsonl:4: not JSON"):
+        runner.run()
+    assert study_starts(tmp_path / "studies" / "s") == 0

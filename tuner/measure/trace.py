@@ -25,7 +25,7 @@ from tuner.config.workload import TraceSpec
 from tuner.errors import ConfigError
 from tuner.measure._conversation import Conversation, Message, Turn
 
-__all__ = ["TraceWorkload", "load_trace"]
+__all__ = ["TraceWorkload", "check_trace", "load_trace"]
 
 _ROLES = {"system", "user", "assistant", "tool"}
 _SHAREGPT = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
@@ -71,8 +71,17 @@ def _sharegpt(doc: Any, where: str) -> tuple[list[Message], list[dict[str, Any]]
     return messages, None
 
 
-def load_trace(path: Path, fmt: str) -> list[tuple[list[Message], list[dict[str, Any]] | None]]:
+Recorded = tuple[list[Message], list[dict[str, Any]] | None]
+
+
+def load_trace(path: Path, fmt: str) -> list[Recorded]:
     """Every conversation of the trace file; ConfigError ``FILE:LINE: reason`` on a bad one."""
+    return [rec for _, rec in _load(path, fmt)]
+
+
+def _load(path: Path, fmt: str) -> list[tuple[int, Recorded]]:
+    """Every conversation of the trace file with its line; ConfigError ``FILE:LINE: reason``
+    on a bad one (a JSON error with its column)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -85,7 +94,8 @@ def load_trace(path: Path, fmt: str) -> list[tuple[list[Message], list[dict[str,
         try:
             docs = [(1, d) for d in json.loads(text)]
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"not JSON: {exc.msg}", file=path, line=exc.lineno) from exc
+            raise ConfigError(f"not JSON: {exc.msg} (column {exc.colno})", file=path,
+                              line=exc.lineno) from exc  # fmt: skip
     else:
         docs = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -93,7 +103,8 @@ def load_trace(path: Path, fmt: str) -> list[tuple[list[Message], list[dict[str,
                 try:
                     docs.append((n, json.loads(line)))
                 except json.JSONDecodeError as exc:
-                    raise ConfigError(f"not JSON: {exc.msg}", file=path, line=n) from exc
+                    raise ConfigError(f"not JSON: {exc.msg} (column {exc.colno})", file=path,
+                                      line=n) from exc  # fmt: skip
     out = []
     for n, doc in docs:
         try:
@@ -102,7 +113,15 @@ def load_trace(path: Path, fmt: str) -> list[tuple[list[Message], list[dict[str,
             raise ConfigError(str(exc), file=path, line=n) from exc
         if not any(m["role"] == "assistant" for m in messages):
             raise ConfigError("no assistant message: nothing to replay", file=path, line=n)
-        out.append((messages, tools))
+        first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        if not any(m["role"] in ("user", "tool") for m in messages[:first]):
+            raise ConfigError(
+                "no user message before the first answer: its first request would be the "
+                "system prompt alone",
+                file=path,
+                line=n,
+            )
+        out.append((n, (messages, tools)))
     if not out:
         raise ConfigError("the trace holds no conversation", file=path)
     return out
@@ -131,16 +150,42 @@ def _conversation(messages: list[Message], tools: Any, cap: int) -> Conversation
     return Conversation(opening, tuple(turns), tools, prefix_key=key)
 
 
+def check_trace(spec: TraceSpec, max_model_len: int | None) -> None:
+    """Before any deployment: every line of the trace parses, both splits hold conversations,
+    and no conversation's longest request (its history before the last answer, at about 4
+    characters per token, plus that answer) outgrows ``max_model_len``; ConfigError
+    ``FILE:LINE: reason`` otherwise."""
+    loaded = _load(spec.path, spec.format)
+    # Both splits (holdout 0: the search's only; such a trace cannot be validated anyway).
+    for split in ("search", "holdout") if spec.holdout > 0 else ("search",):
+        TraceWorkload(spec.model_copy(update={"split": split}), loaded=[r for _, r in loaded])
+    if not max_model_len:
+        return
+    for n, (messages, _tools) in loaded:
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        tokens = len(json.dumps(messages[:last])) // CHARS_PER_TOKEN + _length(
+            messages[last], spec.max_tokens
+        )
+        if tokens > max_model_len:
+            raise ConfigError(
+                f"the conversation needs about {tokens} tokens at its last answer (4 "
+                f"characters each) but max_model_len is {max_model_len}: leave it out or "
+                "raise max_model_len",
+                file=spec.path,
+                line=n,
+            )
+
+
 class TraceWorkload:
     """The trace's conversations of one split, cycled when more are asked for than it holds."""
 
-    def __init__(self, spec: TraceSpec) -> None:
+    def __init__(self, spec: TraceSpec, loaded: list[Recorded] | None = None) -> None:
         """The conversations of ``spec``'s split: the last ``holdout`` share for validation, the
-        rest for the search; a ConfigError when the split is empty."""
+        rest for the search; a ConfigError when the split is empty. ``loaded``: the file's
+        conversations, already read."""
         self.spec = spec
-        convs = [
-            _conversation(m, t, spec.max_tokens) for m, t in load_trace(spec.path, spec.format)
-        ]
+        recorded = loaded if loaded is not None else load_trace(spec.path, spec.format)
+        convs = [_conversation(m, t, spec.max_tokens) for m, t in recorded]
         n_holdout = int(len(convs) * spec.holdout)
         # The last `holdout` share is kept for validation, so the search never sees it.
         search, holdout = convs[: len(convs) - n_holdout], convs[len(convs) - n_holdout :]
@@ -152,7 +197,13 @@ class TraceWorkload:
                 file=spec.path,
             )
         self.conversations = chosen
+        # The warm-up conversations come from the end of the split; the measured ones cycle
+        # over the rest, so a warm-up is never measured again (unless it is all there is).
+        warm = min(spec.warmup_conversations, len(chosen) - 1)
+        self.measured = chosen[: len(chosen) - warm]
 
     def conversation(self, index: int) -> Conversation:
         """Conversation ``index`` of the split (negative: warm-up, taken from the end)."""
-        return self.conversations[index % len(self.conversations)]
+        if index < 0:
+            return self.conversations[index % len(self.conversations)]
+        return self.measured[index % len(self.measured)]

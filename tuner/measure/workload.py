@@ -20,7 +20,7 @@ from typing import Any
 
 from tuner.config.workload import SyntheticAgentSpec, TraceSpec
 from tuner.measure._conversation import Conversation, Message, Turn, Workload
-from tuner.measure.trace import TraceWorkload
+from tuner.measure.trace import TraceWorkload, check_trace
 
 __all__ = [
     "WORKLOADS",
@@ -230,7 +230,10 @@ def check_fits(spec: SyntheticAgentSpec | TraceSpec, max_model_len: int | None) 
     Checked before any server starts: a conversation that outgrows the context would only
     give HTTP 400s in every trial.
     """
-    if not isinstance(spec, SyntheticAgentSpec) or not max_model_len:
+    if isinstance(spec, TraceSpec):
+        check_trace(spec, max_model_len)  # every line, both splits, each length: FILE:LINE
+        return None
+    if not max_model_len:
         return None
     if spec.context_tokens and spec.context_tokens > max_model_len:
         return (
