@@ -228,3 +228,50 @@ def test_a_bad_trace_stops_the_study_before_any_deployment(
     with pytest.raises(ConfigError, match=r"t\.jsonl:4: not JSON"):
         runner.run()
     assert study_starts(tmp_path / "studies" / "s") == 0
+
+
+def test_repeats_are_said_and_the_warmup_is_never_measured(tmp_path: Path) -> None:
+    """A split of 3 with 1 warm-up, 5 conversations asked: 2 distinct ones measured, cycled;
+    the measurement, the CLI line and the report's quality warnings say so."""
+    from tuner.cli._common import trial_line
+    from tuner.study import TrialOutcome
+
+    sent: list[str] = []
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        if r.url.path != "/v1/chat/completions":
+            return httpx.Response(404)
+        sent.append(json.dumps(json.loads(r.content)["messages"][1]))
+        sse = 'data: {"choices": [{"delta": {"content": "MODEL"}}]}\n\ndata: [DONE]\n\n'
+        return httpx.Response(200, content=sse.encode())
+
+    spec = TraceSpec(path=write_openai(tmp_path / "t.jsonl", 3), holdout=0.0,
+                     warmup_conversations=1, conversations=5)  # fmt: skip
+    m = measure(Endpoint("http://x", "m", reported_vram_mib=1.0), spec,
+                transport=httpx.MockTransport(handler))  # fmt: skip
+    summary = m.summary()
+    assert summary["conversations"] == 5
+    assert summary["distinct_conversations"] == 2
+    warmup_opening = sent[0]
+    assert warmup_opening not in sent[3:]  # 3 turns of warm-up, then only the other two
+    attrs = {"conversations": 5, "distinct_conversations": 2}
+    line = trial_line(TrialOutcome(0, {}, "complete", None, attrs=attrs))
+    assert "(5 conversations, 2 distinct)" in line
+
+
+def test_the_report_says_which_trace_split_and_distinct_conversations(
+    tmp_path: Path, space: Any, objective: Any
+) -> None:
+    from tuner.report import write_report
+    from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
+    from tuner.testing import fake_profile
+
+    spec = TraceSpec(path=write_openai(tmp_path / "t.jsonl", 5), holdout=0.4, conversations=3)
+    obj = objective.model_copy(update={"workload": spec})
+    paths = StudyPaths.create("s", tmp_path / "studies")
+    StudyRunner(paths=paths, space=space, seeds=(), objective=obj, profile=fake_profile(),
+                settings=RunSettings(n_trials=1)).run()  # fmt: skip
+    md = write_report(load_study(paths), tmp_path / "r")["report_md"].read_text()
+    assert f"Workload: the trace {spec.path} (openai), its search split (the first 60%" in md
+    assert "distinct conversations measured per trial: 2." in md
+    assert "3 conversations measured from a trace split of 2 distinct ones" in md

@@ -117,6 +117,14 @@ def fmt_value(v: Any, unit: str = "", digits: int = 1) -> str:
     return f"{v}{unit}"
 
 
+def _repeats(a: dict[str, Any]) -> str:
+    """A note when the measured conversations cycled over fewer distinct ones (a trace)."""
+    convs, distinct = a.get("conversations"), a.get("distinct_conversations")
+    if isinstance(convs, int) and isinstance(distinct, int) and convs > distinct:
+        return f"  [yellow]({convs} conversations, {distinct} distinct)[/]"
+    return ""
+
+
 def trial_line(o: TrialOutcome) -> str:
     """One trial's line as ``optimize`` prints it: its measurements when complete, else its
     reason, coloured by what it means (red only for a configuration's failure)."""
@@ -131,7 +139,7 @@ def trial_line(o: TrialOutcome) -> str:
             f"VRAM {fmt_value(a.get('vram_mib'), ' MiB', 0)}  "
             f"x{fmt_value(a.get('speedup'), '', 2)}  "
             f"hit-rate {fmt_value(a.get('hit_rate_hit'), '', 2)}  "
-            f"startup {fmt_value(a.get('startup_s'), ' s')}{dup}"
+            f"startup {fmt_value(a.get('startup_s'), ' s')}{dup}{_repeats(a)}"
         )
     # Red is for what failed: an invalid point is refused in milliseconds (yellow), and what
     # says nothing of its point (interrupted, the machine's fault, a duplicate) is no failure.

@@ -33,3 +33,8 @@ class Workload(Protocol):
     """A generator of conversations; ``index`` < 0 are warm-up conversations."""
 
     def conversation(self, index: int) -> Conversation: ...
+
+    @property
+    def distinct(self) -> int | None:
+        """How many distinct conversations the measured ones cycle over (None: unlimited)."""
+        ...

@@ -54,6 +54,7 @@ class TrialMeasurement:
     preemptions: float | None = None  # /metrics delta over the measured phase
     kv_peak: float | None = None  # highest KV-cache usage (0-1) seen while measuring
     tokens_per_word: float | None = None  # the server tokenizer's, when sizes are in tokens
+    distinct: int | None = None  # distinct conversations the measured ones cycled over (trace)
 
     def _of(self, kind: Kind) -> list[RequestSample]:
         """The samples of one request class."""
@@ -219,6 +220,7 @@ class TrialMeasurement:
             "metrics_available": self.metrics_available,
             "stop_reason": self.stop_reason,
             "conversations": len({x.conversation for x in self._of("miss")}),
+            "distinct_conversations": self.distinct,
             "concurrency": self.concurrency,
             "failed_requests": self.failed_requests,
             "requests_s": self.requests_s,

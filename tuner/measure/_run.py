@@ -331,6 +331,7 @@ async def measure_async(
         preemptions=delta.preemptions if after.available else None,
         kv_peak=run.kv_peak,
         tokens_per_word=ratio,
+        distinct=workload.distinct,
     )
 
 

@@ -202,6 +202,11 @@ class TraceWorkload:
         warm = min(spec.warmup_conversations, len(chosen) - 1)
         self.measured = chosen[: len(chosen) - warm]
 
+    @property
+    def distinct(self) -> int | None:
+        """The split's conversations that are measured (the warm-up's left out)."""
+        return len(self.measured)
+
     def conversation(self, index: int) -> Conversation:
         """Conversation ``index`` of the split (negative: warm-up, taken from the end)."""
         if index < 0:

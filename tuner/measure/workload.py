@@ -90,6 +90,11 @@ class AgentWorkload:
     tokens_per_word: float | None = None
 
     @property
+    def distinct(self) -> int | None:
+        """None: every conversation is generated anew, none repeats."""
+        return None
+
+    @property
     def ratio(self) -> float:
         """Tokens per word: the server's own (measured at the start), else the spec's estimate."""
         return self.tokens_per_word or self.spec.tokens_per_word

@@ -61,6 +61,23 @@ def _criteria_lines(rep: Report) -> list[str]:
     return lines
 
 
+def _trace_lines(rep: Report) -> list[str]:
+    """Which trace, which split, how many distinct conversations the figures come from."""
+    fp = rep.study.user_attrs.get(StudyAttr.FINGERPRINT) or {}
+    wl = (fp.get("objective") or {}).get("workload") or {}
+    if wl.get("kind") != "trace":
+        return []
+    seen = (t.user_attrs.get("distinct_conversations") for t in rep.study.get_trials())
+    distinct = sorted({a for a in seen if isinstance(a, int)})
+    counts = ", ".join(map(str, distinct)) or "unknown"
+    return [
+        f"Workload: the trace {wl.get('path')} ({wl.get('format')}), its search split (the "
+        f"first {1 - float(wl.get('holdout') or 0):.0%}; validation replays the rest); "
+        f"distinct conversations measured per trial: {counts}.",
+        "",
+    ]
+
+
 def _spend_lines(rep: Report) -> list[str]:
     """What the search spared: why it ended before --trials, and the trials that stopped
     measuring once they were behind the front beyond the noise."""
@@ -197,6 +214,7 @@ def render_markdown(rep: Report) -> str:
         f"Objectives: {', '.join(st.metric_names or [])} (all minimised). "
         f"{n_done} finished trials; {sum(len(g.trials) for g in rep.failures)} failed.",
         "",
+        *_trace_lines(rep),
         *_spend_lines(rep),
         "## Validation",
         "",

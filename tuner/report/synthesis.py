@@ -182,6 +182,10 @@ def quality_warnings(study: optuna.Study, front: list[FrozenTrial]) -> list[tupl
                     f"{NOISY_RELATIVE_RANGE:.0%} of the median)",
                 )
             )
+        convs, distinct = a.get("conversations"), a.get("distinct_conversations")
+        if isinstance(convs, int) and isinstance(distinct, int) and convs > distinct:
+            out.append((t.number, f"{convs} conversations measured from a trace split of "
+                        f"{distinct} distinct ones: repeats weigh in its figures"))  # fmt: skip
         n = a.get("n_hit")
         if isinstance(n, int) and n < MIN_SAMPLES:
             out.append((t.number, f"only {n} HIT samples"))

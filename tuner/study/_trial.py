@@ -230,6 +230,7 @@ def _attrs(
             "stop_reason": s["stop_reason"],
             "late_ms": s.get("late_ms"),
             "conversations": s["conversations"],
+            "distinct_conversations": s.get("distinct_conversations"),
             "concurrency": s["concurrency"],
             "failed_requests": s["failed_requests"],
         }
