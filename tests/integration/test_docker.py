@@ -8,9 +8,11 @@ network. Every test checks that nothing the tool started is left behind.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -267,3 +269,101 @@ def test_compose_hard_kill_then_restore(
     cleanup_stale(load_profile(tmp_path / "profile.yaml"), "ck")
     assert _sha(compose) == before
     assert _project_containers(engine) == []
+
+
+class _SecondEngine:
+    """A Docker Engine of the test's own (its socket, data and exec roots in a short folder),
+    so that stopping it mid-trial leaves the machine's engine alone."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="d2", dir="/tmp"))  # socket paths stay short
+        self.url = f"unix://{self.dir}/d.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (self.dir / "dockerd.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["dockerd", "--host", self.url, "--data-root", str(self.dir / "data"),
+                 "--exec-root", str(self.dir / "x"), "--pidfile", str(self.dir / "d.pid"),
+                 "--bridge=none", "--iptables=false", "--ip-masq=false"],
+                stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        _wait_for(self.answers, timeout=60)
+
+    def answers(self) -> bool:
+        from tuner.deploy.docker import docker_client
+        from tuner.errors import EnvironmentFault
+
+        try:
+            docker_client(self.url).close()  # its own socket check closes what it opens
+        except EnvironmentFault:
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # as `systemctl stop docker` does
+            self.proc.wait(timeout=90)
+
+    def import_empty_image(self) -> None:
+        tar = subprocess.Popen(["tar", "cf", "-", "--files-from", "/dev/null"],
+                               stdout=subprocess.PIPE)  # fmt: skip
+        assert tar.stdout is not None
+        with tar.stdout:
+            subprocess.run(["docker", "-H", self.url, "import", "-", IMAGE], stdin=tar.stdout,
+                           check=True, capture_output=True)  # fmt: skip
+        tar.wait()
+
+    def labelled(self) -> list[str]:
+        client = docker.DockerClient(base_url=self.url, version="1.41")
+        try:
+            return _labelled(client)
+        finally:
+            client.close()
+
+
+def test_the_docker_engine_stopping_mid_trial_is_the_machines_fault(
+    engine: docker.DockerClient, tmp_path: Path, model_dir: Path
+) -> None:
+    """The engine the profile names stops while a trial's server starts: one line naming the
+    Docker Engine, exit 2, the trial an environment fault (not counted, retried), no
+    traceback; once the engine is back, `tuner cleanup --profile` removes the exited container
+    through the profile's engine, not the machine's."""
+    second = _SecondEngine()
+    second.start()
+    try:
+        second.import_empty_image()
+        profile = _docker_profile(model_dir) + f"  docker_host: {second.url}\n"
+        proc = subprocess.Popen(_tuner(tmp_path, profile, "gone", trials=1),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            _wait_for(second.labelled)
+        finally:
+            second.stop()
+            out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, out + err
+        assert "Traceback" not in out + err
+        lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1
+        assert f"the Docker Engine at {second.url} stopped answering" in lines[0]
+        st = optuna.load_study(
+            study_name="gone", storage=f"sqlite:///{tmp_path / 'studies' / 'gone' / 'study.db'}"
+        )
+        first, *rest = st.trials  # the machine's fault: not counted, run again on resume
+        assert (first.state, first.user_attrs.get("reason")) == (TrialState.FAIL, "env")
+        assert [t.state for t in rest] == [TrialState.WAITING]  # the next seed, not started
+        second.start()
+        left = second.labelled()
+        assert len(left) == 1  # the engine took its container down with it; it is still there
+        run = subprocess.run(
+            [sys.executable, "-m", "tuner.cli", "cleanup", "--study", "gone", "--profile",
+             str(tmp_path / "profile.yaml"), "--studies-dir", str(tmp_path / "studies")],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "removed 1 container" in run.stdout
+        assert second.labelled() == []
+        assert _labelled(engine, "io.vllm-tuner.study=gone") == []
+    finally:
+        second.stop()
+        shutil.rmtree(second.dir, ignore_errors=True)

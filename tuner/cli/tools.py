@@ -17,9 +17,14 @@ def cleanup(
         str | None, typer.Option("--study", help="only this study's servers and containers")
     ] = None,
     studies_dir: StudiesOpt = STUDIES,
+    profile: Annotated[
+        Path | None,
+        typer.Option("--profile", help="the study's profile: its Docker Engine (docker_host)"),
+    ] = None,
 ) -> None:
     """Stop what hard-killed runs left: local servers recorded in the study folders (after
     checking each is still the recorded process) and labelled containers, and only those."""
+    from tuner.config import load_profile
     from tuner.deploy import reclaim
     from tuner.study.workers import live_workers
 
@@ -29,7 +34,8 @@ def cleanup(
     running = [f"{w} ({root.name})" for root in roots if root.is_dir() for w in live_workers(root)]
     if running:  # their servers are theirs: a worker stops its own
         raise TunerError(f"workers are running: {', '.join(running)}; stop them first")
-    for line in reclaim([r for r in roots if r.is_dir()], study):
+    prof = load_profile(profile) if profile is not None else None
+    for line in reclaim([r for r in roots if r.is_dir()], study, prof):
         out.print(line)
 
 

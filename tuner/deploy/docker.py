@@ -6,12 +6,14 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+import requests
 from docker.models.containers import Container
 from docker.types import DeviceRequest
 
@@ -40,6 +42,18 @@ def docker_client(base_url: str | None = None) -> docker.DockerClient:
             client.close()  # its connection pool would outlive the error
         raise EnvironmentFault(f"cannot reach the Docker Engine: {exc}") from exc
     return client
+
+
+# What the SDK raises when the engine is gone: its own errors, and requests' (a connection
+# aborted mid-call is not wrapped).
+ENGINE_GONE = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def engine_gone(exc: BaseException, host: str | None) -> EnvironmentFault:
+    """One line naming the Docker Engine for an error of the SDK."""
+    where = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return EnvironmentFault(f"the Docker Engine at {where} stopped answering: {why}")
 
 
 def _check_socket(url: str) -> None:
@@ -229,15 +243,18 @@ class DockerDeployer(BaseDeployer):
             raise DeployError(
                 f"docker could not start the container: {exc}", reason="crash"
             ) from exc
-        except docker.errors.DockerException as exc:  # the engine went away mid-study
-            raise EnvironmentFault(f"cannot reach the Docker Engine: {exc}") from exc
+        except ENGINE_GONE as exc:  # the engine went away mid-study
+            raise engine_gone(exc, self._cfg.docker_host) from exc
         self._log_path = workdir / "server.log"
         self._pump = threading.Thread(
             target=self._stream_logs, args=(self._container,), daemon=True
         )
         self._pump.start()
         self._base_url = f"http://{self._cfg.host}:{port}"
-        self._container.reload()
+        try:
+            self._container.reload()
+        except ENGINE_GONE as exc:
+            raise engine_gone(exc, self._cfg.docker_host) from exc
         pid = int(self._container.attrs["State"].get("Pid") or 0)
         return Endpoint(
             base_url=self._base_url,
@@ -249,7 +266,7 @@ class DockerDeployer(BaseDeployer):
     def _stream_logs(self, container: Container) -> None:
         """Copy the container's log to the trial folder as it comes (a background thread)."""
         assert self._log_path is not None
-        with self._log_path.open("wb") as f, contextlib.suppress(docker.errors.DockerException):
+        with self._log_path.open("wb") as f, contextlib.suppress(*ENGINE_GONE):
             for chunk in container.logs(stream=True, follow=True):
                 f.write(chunk)
                 f.flush()
@@ -263,12 +280,30 @@ class DockerDeployer(BaseDeployer):
             self._container.reload()
         except docker.errors.NotFound as exc:
             raise ServerExited("the container disappeared", reason="crash") from exc
+        except ENGINE_GONE as exc:  # the machine's fault: not counted, retried on resume
+            raise engine_gone(exc, self._cfg.docker_host) from exc
         state = self._container.attrs["State"]
         if state.get("Status") in ("exited", "dead") and self._pump is not None:
             self._pump.join(timeout=5)  # the rest of the log, for the classification
         exited = container_exited(state, self._read_log(), "container")
-        if exited is not None:
-            raise exited
+        if exited is None:
+            return
+        if not state.get("OOMKilled") and state.get("ExitCode") in (137, 143):
+            self._engine_still_up()  # an engine shutting down kills its containers
+        raise exited
+
+    def _engine_still_up(self, within_s: float = 8.0) -> None:
+        """EnvironmentFault when the engine stops answering within ``within_s``: a container
+        killed (137) or terminated (143) by its engine's shutdown is the machine's fault, not
+        the configuration's (on a second engine stopped mid-trial, the container read
+        "exited 137" a moment before the engine went away)."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            try:
+                self.client.ping()
+            except ENGINE_GONE as exc:
+                raise engine_gone(exc, self._cfg.docker_host) from exc
+            time.sleep(0.5)
 
     def wait_ready(self) -> float:
         """Seconds until /health answers, the log's tail attached to any failure."""
@@ -279,9 +314,10 @@ class DockerDeployer(BaseDeployer):
         out."""
         container, self._container = self._container, None
         if container is not None:
-            with contextlib.suppress(docker.errors.DockerException):
+            with contextlib.suppress(*ENGINE_GONE):
                 container.stop(timeout=int(self._cfg.stop_timeout_s))
-            with contextlib.suppress(docker.errors.NotFound):
+            # An engine that is gone cannot remove it: the next run's clean-up does (labels).
+            with contextlib.suppress(*ENGINE_GONE):
                 container.remove(force=True)
         if self._pump is not None:
             self._pump.join(timeout=5)
