@@ -52,6 +52,26 @@ def test_bad_yaml_is_one_line(tmp_path: Path) -> None:
     assert r.stderr.strip() == f"error: {bad}:4: server.tensor_parallel: unknown key"
 
 
+def test_a_read_only_studies_folder_is_one_line_exit_2(tmp_path: Path) -> None:
+    """The machine's fault, as a full disk is: one line naming the folder, exit 2. Read-only
+    by a bind mount (CI runs as root, which writes through file permissions)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mount = subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)],
+                           capture_output=True, check=False)  # fmt: skip
+    if mount.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must be able to bind-mount read-only: {mount.stderr!r}")
+        pytest.skip("cannot bind-mount read-only here (needs root)")
+    try:
+        r = run("optimize", "--trials", "1", "--profile", str(ROOT / "configs/profiles/fake.yaml"),
+                "--studies-dir", str(ro))  # fmt: skip
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip() == f"error: Read-only file system: {ro}/fake-seed_192"
+
+
 def test_report_of_missing_study(tmp_path: Path) -> None:
     """Reporting a study that does not exist is a clear error."""
     r = run("report", "nope", "--studies-dir", str(tmp_path))

@@ -55,6 +55,7 @@ def main() -> None:
     except OSError as exc:
         if debug:
             raise
-        # e.g. a full disk: one line, nothing lost (trials are committed as they finish)
+        # The machine's: a full disk, a read-only or missing folder. One line, exit 2 as for
+        # every usage and environment error; nothing lost (trials are committed as they end).
         err.print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), markup=False)
-        sys.exit(1)
+        sys.exit(2)
