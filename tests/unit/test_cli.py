@@ -72,6 +72,35 @@ def test_a_read_only_studies_folder_is_one_line_exit_2(tmp_path: Path) -> None:
     assert r.stderr.strip() == f"error: Read-only file system: {ro}/fake-seed_192"
 
 
+def test_a_full_disk_is_one_line_and_the_study_resumes(tmp_path: Path) -> None:
+    """A real full disk (a 400 KiB tmpfs): SQLite refuses a write; one line with its words,
+    exit 2, no traceback from the heartbeat thread; with room again, the same command
+    resumes and finishes."""
+    full = tmp_path / "full"
+    full.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(full)],
+                           capture_output=True, check=False)  # fmt: skip
+    if mount.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must be able to mount a tmpfs: {mount.stderr!r}")
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    args = ("optimize", "--trials", "3", "--no-validate", "--profile",
+            str(ROOT / "configs/profiles/fake.yaml"), "--studies-dir", str(full))  # fmt: skip
+    try:
+        r = run(*args)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr
+        assert r.stderr.strip().startswith("error: the study's storage refused a write: ")
+        assert "database or disk is full" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        subprocess.run(["mount", "-o", "remount,size=50m", str(full)], check=True)
+        again = run(*args)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "3 deployments" in again.stdout
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+
+
 def test_report_of_missing_study(tmp_path: Path) -> None:
     """Reporting a study that does not exist is a clear error."""
     r = run("report", "nope", "--studies-dir", str(tmp_path))

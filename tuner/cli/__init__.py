@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 import optuna
 import typer
@@ -19,8 +20,24 @@ from tuner.errors import TunerError
 __all__ = ["app", "main"]
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause (SQLite's "database or disk is full")."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _quiet_storage_threads(args: threading.ExceptHookArgs) -> None:
+    """Optuna's heartbeat thread dies with a traceback when the storage refuses a write; the
+    main thread says it in one line."""
+    if isinstance(args.exc_value, optuna.exceptions.StorageInternalError):
+        return
+    threading.__excepthook__(args)
+
+
 def main() -> None:
     """Entry point of the ``tuner`` command."""
+    threading.excepthook = _quiet_storage_threads
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     debug = "--debug" in sys.argv[1:]
@@ -51,6 +68,14 @@ def main() -> None:
         if debug:
             raise
         err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except optuna.exceptions.StorageInternalError as exc:
+        if debug:
+            raise
+        # The storage refused a write (a full disk under SQLite): its own words, one line.
+        said = f"the study's storage refused a write: {_root_cause(exc)}"
+        err.print(f"error: {said}; finished trials are kept, the study resumes with the same "
+                  "command", markup=False)  # fmt: skip
         sys.exit(2)
     except OSError as exc:
         if debug:
