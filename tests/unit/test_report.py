@@ -227,6 +227,7 @@ def _manual_study(rows: list[dict[str, Any]]) -> optuna.Study:
                     "ttft_hit_min_ms": r["hit"] - r["spread"],
                     "ttft_hit_max_ms": r["hit"] + r["spread"],
                     "n_hit": 9,
+                    "flags": ["--enable-prefix-caching"] if r["prefix"] else [],
                 },
             )
         )
@@ -260,6 +261,19 @@ class TestQuality:
         warnings = quality_warnings(st, pareto_trials(st)[0])
         flagged = [n for n, w in warnings if "no prefix-cache hit" in w]
         assert flagged == [0]
+
+    @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+    def test_prefix_caching_on_without_hits_is_flagged(self) -> None:
+        """The fp8-KV case users report: caching on, 0 % hits, nothing in the latency says so.
+        Caching off with 0 % hits is no surprise and is not flagged."""
+        rows = [
+            {"hit": 90.0, "miss": 100.0, "vram": 10.0, "prefix": True, "rate": 0.0, "spread": 5},
+            {"hit": 60.0, "miss": 200.0, "vram": 12.0, "prefix": True, "rate": 0.9, "spread": 5},
+            {"hit": 95.0, "miss": 99.0, "vram": 9.0, "prefix": False, "rate": 0.0, "spread": 5},
+        ]
+        st = _manual_study(rows)
+        warnings = quality_warnings(st, pareto_trials(st)[0])
+        assert [n for n, w in warnings if "the cache is not used" in w] == [0]
 
     @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
     def test_overlapping_front_points_are_flagged(self) -> None:

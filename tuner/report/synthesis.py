@@ -173,6 +173,10 @@ def quality_warnings(study: optuna.Study, front: list[FrozenTrial]) -> list[tupl
             )
         if rate is None:
             out.append((t.number, "no /metrics from the server: cache hit rate unknown"))
+        elif rate == 0 and "--enable-prefix-caching" in (a.get(Attr.FLAGS) or ()):
+            # e.g. a KV-cache dtype that silently turns the cache off: latency shows nothing
+            out.append((t.number, "prefix caching is on, but no continuation turn found cached "
+                        "tokens: the cache is not used with these flags"))  # fmt: skip
         r, hit = sample_range(t, "ttft_hit"), _num(a.get("ttft_hit_ms"))
         if r is not None and hit and (r[1] - r[0]) / hit > NOISY_RELATIVE_RANGE:
             out.append(
