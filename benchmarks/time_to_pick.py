@@ -78,9 +78,12 @@ BYTECODE_S = 15.5
 LEVERS: dict[str, Lever] = {
     "before (40, no stop)": Lever(settle=None, early_stop=False),
     "dominated stop": Lever(settle=None),
+    "defaults: dominated stop + bytecode": Lever(settle=None, startup_saved_s=BYTECODE_S),
     "settle stop": Lever(early_stop=False),
-    "both (defaults)": Lever(),
+    "both": Lever(),
+    "both, hypervolume alone": Lever(settle=Settle(contenders=None)),
     "both, settle after 12": Lever(settle=Settle(after=12)),
+    "both, settle after 16": Lever(settle=Settle(after=16)),
     "both + bytecode": Lever(startup_saved_s=BYTECODE_S),
     "random + both": Lever(sampler="random"),
     "warm: related front, no seeds": Lever(startup_saved_s=BYTECODE_S, warm=True),

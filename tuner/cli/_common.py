@@ -57,8 +57,9 @@ SettleAfterOpt = Annotated[
     typer.Option(
         "--settle-after",
         min=0,
-        help="end the search early once the last K deployments added under --settle-share of "
-        "the front's hypervolume and every value was tried (0: always --trials)",
+        help="end the search early once the last K deployments (8 is a start) added under "
+        "--settle-share of the front's hypervolume and every value was tried; it can cost "
+        "the pick quality (docs/measurement.md) [default: 0, always --trials]",
     ),
 ]
 SettleShareOpt = Annotated[float, typer.Option("--settle-share", min=0.0, max=1.0)]

@@ -127,7 +127,7 @@ def optimize(
             "front queued first when only the model or workload differs); repeatable",
         ),
     ] = None,
-    settle_after: SettleAfterOpt = 8,
+    settle_after: SettleAfterOpt = 0,
     settle_share: SettleShareOpt = 0.01,
     early_stop: EarlyStopOpt = True,
     gpus: GpusOpt = None,

@@ -80,7 +80,7 @@ def worker(
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=1, help="seconds; no new deployment after")
     ] = None,
-    settle_after: SettleAfterOpt = 8,
+    settle_after: SettleAfterOpt = 0,
     settle_share: SettleShareOpt = 0.01,
     early_stop: EarlyStopOpt = True,
 ) -> None:

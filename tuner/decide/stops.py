@@ -22,7 +22,7 @@ from tuner.decide.groups import TIE
 from tuner.decide.noise import Z95
 from tuner.front import normalised_hypervolume
 
-__all__ = ["UNSAMPLED_TOLERANCE", "Reading", "dominated_by", "recent_gain"]
+__all__ = ["UNSAMPLED_TOLERANCE", "Reading", "dominated_by", "recent_contender", "recent_gain"]
 
 # A figure with no samples behind it (VRAM read once) counts as "no better" on the front point
 # when within this share: two readings of the same server's memory differ by a little.
@@ -130,3 +130,15 @@ def recent_gain(
     if hv_after <= 0:
         return 0.0
     return max(0.0, hv_after - normalised_hypervolume(before, lo, hi)) / hv_after
+
+
+def recent_contender(values: Sequence[Sequence[float]], k: int, margin: float) -> bool:
+    """Whether one of the last ``k`` points is within ``margin`` of the best first objective
+    (minimised) of all points: the search is still finding configurations the validation
+    could pick, and a front read at the noise's scale does not show it."""
+    firsts = [v[0] for v in values if math.isfinite(v[0])]
+    if not firsts:
+        return False
+    best = min(firsts)
+    bound = best + margin * abs(best)
+    return any(math.isfinite(v[0]) and v[0] <= bound for v in values[-k:])

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.config.objective import ObjectiveFile
 from tuner.config.space import ParamValue, SearchSpace
 from tuner.decide.noise import Z95, study_noise
-from tuner.decide.stops import Reading, dominated_by, recent_gain
+from tuner.decide.stops import Reading, dominated_by, recent_contender, recent_gain
 from tuner.front import feasible, pareto_front
 from tuner.measure import TrialMeasurement
 from tuner.metrics import METRICS
@@ -108,6 +108,9 @@ class Settle:
 
     after: int = 8
     share: float = 0.01
+    # Not while one of those deployments came within this share of the best figure of the
+    # first objective (None: the hypervolume alone decides).
+    contenders: float | None = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,8 @@ def settled(
         optimistic.append([r.value if r.lo is None else r.lo for r in readings])
     gain = recent_gain(values, optimistic, settle.after, _noise_spans(study, values))
     if gain is None or gain >= settle.share:
+        return None
+    if settle.contenders is not None and recent_contender(values, settle.after, settle.contenders):
         return None
     return Settled(len(done), gain, settle.after, settle.share)
 
