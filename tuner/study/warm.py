@@ -123,9 +123,7 @@ def _copy(
     other: optuna.Study,
 ) -> WarmStart:
     """Every evaluated trial of ``other`` at a valid point this study has not evaluated."""
-    mine = study.get_trials(deepcopy=False)
-    have = {str(t.user_attrs.get(Attr.WARM_FROM)) for t in mine if Attr.WARM_FROM in t.user_attrs}
-    known = {space.key(t.params) for t in mine if StoredTrial(t).evaluated}
+    have, known = _held(study, space, queued_too=False)
     dists: dict[str, BaseDistribution] = {
         d.name: CategoricalDistribution(list(d.values)) for d in space.dimensions
     }
@@ -166,10 +164,7 @@ def _queue(
     other: optuna.Study,
 ) -> WarmStart:
     """The other study's front points, queued ahead of everything else not yet queued."""
-    mine = study.get_trials(deepcopy=False)
-    have = {str(t.user_attrs.get(Attr.WARM_FROM)) for t in mine if Attr.WARM_FROM in t.user_attrs}
-    busy = (TrialState.WAITING, TrialState.RUNNING)
-    known = {space.key(t.params) for t in mine if StoredTrial(t).evaluated or t.state in busy}
+    have, known = _held(study, space, queued_too=True)
     queued = 0
     front, _ = pareto_front(other)
     for t in front:
@@ -181,6 +176,18 @@ def _queue(
         known.add(key)
         queued += 1
     return WarmStart(other.study_name, 0, 0, queued)
+
+
+def _held(
+    study: optuna.Study, space: SearchSpace, *, queued_too: bool
+) -> tuple[set[str], set[str]]:
+    """What this study already took from other studies (``STUDY#N`` marks), and the points it
+    has evaluated (and, ``queued_too``, queued or running)."""
+    mine = study.get_trials(deepcopy=False)
+    have = {str(t.user_attrs.get(Attr.WARM_FROM)) for t in mine if Attr.WARM_FROM in t.user_attrs}
+    busy = (TrialState.WAITING, TrialState.RUNNING) if queued_too else ()
+    known = {space.key(t.params) for t in mine if StoredTrial(t).evaluated or t.state in busy}
+    return have, known
 
 
 def _key(space: SearchSpace, t: FrozenTrial) -> str | None:
