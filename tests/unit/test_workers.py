@@ -169,12 +169,12 @@ class TestSlots:
                 parse_gpus(bad)
 
 
-def test_heartbeat_warning_is_only_ours_to_silence() -> None:
+def test_heartbeat_warning_is_only_ours_to_silence(tmp_path: Path) -> None:
     """The runner silences Optuna's 'heartbeat outside optimize' warning around its own ask;
     the warning still exists (a new Optuna that drops it would make the filter dead code)."""
     from tuner.study.storage import Heartbeat, open_storage
 
-    storage = open_storage("sqlite:///:memory:", heartbeat=Heartbeat(1, 2))
+    storage = open_storage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat=Heartbeat(1, 2))
     study = optuna.create_study(storage=storage)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
