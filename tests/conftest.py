@@ -17,6 +17,15 @@ from tuner.testing import FAST_WORKLOAD, fake_profile
 ROOT = Path(__file__).resolve().parents[1]
 # Empty image made by scripts/docker.sh: containers run this machine's Python, bind-mounted.
 HOST_ENV_IMAGE = "vllm-tuner/host-env:latest"
+# A point of search_spaces/seed_192.yaml: prefix caching and chunked prefill on, memory 0.95,
+# the scheduler's limits at vLLM's defaults (tests vary one setting from it).
+BASE_POINT: dict[str, object] = {
+    "gpu_memory_utilization": 0.95,
+    "enable_prefix_caching": True,
+    "enable_chunked_prefill": True,
+    "max_num_seqs": None,
+    "max_num_batched_tokens": None,
+}
 
 
 def docker_engine() -> Any:
@@ -65,4 +74,11 @@ def objective() -> ObjectiveFile:
     return obj.model_copy(update={"workload": FAST_WORKLOAD})
 
 
-__all__ = ["FAST_WORKLOAD", "ROOT", "docker_engine", "fake_profile", "host_env_mounts"]
+__all__ = [
+    "BASE_POINT",
+    "FAST_WORKLOAD",
+    "ROOT",
+    "docker_engine",
+    "fake_profile",
+    "host_env_mounts",
+]

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 import pytest
 
+from tests.conftest import BASE_POINT
 from tuner.config import ObjectiveFile, Profile
 from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
@@ -99,13 +100,6 @@ class TestRecentGain:
 
 
 # -- on the simulated engine ---------------------------------------------------------------
-BASE = {
-    "gpu_memory_utilization": 0.95,
-    "enable_prefix_caching": True,
-    "enable_chunked_prefill": True,
-    "max_num_seqs": None,
-    "max_num_batched_tokens": None,
-}
 
 
 def _slow_prefill() -> Profile:
@@ -130,7 +124,7 @@ def _runner(tmp_path: Path, space: SearchSpace, objective: ObjectiveFile, trials
 
 
 def _point(**change: Any) -> dict[str, Any]:
-    return {**BASE, **change}
+    return {**BASE_POINT, **change}
 
 
 class TestDominatedStop:
@@ -195,7 +189,7 @@ class TestSettled:
         """Every value of every dimension deployed once, one point each (the fake engine)."""
         points = [_point()]
         for d in space.dimensions:
-            points += [_point(**{d.name: v}) for v in d.values if v != BASE[d.name]]
+            points += [_point(**{d.name: v}) for v in d.values if v != BASE_POINT[d.name]]
         runner = _runner(tmp_path, space, obj, len(points), settle=None)
         study = runner.open_study()
         for p in points:

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 import pytest
 
+from tests.conftest import BASE_POINT
 from tuner.config import ObjectiveFile, Profile
 from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
@@ -19,18 +20,11 @@ from tuner.study.warm import key_differences, measured_with
 from tuner.testing import fake_profile, interrupting, study_starts
 from tuner.trial import Attr, Role, StoredTrial, StudyAttr, deployments
 
-BASE = {
-    "gpu_memory_utilization": 0.95,
-    "enable_prefix_caching": True,
-    "enable_chunked_prefill": True,
-    "max_num_seqs": None,
-    "max_num_batched_tokens": None,
-}
 SEEDS = (
-    Seed("base", BASE),
-    Seed("low_mem", {**BASE, "gpu_memory_utilization": 0.9}),
-    Seed("no_cache", {**BASE, "enable_prefix_caching": False}),
-    Seed("seqs_32", {**BASE, "max_num_seqs": 32}),  # scripted to OOM
+    Seed("base", BASE_POINT),
+    Seed("low_mem", {**BASE_POINT, "gpu_memory_utilization": 0.9}),
+    Seed("no_cache", {**BASE_POINT, "enable_prefix_caching": False}),
+    Seed("seqs_32", {**BASE_POINT, "max_num_seqs": 32}),  # scripted to OOM
 )
 
 

@@ -32,7 +32,7 @@ TRIAL_LABEL = "io.vllm-tuner.trial"
 
 def docker_client(base_url: str | None = None) -> docker.DockerClient:
     """A client for the engine; an EnvironmentFault (one line) when it cannot be reached."""
-    _check_socket(base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
+    _check_socket(_engine_url(base_url))
     client: docker.DockerClient | None = None
     try:
         client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
@@ -51,9 +51,14 @@ ENGINE_GONE = (docker.errors.DockerException, requests.exceptions.RequestExcepti
 
 def engine_gone(exc: BaseException, host: str | None) -> EnvironmentFault:
     """One line naming the Docker Engine for an error of the SDK."""
-    where = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    where = _engine_url(host)
     why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     return EnvironmentFault(f"the Docker Engine at {where} stopped answering: {why}")
+
+
+def _engine_url(host: str | None) -> str:
+    """The engine the SDK talks to: the profile's ``docker_host``, else the environment's."""
+    return host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
 def _check_socket(url: str) -> None:

@@ -1,12 +1,12 @@
 """The study's two stops that save GPU time, read from what storage holds.
 
 - :func:`dominated_stop`: a search trial's measurement ends early once a front point is ahead
-  of it beyond the noise on every objective (it keeps its figures, ``stop_reason:
-  dominated``, and counts as a deployment).
-- :func:`settled`: the search ends before ``--trials`` once the seeds are done, every value of
-  every dimension was deployed, and the last k deployments added less than a set share of the
-  front's hypervolume, even each at the favourable end of its interval, on a scale no finer
-  than the study's between-deployment noise.
+  of it beyond the noise on a sampled objective and behind it on none (it keeps its figures,
+  ``stop_reason: dominated``, and counts as a deployment).
+- :func:`settled` (opt-in): the search ends before ``--trials`` once the seeds are done, every
+  value of every dimension was deployed, the last k deployments added less than a set share of
+  the front's hypervolume, even each at the favourable end of its interval, on a scale no finer
+  than the study's between-deployment noise, and none of them came near the best figure.
 
 The rules themselves are in ``tuner.decide.stops``; this module feeds them the study.
 """
@@ -56,18 +56,26 @@ def ahead_of(study: optuna.Study, trial: optuna.Trial, names: list[str]) -> Ahea
     """The front ``trial`` is measured against, or None (measure in full): for a seed, while
     any other seed is still waiting or running (the seeds set the front first), with no
     front yet."""
-    if Attr.SEED_NAME in trial.user_attrs:
+    if Attr.SEED_NAME in trial.user_attrs or _seeds_pending(study, besides=trial.number):
         return None
-    unsettled = (TrialState.WAITING, TrialState.RUNNING)
-    for t in study.get_trials(deepcopy=False, states=unsettled):
-        if Attr.SEED_NAME in t.user_attrs and t.number != trial.number:
-            return None
     front, _ = pareto_front(study)
     if not front:
         return None
     readings = [(t.number, [_stored(t, i, n) for i, n in enumerate(names)]) for t in front]
-    signs = [1 if d == StudyDirection.MINIMIZE else -1 for d in study.directions]
-    return Ahead(readings, signs, study_noise(study).cv)
+    return Ahead(readings, _signs(study), study_noise(study).cv)
+
+
+def _seeds_pending(study: optuna.Study, besides: int | None = None) -> bool:
+    """Whether a seed (other than trial ``besides``) is still waiting or running: the seeds
+    set the front before either stop may act."""
+    unsettled = (TrialState.WAITING, TrialState.RUNNING)
+    return any(Attr.SEED_NAME in t.user_attrs and t.number != besides
+               for t in study.get_trials(deepcopy=False, states=unsettled))  # fmt: skip
+
+
+def _signs(study: optuna.Study) -> list[int]:
+    """Per objective, 1 when minimised, -1 when maximised."""
+    return [1 if d == StudyDirection.MINIMIZE else -1 for d in study.directions]
 
 
 def dominated_stop(
@@ -139,10 +147,10 @@ def settled(
 ) -> Settled | None:
     """The search's stop (``tuner.decide.stops.recent_gain``), once no seed is waiting or
     running and every value of every dimension that a valid point holds was deployed."""
+    if _seeds_pending(study):
+        return None
     trials = study.get_trials(deepcopy=False)
     busy = (TrialState.WAITING, TrialState.RUNNING)
-    if any(t.state in busy and Attr.SEED_NAME in t.user_attrs for t in trials):
-        return None
     # this study's deployments, and the measurements --warm-start copied in (numbered first)
     done = [t for t in trials if t.state not in busy and (StoredTrial(t).is_deployment or (
         Attr.WARM_FROM in t.user_attrs and StoredTrial(t).evaluated))]  # fmt: skip
@@ -150,7 +158,7 @@ def settled(
     seen = {(name, repr(v)) for t in done for name, v in t.params.items()}
     if len(done) <= settle.after or not wanted <= seen:
         return None
-    signs = [1 if d == StudyDirection.MINIMIZE else -1 for d in study.directions]
+    signs = _signs(study)
     names = [str(n) for n in study.user_attrs.get(StudyAttr.OBJECTIVES) or ()]
     if len(names) != len(signs):
         return None

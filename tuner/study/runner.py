@@ -252,14 +252,14 @@ class StudyRunner:
 
     def _settled(self, study: optuna.Study) -> str | None:
         """Why the search has settled (``tuner.study._stops.settled``), stored with the study
-        the first time; None: it has not, or the rule is off."""
+        (the latest verdict: a resumed study may settle again later); None: it has not, or the
+        rule is off."""
         if self.settings.settle is None or self._fixed is not None:
             return None
         why = settled(study, self.space, self.valid, self.settings.settle)
         if why is None:
             return None
-        if StudyAttr.SETTLED not in study.user_attrs:
-            study.set_user_attr(StudyAttr.SETTLED, {**asdict(why), "words": why.words()})
+        study.set_user_attr(StudyAttr.SETTLED, {**asdict(why), "words": why.words()})
         return why.words()
 
     def _goal(self, study: optuna.Study) -> int | None:
@@ -318,7 +318,10 @@ class StudyRunner:
             tuple(outcomes),
             stop,
             self._goal(study) if stop == Stop.GOAL else None,
-            self._settled(study) if stop == Stop.SETTLED else None,
+            # the verdict _stop just stored, not computed again
+            (study.user_attrs.get(StudyAttr.SETTLED) or {}).get("words")
+            if stop == Stop.SETTLED
+            else None,
         )
 
 

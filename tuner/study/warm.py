@@ -21,7 +21,7 @@ Copying is idempotent: a resumed study copies nothing twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,20 +123,15 @@ def _copy(
     other: optuna.Study,
 ) -> WarmStart:
     """Every evaluated trial of ``other`` at a valid point this study has not evaluated."""
-    have, known = _held(study, space, queued_too=False)
     dists: dict[str, BaseDistribution] = {
         d.name: CategoricalDistribution(list(d.values)) for d in space.dimensions
     }
+    done = other.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    # interrupted, the machine's fault, a pointer: nothing measured to copy
+    evaluated = [t for t in done if StoredTrial(t).evaluated]
     copied = failed = 0
-    for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        mark = f"{other.study_name}#{t.number}"
-        key = _key(space, t)
-        if mark in have or key is None or key not in valid or key in known:
-            continue
-        if not StoredTrial(t).evaluated:  # interrupted, the machine's fault, a pointer
-            continue
+    for t, mark, _point in _untaken(study, space, valid, other, evaluated, queued_too=False):
         study.add_trial(_copy_of(t, dists, mark))
-        known.add(key)
         copied += t.state == TrialState.COMPLETE
         failed += t.state == TrialState.FAIL
     return WarmStart(other.study_name, copied, failed, 0)
@@ -164,18 +159,33 @@ def _queue(
     other: optuna.Study,
 ) -> WarmStart:
     """The other study's front points, queued ahead of everything else not yet queued."""
-    have, known = _held(study, space, queued_too=True)
-    queued = 0
     front, _ = pareto_front(other)
-    for t in front:
-        mark = f"{other.study_name}#{t.number}"
-        key = _key(space, t)
-        if mark in have or key is None or key not in valid or key in known:
-            continue
+    queued = 0
+    for _t, mark, key in _untaken(study, space, valid, other, front, queued_too=True):
         study.enqueue_trial(dict(valid[key]), user_attrs={Attr.WARM_FROM: mark})
-        known.add(key)
         queued += 1
     return WarmStart(other.study_name, 0, 0, queued)
+
+
+def _untaken(
+    study: optuna.Study,
+    space: SearchSpace,
+    valid: Mapping[str, dict[str, ParamValue]],
+    other: optuna.Study,
+    trials: Sequence[FrozenTrial],
+    *,
+    queued_too: bool,
+) -> Iterator[tuple[FrozenTrial, str, str]]:
+    """(trial, ``STUDY#N`` mark, point key) of ``other``'s ``trials`` at valid points this study
+    has neither taken from it already nor evaluated (nor, ``queued_too``, queued or running);
+    each point once, whatever the caller then does with it."""
+    have, known = _held(study, space, queued_too=queued_too)
+    for t in trials:
+        mark, key = f"{other.study_name}#{t.number}", _key(space, t)
+        if mark in have or key is None or key not in valid or key in known:
+            continue
+        known.add(key)
+        yield t, mark, key
 
 
 def _held(
