@@ -36,11 +36,20 @@ def space_cmd(file: Annotated[Path, typer.Argument(help="search space YAML")] = 
             if d.env
             else (d.flag if d.negative_flag is None else f"{d.flag} / {d.negative_flag}")
         )
-        table.add_row(
-            d.name, ", ".join("null" if v is None else str(v).lower() for v in d.values), flags
-        )
+        if d.into:
+            flags = f"{d.json_key} in {sp.dimension(d.into).flag}"
+        elif d.json_key:
+            flags = f"{d.flag} {{{d.json_key}: ...}}"
+        when = " and ".join(f"{k} in {[_show(v) for v in vs]}" for k, vs in d.when)
+        values = ", ".join(_show(v) for v in d.values)
+        table.add_row(d.name, values + (f" (only when {when})" if when else ""), flags)
     out.print(table)
     out.print(f"{sp.size} points")
+
+
+def _show(v: object) -> str:
+    """A value as the space file writes it."""
+    return "null" if v is None else str(v).lower()
 
 
 @app.command("seeds")

@@ -53,10 +53,11 @@ def load_seeds(path: Path, space: SearchSpace) -> tuple[Seed, ...]:
             )
         seen.add(s.name)
         try:
-            space.check(s.params, where=f"seeds.{i}.params")
+            # A seed may leave out what the space defaults (null values, absent conditionals).
+            params = space.complete(s.params, where=f"seeds.{i}.params")
         except ConfigError as exc:
             raise ConfigError(
                 exc.detail, file=path, line=line_of(tree, ("seeds", i, "params")), key=exc.key
             ) from None
-        out.append(Seed(name=s.name, params=dict(s.params), description=s.description))
+        out.append(Seed(name=s.name, params=params, description=s.description))
     return tuple(out)

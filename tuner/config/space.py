@@ -3,6 +3,13 @@
 ``null`` in a dimension means "omit the flag and let vLLM decide". Booleans map to explicit
 flags both ways, because vLLM V1 turns prefix caching and chunked prefill on by default:
 a config that wants them off must say ``--no-enable-...``.
+
+A dimension can be **conditional** (``when: {speculative_method: [ngram]}``): it exists only
+while another dimension has one of those values, and is ``null`` otherwise. A point always
+names every dimension; :meth:`SearchSpace.normalize` sets an absent one to ``null`` and an
+active one left ``null`` to its first value, so that one configuration has one key. Where vLLM
+takes one JSON flag (``--speculative-config``), a dimension with ``json_key`` writes its value
+into that object and dimensions declared ``into`` it add theirs.
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ class _DimensionModel(StrictModel):
     env: str | None = None
     description: str = ""
     label: str | None = None  # short column title in reports (default: the dimension's name)
+    # Exists only while each named (earlier) dimension has one of the listed values.
+    when: dict[str, list[bool | int | float | str | None]] | None = None
+    # The flag's argument is a JSON object: {json_key: value, ...}; a dimension with `into`
+    # writes its own json_key into another dimension's object instead of a flag of its own.
+    json_key: str | None = None
+    into: str | None = None
 
     @field_validator("flag", "negative_flag")
     @classmethod
@@ -52,8 +65,18 @@ class _DimensionModel(StrictModel):
         keys = [json.dumps(v) for v in self.values]
         if len(set(keys)) != len(keys):
             raise ValueError("values must be unique")
-        if (self.flag is None) == (self.env is None):
-            raise ValueError("a dimension sets exactly one of flag or env")
+        if [self.flag, self.env, self.into].count(None) != 2:
+            raise ValueError("a dimension sets exactly one of flag, env or into")
+        if self.into is not None and self.json_key is None:
+            raise ValueError("a dimension written into another's JSON flag needs json_key")
+        if self.json_key is not None and self.env is not None:
+            raise ValueError("json_key applies to a flag")
+        if (
+            self.json_key is not None
+            and self.into is None
+            and any(isinstance(v, bool) for v in self.values)
+        ):
+            raise ValueError("a JSON flag's own value cannot be a boolean")
         if self.env is not None and self.negative_flag is not None:
             raise ValueError("negative_flag only applies to a flag")
         if self.flag and any(isinstance(v, bool) for v in self.values) and not self.negative_flag:
@@ -70,6 +93,35 @@ class _SpaceModel(StrictModel):
     description: str = ""
     dimensions: dict[str, _DimensionModel] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _conditions(self) -> _SpaceModel:
+        """``when`` names earlier dimensions and their values; ``into`` a JSON-flag dimension
+        that is active whenever the one written into it is."""
+        names = list(self.dimensions)
+        for i, (name, d) in enumerate(self.dimensions.items()):
+            for other, wanted in (d.when or {}).items():
+                if other not in names[:i]:
+                    raise ValueError(
+                        f"{name}: `when` names {other!r}, which is not a dimension declared "
+                        "before it"
+                    )
+                vals = self.dimensions[other].values
+                for w in wanted:
+                    if not any(_same(w, v) for v in vals):
+                        raise ValueError(f"{name}: `when` {other}={w!r} is not one of {vals}")
+            if d.into is not None:
+                target = self.dimensions.get(d.into)
+                if target is None or target.flag is None or target.json_key is None:
+                    raise ValueError(
+                        f"{name}: `into` needs a dimension with a flag and json_key, got {d.into!r}"
+                    )
+                if not d.when or d.into not in d.when or None in d.when[d.into]:
+                    raise ValueError(
+                        f"{name}: a dimension written into {d.into!r} needs `when` on it "
+                        "(the JSON flag exists only when it is set)"
+                    )
+        return self
+
 
 @dataclass(frozen=True, slots=True)
 class Dimension:
@@ -82,6 +134,21 @@ class Dimension:
     description: str = ""
     env: str | None = None  # an environment variable instead of a flag
     label: str = ""  # short column title in reports; "" means the name
+    when: tuple[tuple[str, tuple[ParamValue, ...]], ...] = ()  # exists only while these hold
+    json_key: str | None = None  # the flag's argument is a JSON object with this key
+    into: str | None = None  # writes json_key into that dimension's JSON flag instead
+
+    @property
+    def choices(self) -> tuple[ParamValue, ...]:
+        """What a point may hold here: the values, and ``None`` for "absent" when conditional
+        (the Optuna distribution)."""
+        if self.when and not any(v is None for v in self.values):
+            return (None, *self.values)
+        return self.values
+
+    def active(self, params: Params) -> bool:
+        """Whether the dimension exists at ``params`` (always, unless conditional)."""
+        return all(any(_same(params.get(k), v) for v in vs) for k, vs in self.when)
 
     @property
     def title(self) -> str:
@@ -92,6 +159,8 @@ class Dimension:
         """Flags for ``value``: none for ``None``, the flag or its negation for booleans."""
         if value is None or self.flag is None:
             return []
+        if self.json_key is not None:
+            return [self.flag, json.dumps({self.json_key: value})]
         if isinstance(value, bool):
             if value:
                 return [self.flag]
@@ -128,11 +197,14 @@ class SearchSpace:
 
     @property
     def size(self) -> int:
-        """Number of points of the grid (valid or not)."""
-        n = 1
-        for d in self.dimensions:
-            n *= len(d.values)
-        return n
+        """Number of distinct configurations (valid or not; a conditional dimension counts
+        only where it exists)."""
+        return sum(1 for _ in self.points())
+
+    @property
+    def conditional(self) -> bool:
+        """Whether some dimension exists only under a condition."""
+        return any(d.when for d in self.dimensions)
 
     def dimension(self, name: str) -> Dimension:
         """The dimension called ``name`` (KeyError otherwise)."""
@@ -142,19 +214,68 @@ class SearchSpace:
         raise KeyError(name)
 
     def points(self) -> Iterator[dict[str, ParamValue]]:
-        """Every point of the grid, in declaration order."""
+        """Every distinct configuration, in declaration order (a conditional dimension only
+        where it exists)."""
+        if not self.conditional:
+            for combo in itertools.product(*(d.values for d in self.dimensions)):
+                yield dict(zip(self.names, combo, strict=True))
+            return
+        seen: set[str] = set()
         for combo in itertools.product(*(d.values for d in self.dimensions)):
-            yield dict(zip(self.names, combo, strict=True))
+            point = self.normalize(dict(zip(self.names, combo, strict=True)))
+            key = self.key(point)
+            if key not in seen:
+                seen.add(key)
+                yield point
+
+    def normalize(self, params: Params) -> dict[str, ParamValue]:
+        """``params`` as one configuration: every dimension named, an absent conditional one
+        ``None``, an active one left ``None`` (and not allowed to be) its first value."""
+        out: dict[str, ParamValue] = {}
+        for d in self.dimensions:
+            value = params.get(d.name)
+            if not d.active(out):
+                value = None
+            elif value is None and d.when and not any(v is None for v in d.values):
+                value = d.values[0]
+            out[d.name] = value
+        return out
+
+    def consistent(self, params: Params) -> str | None:
+        """Why ``params`` sets a dimension that does not exist there (or leaves one unset that
+        does); None when it is one configuration as it stands."""
+        norm = self.normalize(params)
+        for d in self.dimensions:
+            if d.when and not _same(params.get(d.name), norm[d.name]):
+                cond = " and ".join(f"{k} in {list(vs)}" for k, vs in d.when)
+                if norm[d.name] is None:
+                    return f"{d.name} is set to {params.get(d.name)!r} but exists only when {cond}"
+                return f"{d.name} must be set when {cond}"
+        return None
 
     def to_flags(self, params: Params) -> list[str]:
-        """vLLM CLI flags for a point (dimension order, so the same point gives the same flags)."""
+        """vLLM CLI flags for a point (dimension order, so the same point gives the same flags).
+        A JSON flag gathers the values of the dimensions written into it."""
+        params = self.normalize(params) if self.conditional else params
         flags: list[str] = []
         for d in self.dimensions:
-            flags += d.to_flags(params[d.name])
+            value = params[d.name]
+            if d.into is not None or value is None:
+                continue
+            if d.json_key is not None and d.flag is not None:
+                obj: dict[str, ParamValue] = {d.json_key: value}
+                for part in self.dimensions:
+                    if part.into == d.name and params[part.name] is not None:
+                        assert part.json_key is not None
+                        obj[part.json_key] = params[part.name]
+                flags += [d.flag, json.dumps(obj, separators=(",", ":"))]
+            else:
+                flags += d.to_flags(value)
         return flags
 
     def to_env(self, params: Params) -> dict[str, str]:
         """Environment variables a point sets (dimensions declared with ``env``)."""
+        params = self.normalize(params) if self.conditional else params
         return {
             d.env: str(params[d.name]).lower()
             if isinstance(params[d.name], bool)
@@ -164,21 +285,41 @@ class SearchSpace:
         }
 
     def key(self, params: Params) -> str:
-        """Canonical identity of a point, used to never deploy the same configuration twice."""
+        """Canonical identity of a point, used to never deploy the same configuration twice
+        (a conditional dimension where it does not exist is left out of it)."""
+        if self.conditional:
+            params = self.normalize(params)
         return json.dumps({d.name: params.get(d.name) for d in self.dimensions}, sort_keys=True)
 
-    def check(self, params: Params, *, where: str = "params") -> None:
-        """Raise ConfigError unless ``params`` sets every dimension to one of its values."""
+    def complete(self, params: Params, *, where: str = "params") -> dict[str, ParamValue]:
+        """``params`` with the dimensions it may leave out filled in (a conditional one that
+        does not exist there; one whose values include ``null``, vLLM's default): ConfigError
+        unless every dimension then holds one of its values and the point is consistent."""
         unknown = set(params) - set(self.names)
         if unknown:
             raise ConfigError(f"unknown dimension(s) {sorted(unknown)}", key=where)
+        out: dict[str, ParamValue] = {}
         for d in self.dimensions:
             if d.name not in params:
-                raise ConfigError(f"missing value for {d.name}", key=where)
-            if not any(_same(params[d.name], v) for v in d.values):
+                if d.active(out) and not any(v is None for v in d.values):
+                    raise ConfigError(f"missing value for {d.name}", key=where)
+                out[d.name] = None
+                continue
+            value = params[d.name]
+            if not any(_same(value, v) for v in d.choices):
                 raise ConfigError(
-                    f"{params[d.name]!r} is not one of {list(d.values)}", key=f"{where}.{d.name}"
+                    f"{value!r} is not one of {list(d.values)}", key=f"{where}.{d.name}"
                 )
+            out[d.name] = value
+        problem = self.consistent(out)
+        if problem is not None:
+            raise ConfigError(problem, key=where)
+        return out
+
+    def check(self, params: Params, *, where: str = "params") -> None:
+        """Raise ConfigError unless ``params`` (completed) sets every dimension to one of its
+        values, consistently with the conditions."""
+        self.complete(params, where=where)
 
 
 def _same(a: object, b: object) -> bool:
@@ -210,6 +351,9 @@ def load_space(path: Path) -> SearchSpace:
             description=m.description,
             env=m.env,
             label=m.label or "",
+            when=tuple((k, tuple(vs)) for k, vs in (m.when or {}).items()),
+            json_key=m.json_key,
+            into=m.into,
         )
         for name, m in model.dimensions.items()
     )

@@ -21,7 +21,14 @@ def fingerprint(space: SearchSpace, objective: ObjectiveFile, profile: Profile) 
     """The settings that make two trials comparable, as plain data."""
     return {
         "space": {
-            d.name: {"values": list(d.values), "flag": d.flag, "env": d.env}
+            d.name: {
+                "values": list(d.values),
+                "flag": d.flag,
+                "env": d.env,
+                # only when set: a study made before conditions keeps its fingerprint
+                **({"when": [[k, list(vs)] for k, vs in d.when]} if d.when else {}),
+                **({"json_key": d.json_key, "into": d.into} if d.json_key else {}),
+            }
             for d in space.dimensions
         },
         "objective": objective.model_dump(mode="json", exclude={"name", "description"}),

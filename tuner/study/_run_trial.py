@@ -66,7 +66,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> Tr
     """
     t0 = time.perf_counter()
     space = ctx.space
-    params = {d.name: trial.suggest_categorical(d.name, list(d.values)) for d in space.dimensions}
+    params = {d.name: trial.suggest_categorical(d.name, list(d.choices)) for d in space.dimensions}
     flags, env = space.to_flags(params), space.to_env(params)
     for key, value in (
         (Attr.WORKER, ctx.worker),
@@ -84,7 +84,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> Tr
         orig = _measured(study, space, params, trial.number) if ctx.check_measured else None
         if orig is not None:
             return record_duplicate(study, trial, orig, params, t0)
-        problems = ctx.invalid(params)
+        # Only samplers outside the proposer (grid, random) draw a conditional dimension
+        # where it does not exist: one configuration under two keys would be measured twice.
+        odd = space.consistent(params)
+        problems = [odd] if odd is not None else ctx.invalid(params)
         if problems:
             why = "; ".join(problems)
             return record_not_deployed(study, trial, params, Reason.INVALID, why, t0)

@@ -117,7 +117,7 @@ class Neighbours:
     def _code(self, params: Mapping[str, Any]) -> tuple[int, ...]:
         """Each dimension's value as its index (json.dumps keeps True and 1 apart)."""
         return tuple(
-            [json.dumps(v) for v in d.values].index(json.dumps(params[d.name]))
+            [json.dumps(v) for v in d.choices].index(json.dumps(params[d.name]))
             for d in self._space.dimensions
         )
 
@@ -169,7 +169,7 @@ class Proposer(optuna.samplers.BaseSampler):
         near points."""
         self.base = base
         self._space = space
-        self._dists = {d.name: CategoricalDistribution(list(d.values)) for d in space.dimensions}
+        self._dists = {d.name: CategoricalDistribution(list(d.choices)) for d in space.dimensions}
         self._valid = valid
         self._near = Neighbours(space, valid, random.Random(seed))
         self._coverage = coverage
@@ -218,7 +218,8 @@ class Proposer(optuna.samplers.BaseSampler):
         for name, dist in self._dists.items():
             if name not in point:
                 point[name] = self.base.sample_independent(study, trial, name, dist)
-        return point
+        # A conditional dimension drawn where it does not exist is dropped (set where it does).
+        return self._space.normalize(point) if self._space.conditional else point
 
     def sample_independent(
         self,

@@ -87,7 +87,7 @@ def make_sampler(name: str, space: SearchSpace, seed: int | None) -> optuna.samp
     if name == "tpe-independent":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "grid":
-        grid = {d.name: list(d.values) for d in space.dimensions}
+        grid = {d.name: list(d.choices) for d in space.dimensions}
         return _SweepSampler(grid, seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)

@@ -124,7 +124,7 @@ def _copy(
 ) -> WarmStart:
     """Every evaluated trial of ``other`` at a valid point this study has not evaluated."""
     dists: dict[str, BaseDistribution] = {
-        d.name: CategoricalDistribution(list(d.values)) for d in space.dimensions
+        d.name: CategoricalDistribution(list(d.choices)) for d in space.dimensions
     }
     done = other.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
     # interrupted, the machine's fault, a pointer: nothing measured to copy
