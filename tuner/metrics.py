@@ -303,6 +303,15 @@ METRICS: dict[str, Metric] = {
                "highest KV-cache usage (0-1) seen while measuring (vllm:kv_cache_usage_perc)"),
         Metric("startup_s", "s", "minimize", "startup_s", "value",
                "seconds from start until /health answered 200"),
+        Metric("answers_same", "", "maximize", "answers_same", "value",
+               "the guard's greedy answers against the baseline's: mean share of output tokens "
+               "identical up to the first difference (1: the same answers)"),
+        Metric("tools_same", "", "maximize", "tools_same", "value",
+               "the guard's tool calls: share of the baseline's parsed calls made again, parsed "
+               "and naming the same tool"),
+        Metric("cost_per_mtok", "$/Mtok", "minimize", "cost_per_mtok", "value",
+               "the profile's price per GPU-hour x GPUs / million output tokens per hour of "
+               "requests that met their SLOs (all requests without SLOs)"),
     )
 }  # fmt: skip
 

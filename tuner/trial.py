@@ -68,6 +68,9 @@ class Attr(StrEnum):
     DOMINATED_BY = "dominated_by"  # the front trial that was ahead when its measurement stopped
     ARTIFACT_ERROR = "artifact_error"  # the artifact store refused its files
     CONSTRAINTS_NOTE = "constraints_note"  # why the criteria could not be applied yet
+    # The answer guard (tuner.measure.guard): its answers, and why it could not compare.
+    GUARD_ANSWERS = "guard_answers"
+    GUARD_NOTE = "guard_note"
     # Validation (the linked NAME.validation study).
     PHASE = "phase"
     ROUND = "round"

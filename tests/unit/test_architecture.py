@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "types": 0,
     "metrics": 0,
+    "answers": 0,
     "config": 1,
     "schema": 1,
     "trial": 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -126,6 +127,16 @@ def _repeats(a: dict[str, Any]) -> str:
     return ""
 
 
+def _answers(a: dict[str, Any]) -> str:
+    """The answer guard's verdict, when it compared: same answers, or how many changed."""
+    same, changed = a.get("answers_same"), a.get("answers_changed")
+    if not isinstance(same, int | float) or math.isnan(same):
+        return ""
+    if not changed and a.get("tools_same") in (None, 1.0):
+        return "  answers same"
+    return f"  [yellow]answers changed {changed} ({same:.0%} tokens)[/]"
+
+
 def trial_line(o: TrialOutcome) -> str:
     """One trial's line as ``optimize`` prints it: its measurements when complete, else its
     reason, coloured by what it means (red only for a configuration's failure)."""
@@ -140,7 +151,7 @@ def trial_line(o: TrialOutcome) -> str:
             f"VRAM {fmt_value(a.get('vram_mib'), ' MiB', 0)}  "
             f"x{fmt_value(a.get('speedup'), '', 2)}  "
             f"hit-rate {fmt_value(a.get('hit_rate_hit'), '', 2)}  "
-            f"startup {fmt_value(a.get('startup_s'), ' s')}{dup}{_repeats(a)}"
+            f"startup {fmt_value(a.get('startup_s'), ' s')}{_answers(a)}{dup}{_repeats(a)}"
         )
     # Red is for what failed: an invalid point is refused in milliseconds (yellow), and what
     # says nothing of its point (interrupted, the machine's fault, a duplicate) is no failure.

@@ -75,6 +75,15 @@ class SLO(StrictModel):
     tpot_ms: float | None = Field(default=None, gt=0)
 
 
+class Guard(StrictModel):
+    """The answer guard (``tuner.measure.guard``): after the load, ``requests`` greedy requests
+    of at most ``max_tokens`` tokens each, compared with the baseline's answers."""
+
+    requests: int = Field(default=6, ge=1, le=64)
+    max_tokens: int = Field(default=32, ge=1, le=1024)
+    seed: int = 0
+
+
 class Bound(StrictModel):
     """A constraint on a metric of the table: ``min`` <= value <= ``max`` (Optuna constraint)."""
 
@@ -105,6 +114,9 @@ class ObjectiveFile(StrictModel):
     # Constraints on any metric, e.g. {metric: goodput, min: 0.95}: a trial outside them is
     # infeasible (Optuna constraints), whatever its objective values.
     constraints: list[Bound] = []
+    # Same answers as the baseline? (`guard: null`: not checked, e.g. a server that cannot
+    # return token ids.) Usable as a constraint: {metric: answers_same, min: 0.99}.
+    guard: Guard | None = Guard()
 
     def sampled_precisions(self) -> list[tuple[str, float]]:
         """(name, precision) of every objective with a ``precision`` that is measured from

@@ -59,6 +59,14 @@ class ServerArgs(StrictModel):
         return args + list(self.extra_args)
 
 
+class Cost(StrictModel):
+    """The price of the deployment's hardware: ``gpu_hour`` per GPU and hour, times ``gpus``
+    (default: the tensor-parallel size)."""
+
+    gpu_hour: float = Field(gt=0)
+    gpus: int | None = Field(default=None, ge=1)
+
+
 class _StartedServerConfig(StrictModel):
     """What every deployer that starts (and so must stop) a real server shares."""
 
@@ -177,9 +185,18 @@ class Profile(StrictModel):
     description: str = ""
     server: ServerArgs
     deployer: DeployerConfig = LocalConfig()
+    # What the deployment costs, for the cost_per_mtok objective.
+    cost: Cost | None = None
     # The objective file this deployment is tuned for, when --objective is not given (relative
     # to this file): the GPU and compose profiles point at the concurrent agent workload.
     objective: Path | None = None
+
+    @property
+    def price_per_hour(self) -> float | None:
+        """What an hour of the deployment costs (None: no ``cost``)."""
+        if self.cost is None:
+            return None
+        return self.cost.gpu_hour * (self.cost.gpus or self.server.tensor_parallel_size)
 
 
 # How the recommendation's `docker run` line runs vLLM when the profile does not say.

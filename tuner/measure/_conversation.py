@@ -35,6 +35,12 @@ class Workload(Protocol):
     def conversation(self, index: int) -> Conversation: ...
 
     @property
+    def probe_tools(self) -> list[dict[str, Any]] | None:
+        """Tool definitions the answer guard's tool-call requests offer (None: the
+        conversations' own, if any)."""
+        ...
+
+    @property
     def distinct(self) -> int | None:
         """How many distinct conversations the measured ones cycle over (None: unlimited)."""
         ...

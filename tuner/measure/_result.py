@@ -162,20 +162,29 @@ class TrialMeasurement:
         late = sorted(s.late_ms for s in self._measured() if s.late_ms is not None)
         return late[len(late) // 2] if late else None
 
+    def _met(self, slos: Mapping[str, tuple[float | None, float | None]]) -> list[RequestSample]:
+        """The measured requests that met their class's (TTFT ms, TPOT ms) SLO (a class
+        without one always does)."""
+        ok = []
+        for x in self._measured():
+            ttft, tpot = slos.get(x.klass, (None, None))
+            mean_itl = sum(x.itl_ms) / len(x.itl_ms) if x.itl_ms else 0.0
+            if (ttft is None or x.ttft_ms <= ttft) and (tpot is None or mean_itl <= tpot):
+                ok.append(x)
+        return ok
+
     def goodput(self, slos: Mapping[str, tuple[float | None, float | None]]) -> float | None:
         """Share of measured requests meeting their class's (TTFT ms, TPOT ms) SLO; None
         without SLOs. A class without an SLO always meets it."""
         if not slos:
             return None
         measured = self._measured()
-        if not measured:
-            return None
-        ok = 0
-        for x in measured:
-            ttft, tpot = slos.get(x.klass, (None, None))
-            mean_itl = sum(x.itl_ms) / len(x.itl_ms) if x.itl_ms else 0.0
-            ok += (ttft is None or x.ttft_ms <= ttft) and (tpot is None or mean_itl <= tpot)
-        return ok / len(measured)
+        return len(self._met(slos)) / len(measured) if measured else None
+
+    def good_tok_s(self, slos: Mapping[str, tuple[float | None, float | None]]) -> float:
+        """Output tokens per second of the requests that met their SLOs, over the measured
+        phase's wall time (every request's without SLOs)."""
+        return self._per_second(sum(s.completion_tokens for s in self._met(slos)))
 
     def observations(
         self,
@@ -194,6 +203,7 @@ class TrialMeasurement:
                 "cached_share_hit": self.cached_share_hit,
                 "cached_share_miss": self.cached_share_miss,
                 "goodput": self.goodput(slos or {}),
+                "good_tok_s": self.good_tok_s(slos or {}),
                 "requests_s": self.requests_s,
                 "queue_ms": self.queue_ms,
                 "preemptions": self.preemptions,

@@ -207,6 +207,11 @@ class TraceWorkload:
         """The split's conversations that are measured (the warm-up's left out)."""
         return len(self.measured)
 
+    @property
+    def probe_tools(self) -> list[dict[str, Any]] | None:
+        """None: a recorded conversation brings its own tools."""
+        return None
+
     def conversation(self, index: int) -> Conversation:
         """Conversation ``index`` of the split (negative: warm-up, taken from the end)."""
         if index < 0:

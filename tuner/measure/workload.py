@@ -95,6 +95,11 @@ class AgentWorkload:
         return None
 
     @property
+    def probe_tools(self) -> list[dict[str, Any]] | None:
+        """The agent's tool definitions (the system prompt lists them), when it has tools."""
+        return [dict(t) for t in self.tools()] if self.spec.tools else None
+
+    @property
     def ratio(self) -> float:
         """Tokens per word: the server's own (measured at the start), else the spec's estimate."""
         return self.tokens_per_word or self.spec.tokens_per_word

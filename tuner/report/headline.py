@@ -27,6 +27,7 @@ from tuner.decide import (
     reference_params,
     study_noise,
 )
+from tuner.decide.guard import guard_line
 from tuner.metrics import METRICS, Interval
 from tuner.report.recommend import Recommendation
 from tuner.report.synthesis import dimension_titles
@@ -190,4 +191,8 @@ def headline(study: optuna.Study, rec: Recommendation | None, root: Any = None) 
     if effect is not None:
         lines.append(effect)
     lines.append(_sureness(study, rec))
+    answers = guard_line(study, rec.trial)
+    if answers is not None:
+        label, _, text = answers.partition(": ")
+        lines.append(Line(label + ":", text))
     return lines

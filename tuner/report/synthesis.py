@@ -12,6 +12,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.decide import baseline_trial
+from tuner.decide.guard import agreement
 from tuner.errors import Reason
 from tuner.front import feasible
 from tuner.trial import Attr, StoredTrial, StudyAttr
@@ -193,6 +194,19 @@ def quality_warnings(study: optuna.Study, front: list[FrozenTrial]) -> list[tupl
         n = a.get("n_hit")
         if isinstance(n, int) and n < MIN_SAMPLES:
             out.append((t.number, f"only {n} HIT samples"))
+        agree = agreement(study, t)
+        tools_changed = agree is not None and agree.tools_same not in (None, 1.0)
+        if agree is not None and (agree.changed or tools_changed):
+            tools = (
+                f", tool calls {agree.tools_same:.0%} the same"
+                if agree.tools_same is not None
+                else ""
+            )
+            out.append((t.number, f"answers differ from the baseline's on {agree.changed} of "
+                        f"{len(agree.first_difference)} greedy probes ({agree.tokens_same:.0%} "
+                        f"of output tokens identical{tools})"))  # fmt: skip
+        elif a.get(Attr.GUARD_NOTE) and a.get(Attr.GUARD_NOTE) != "no baseline answers yet":
+            out.append((t.number, f"answer guard: {a[Attr.GUARD_NOTE]}"))
     for i, x in enumerate(front):
         for y in front[i + 1 :]:
             if ranges_overlap(x, y):

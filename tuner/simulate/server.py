@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import threading
@@ -95,6 +96,9 @@ class _Handler(BaseHTTPRequestHandler):
             err = {"error": {"message": str(exc), "type": "BadRequestError", "code": 400}}
             self._send(400, json.dumps(err).encode())
             return
+        if not body.get("stream"):
+            self._answer(body, prompt, gen)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -135,6 +139,36 @@ class _Handler(BaseHTTPRequestHandler):
             event({"choices": [], "usage": usage(done)})
         event("[DONE]")
         self.wfile.write(b"0\r\n\r\n")
+
+    def _answer(self, body: dict[str, Any], prompt: str, gen: Any) -> None:
+        """A non-streamed answer: its greedy token ids (``return_token_ids``) and, when asked
+        for a tool call, one naming a tool chosen by the prompt, as vLLM answers with a tool
+        parser (a 400 without one: ``tool_parser`` unset on the engine is not modelled)."""
+        engine = self.server.engine
+        try:
+            n = sum(1 for _ in gen)
+        finally:
+            gen.close()
+        digest = hashlib.sha256(prompt.encode()).digest()
+        drift = getattr(engine, "answer_drift", None)
+        ids = [
+            (digest[i % 32] * 131 + i * 7 + (1 if drift is not None and i >= drift else 0)) % 32000
+            for i in range(n)
+        ]
+        message: dict[str, Any] = {"role": "assistant", "content": " ".join(f"w{i}" for i in ids)}
+        tools = body.get("tools") or []
+        if tools and body.get("tool_choice") == "required":
+            pick = (digest[0] + (1 if drift is not None else 0)) % len(tools)
+            name = tools[pick]["function"]["name"]
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_0", "type": "function",
+                 "function": {"name": name, "arguments": json.dumps({"query": "q"})}}
+            ]}  # fmt: skip
+        choice = {"index": 0, "message": message, "finish_reason": "length"}
+        if body.get("return_token_ids"):
+            choice["token_ids"] = ids
+        usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": n}
+        self._send(200, json.dumps({"choices": [choice], "usage": usage}).encode())
 
 
 class _Server(ThreadingHTTPServer):

@@ -20,15 +20,18 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner.config.objective import ObjectiveFile
+from tuner.answers import Answer
+from tuner.config.objective import Guard, ObjectiveFile
 from tuner.config.profile import Profile
 from tuner.config.workload import SyntheticAgentSpec, TraceSpec
 from tuner.deploy import check_model
 from tuner.deploy.base import Deployer
 from tuner.errors import DeployError, MeasureError, Reason, ServerExited
 from tuner.measure import TrialMeasurement, measure
+from tuner.measure.guard import answers as ask_guard
 from tuner.metrics import METRICS, within_precision
 from tuner.schema import MeasurementsDoc, TrialFolder
+from tuner.study._judged import judged_attrs
 from tuner.study._stops import dominated_stop
 from tuner.study.artifacts import ArtifactStore, upload_files
 from tuner.trial import Attr, seed_trial
@@ -84,6 +87,8 @@ class Measured:
     startup_s: float = 0.0
     failure: Failure | None = None
     crash_retries: int = 0  # redeployments after a crash
+    answers: list[Answer] | None = None  # the answer guard's (None: not asked, or it failed)
+    guard_note: str = ""  # why the guard has no answers
 
 
 def record_failure(
@@ -249,6 +254,7 @@ def deploy_and_measure(
     crash_retries: int,
     enough: Callable[[TrialMeasurement], bool] | None = None,
     decided: Callable[[TrialMeasurement], str | None] | None = None,
+    guard: Guard | None = None,
 ) -> Measured:
     """Start the server, wait until healthy, run the workload; the server is always stopped.
 
@@ -265,7 +271,14 @@ def deploy_and_measure(
                 check_model(endpoint.base_url, endpoint.model)  # the server we started
                 m = measure(endpoint, workload, check_alive=dep.check_alive, enough=enough,
                             decided=decided)  # fmt: skip
-                return Measured(m, startup_s, crash_retries=attempt)
+                answers, note = None, ""
+                if guard is not None and m.stop_reason != "dominated":
+                    try:  # on the idle server, after the load: one probe at a time
+                        answers = ask_guard(endpoint.base_url, endpoint.model, workload, guard)
+                    except MeasureError as exc:
+                        note = f"guard not run: {exc}"
+                return Measured(m, startup_s, crash_retries=attempt, answers=answers,
+                                guard_note=note)  # fmt: skip
             except DeployError as exc:
                 tail = exc.log_tail or dep.log_tail()
                 if exc.reason == Reason.CRASH and attempt < crash_retries:
@@ -311,9 +324,10 @@ def record(
     trial_dir: Path,
     started: float,
     artifacts: ArtifactStore | None = None,
+    price_per_hour: float | None = None,
 ) -> TrialOutcome:
     """Tell Optuna what ``result`` means for ``trial``; write the trial's files (and upload
-    them to ``artifacts``)."""
+    them to ``artifacts``). ``price_per_hour``: the profile's, for ``cost_per_mtok``."""
     params = dict(trial.params)
     seed = trial.user_attrs.get(Attr.SEED_NAME)
     if result.crash_retries:
@@ -345,6 +359,10 @@ def record(
     # computed once.
     summary, cis = m.summary(), intervals(m)
     attrs = _attrs(m, result.startup_s, slo_bounds(objective), summary, cis)
+    attrs.update(
+        judged_attrs(study, trial, objective, answers=result.answers, guard_note=result.guard_note,
+                     price_per_hour=price_per_hour, good_tok_s=m.good_tok_s(slo_bounds(objective)))
+    )  # fmt: skip
     values = [float(attrs[spec.name]) for spec in objective.objectives]
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
@@ -402,12 +420,13 @@ def evaluate(
         crash_retries=crash_retries,
         enough=precise_enough(objective),
         decided=dominated_stop(study, trial, objective, ahead) if early_stop else None,
+        guard=objective.guard,
     )
     if ahead:
         trial.set_user_attr(Attr.DOMINATED_BY, ahead[-1])
     return record(
         study, trial, result, objective=objective, flags=flags, env=env, trial_dir=trial_dir,
-        started=started, artifacts=artifacts,
+        started=started, artifacts=artifacts, price_per_hour=profile.price_per_hour,
     )  # fmt: skip
 
 
