@@ -49,8 +49,10 @@ def build_tiny_model(
     kv_heads: int = 2,
     vocab: int = 4096,
     max_positions: int = 8192,
+    seed: int = 0,
 ) -> Path:
-    """Write a random-weight Llama and tokenizer to ``out`` (skipped if already complete)."""
+    """Write a random-weight Llama and tokenizer to ``out`` (skipped if already complete);
+    ``seed`` draws the weights (another seed: the same tokenizer, other answers)."""
     marker = out / "tuner-model.json"
     spec = {
         "hidden": hidden,
@@ -59,6 +61,7 @@ def build_tiny_model(
         "kv_heads": kv_heads,
         "vocab": vocab,
         "max_positions": max_positions,
+        **({"seed": seed} if seed else {}),  # a model built before seeds keeps its marker
     }
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return out
@@ -97,7 +100,7 @@ def build_tiny_model(
         eos_token_id=fast.eos_token_id,
         dtype="float32",
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)  # type: ignore[no-untyped-call]
     model.save_pretrained(str(out), safe_serialization=True)
     marker.write_text(json.dumps(spec))

@@ -23,3 +23,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tuner.demo_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with other random weights: the same tokenizer, other answers."""
+    from tuner.demo_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama-other", seed=1)

@@ -15,6 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.integration.conftest import OBJECTIVE
+from tuner.answers import compare
+from tuner.decide.guard import answers_of
 
 # OBJECTIVE with a precision on HIT and criteria every deployment meets: with --stop-when-met
 # the search ends once the seeds are done, one deployment short of --trials.
@@ -260,6 +262,10 @@ def test_noise_of_one_configuration_on_vllm_cpu(tmp_path: Path, model_dir: Path)
                               storage=f"sqlite:///{tmp_path / 'studies' / 'it_cpu-noise' / 'study.db'}")  # fmt: skip
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert sorted(t.user_attrs["timing"] for t in done) == ["closed"] * 3 + ["timetable"] * 3
+    # The answer guard on six fresh deployments of the same flags: the same greedy answers
+    answers = [answers_of(t) or [] for t in done]
+    assert all(len(a) == 6 for a in answers)  # the objective's default guard: 6 probes
+    assert [compare(answers[0], a).changed for a in answers[1:]] == [0] * 5
     priors = list((tmp_path / "studies" / ".noise").glob("*-local.json"))
     assert len(priors) == 1
     assert json.loads(priors[0].read_text())["deployments"] == 3

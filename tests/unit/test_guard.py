@@ -131,3 +131,25 @@ def test_cost_per_million_tokens(tmp_path: Path, objective: ObjectiveFile) -> No
     t = study.trials[0]
     tok_s = t.user_attrs["throughput_tok_s"]  # no SLOs: every request counts
     assert t.user_attrs["cost_per_mtok"] == pytest.approx(5.0 / (tok_s * 3600 / 1e6))
+
+
+def test_what_cannot_be_measured_is_refused_before_any_deployment(
+    tmp_path: Path, objective: ObjectiveFile
+) -> None:
+    """cost_per_mtok without a price, a guard constraint without the guard: one line each."""
+    from tuner.config.objective import ObjectiveSpec
+    from tuner.errors import ConfigError
+
+    costly = objective.model_copy(
+        update={"objectives": [*objective.objectives, ObjectiveSpec(name="cost_per_mtok")]}
+    )
+    with pytest.raises(ConfigError, match="add `cost: {gpu_hour: ...}` to the profile"):
+        _study(tmp_path, costly).run()
+    unguarded = objective.model_copy(
+        update={"guard": None, "constraints": [Bound(metric="answers_same", min=0.99)]}
+    )
+    with pytest.raises(ConfigError, match="needs the answer guard"):
+        _study(tmp_path, unguarded).run()
+    assert not (tmp_path / "s" / "trials").exists() or not any(
+        (tmp_path / "s" / "trials").iterdir()
+    )

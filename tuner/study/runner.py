@@ -227,6 +227,17 @@ class StudyRunner:
         if problem:
             raise ConfigError(problem)
         check_profile(self.profile, self.space)
+        uses = {o.name for o in self.objective.objectives} | {
+            b.metric for b in self.objective.constraints
+        }
+        if "cost_per_mtok" in uses and self.profile.cost is None:
+            raise ConfigError(
+                f"cost_per_mtok needs the price of the deployment: add `cost: {{gpu_hour: ...}}` "
+                f"to the profile {self.profile.name!r}"
+            )
+        guarded = {"answers_same", "tools_same"} & uses
+        if guarded and self.objective.guard is None:
+            raise ConfigError(f"{', '.join(sorted(guarded))} needs the answer guard (guard: null)")
         if self.settings.stop_when_met:
             check_goal(self.objective)
 
