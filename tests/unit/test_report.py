@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -391,6 +392,10 @@ class TestFrontDoor:
         assert body[1].startswith("**TTFT HIT** ")
         assert "against" in body[1]
         assert "95 % interval" in body[1] or "no interval" in body[1]
+        # an interval that holds 0 is said to be no proven gain
+        m = re.search(r"95 % interval ([+-]\d+) to ([+-]\d+) %", body[1])
+        if m is not None and int(m[1]) != 0 and int(m[2]) != 0:
+            assert ("Not beyond the noise" in body[1]) == (int(m[1]) < 0 < int(m[2]))
         assert body[2].startswith("**How sure:** not validated")
         text = "\n".join(md)
         assert text.index("## Lines to paste") < text.index("## Why this one")

@@ -126,6 +126,10 @@ def _effect(
                 rest.append(f"{label} {x:.0f} against {y:.0f} {unit} ({(x - y) / y * 100:+.0f} %)")
     if rest:
         text += "; " + ", ".join(rest) + search
+    lo, hi = diff
+    if math.isfinite(lo) and math.isfinite(hi) and lo <= 0 <= hi:
+        # The pick may still be chosen for another objective; on HIT it is no proven gain.
+        text += ". Not beyond the noise: on HIT the baseline may be as good"
     return Line("TTFT HIT", text + ".")
 
 
