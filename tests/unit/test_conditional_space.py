@@ -150,3 +150,32 @@ def test_a_study_on_the_extended_space_deploys_only_configurations(
     spec = [t for t in deployed if t.params["speculative_method"] == "ngram"]
     assert all("num_speculative_tokens" in t.user_attrs["flags"][
         t.user_attrs["flags"].index("--speculative-config") + 1] for t in spec)  # fmt: skip
+
+
+def test_a_replayed_surface_of_the_extended_space_answers_its_configurations(
+    tmp_path: Path, extended: SearchSpace, objective: ObjectiveFile
+) -> None:
+    """A study over the conditional space, exported as a surface, replays: the seeds' points
+    (speculation with its JSON flag among them) are found by their flags and measure again."""
+    from tuner.config import Profile, ReplayConfig, ServerArgs
+    from tuner.report.surface import export_surface
+
+    seeds = load_seeds(ROOT / "configs" / "strategic_12.yaml", extended)
+    spec = type(seeds[0])("ngram", {**seeds[0].params, "speculative_method": "ngram",
+                                    "num_speculative_tokens": 4})  # fmt: skip
+    first = StudyPaths.create("rec", tmp_path)
+    StudyRunner(paths=first, space=extended, seeds=(seeds[0], spec), objective=objective,
+                profile=fake_profile(), settings=RunSettings(n_trials=2, sampler_seed=1)).run()  # fmt: skip
+    surface = export_surface(load_study(first), first.root)
+    (tmp_path / "surface.json").write_text(json.dumps(surface.to_json()))
+    replay = Profile(
+        name="replay",
+        server=ServerArgs(model="fake-model", max_model_len=4096),
+        deployer=ReplayConfig(surface=tmp_path / "surface.json", time_scale=0.0),
+    )
+    again = StudyPaths.create("again", tmp_path)
+    StudyRunner(paths=again, space=extended, seeds=(seeds[0], spec), objective=objective,
+                profile=replay, settings=RunSettings(n_trials=2, sampler_seed=1)).run()  # fmt: skip
+    trials = load_study(again).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert trials[1].params["num_speculative_tokens"] == 4

@@ -212,7 +212,7 @@ class TestRecommendation:
 def _manual_study(rows: list[dict[str, Any]]) -> optuna.Study:
     st = optuna.create_study(directions=["minimize"] * 3)
     st.set_metric_names(["ttft_hit_ms", "ttft_miss_ms", "vram_mib"])
-    dist = {"enable_prefix_caching": CategoricalDistribution([False, True])}
+    dist = {"enable_prefix_caching": CategoricalDistribution([False, True, None])}
     for r in rows:
         st.add_trial(
             create_trial(
@@ -228,7 +228,11 @@ def _manual_study(rows: list[dict[str, Any]]) -> optuna.Study:
                     "ttft_hit_min_ms": r["hit"] - r["spread"],
                     "ttft_hit_max_ms": r["hit"] + r["spread"],
                     "n_hit": 9,
-                    "flags": ["--enable-prefix-caching"] if r["prefix"] else [],
+                    "flags": {
+                        True: ["--enable-prefix-caching"],
+                        False: ["--no-enable-prefix-caching"],
+                        None: [],
+                    }[r["prefix"]],
                 },
             )
         )
@@ -271,10 +275,12 @@ class TestQuality:
             {"hit": 90.0, "miss": 100.0, "vram": 10.0, "prefix": True, "rate": 0.0, "spread": 5},
             {"hit": 60.0, "miss": 200.0, "vram": 12.0, "prefix": True, "rate": 0.9, "spread": 5},
             {"hit": 95.0, "miss": 99.0, "vram": 9.0, "prefix": False, "rate": 0.0, "spread": 5},
+            # no prefix flag at all: vLLM V1's default is on
+            {"hit": 97.0, "miss": 98.0, "vram": 8.0, "prefix": None, "rate": 0.0, "spread": 5},
         ]
         st = _manual_study(rows)
         warnings = quality_warnings(st, pareto_trials(st)[0])
-        assert [n for n, w in warnings if "the cache is not used" in w] == [0]
+        assert [n for n, w in warnings if "the cache is not used" in w] == [0, 3]
 
     @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
     def test_overlapping_front_points_are_flagged(self) -> None:

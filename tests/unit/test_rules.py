@@ -63,3 +63,18 @@ def test_mission_space_has_72_invalid_points(space: SearchSpace) -> None:
     invalid = [p for p in space.points() if violations([*fixed, *space.to_flags(p)])]
     assert len(invalid) == 72
     assert all(p["enable_chunked_prefill"] is False for p in invalid)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ('{"method":"ngram","num_speculative_tokens":4}', True),
+        ('{"model":"draft","num_speculative_tokens":4}', True),
+        ("ngram", False),
+        ('["ngram"]', False),
+        ('{"num_speculative_tokens":4}', False),
+    ],
+)
+def test_a_json_flag_must_be_an_object_vllm_can_read(value: str, ok: bool) -> None:
+    problems = violations(["--speculative-config", value])
+    assert (not problems) == ok, problems

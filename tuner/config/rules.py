@@ -7,6 +7,7 @@ with reason ``invalid`` in milliseconds instead of a wasted deployment.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 
 __all__ = ["RULES", "parse_flags", "violations"]
@@ -84,11 +85,34 @@ def _contradictory_booleans(flags: Flags) -> str | None:
     return None
 
 
+# vLLM flags that take one JSON object (a space writes them with json_key / into).
+_JSON_FLAGS = ("--speculative-config", "--compilation-config", "--kv-transfer-config")
+
+
+def _json_flags(flags: Flags) -> str | None:
+    """A JSON-valued flag must hold a JSON object (vLLM's argument parser refuses anything
+    else); a speculative config must name its method."""
+    for name in _JSON_FLAGS:
+        raw = flags.get(name)
+        if raw is None:
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return f"{name} {raw!r} is not JSON: vLLM refuses to start"
+        if not isinstance(value, dict):
+            return f"{name} {raw!r} is not a JSON object: vLLM refuses to start"
+        if name == "--speculative-config" and not value.get("method") and not value.get("model"):
+            return f"{name} {raw!r} names no method and no draft model"
+    return None
+
+
 RULES: dict[str, Callable[[Flags], str | None]] = {
     "chunked_prefill_budget": _budget_below_model_len,
     "budget_vs_num_seqs": _budget_below_num_seqs,
     "memory_fraction": _memory_fraction,
     "contradictory_booleans": _contradictory_booleans,
+    "json_flags": _json_flags,
 }
 
 

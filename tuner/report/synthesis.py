@@ -174,7 +174,8 @@ def quality_warnings(study: optuna.Study, front: list[FrozenTrial]) -> list[tupl
             )
         if rate is None:
             out.append((t.number, "no /metrics from the server: cache hit rate unknown"))
-        elif rate == 0 and "--enable-prefix-caching" in (a.get(Attr.FLAGS) or ()):
+        elif rate == 0 and "--no-enable-prefix-caching" not in (a.get(Attr.FLAGS) or ()):
+            # on unless turned off: vLLM V1 enables prefix caching by default
             # e.g. a KV-cache dtype that silently turns the cache off: latency shows nothing
             out.append((t.number, "prefix caching is on, but no continuation turn found cached "
                         "tokens: the cache is not used with these flags"))  # fmt: skip
