@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -26,6 +27,33 @@ __all__ = [
 ]
 
 
+_GIB = 1 << 30
+DEFAULT_UTILIZATION = 0.9  # vLLM's gpu_memory_utilization when the flag is left out
+
+
+class KvBudget(StrictModel):
+    """Another machine's KV-cache budget, emulated on a bigger GPU: the trial's
+    ``gpu_memory_utilization`` u keeps its meaning on ``cards`` cards of ``card_gib`` each,
+    holding ``weights_gib`` of weights (all cards together) and ``overhead_gib`` per card
+    (activations, CUDA graphs, the communication buffers): the server is started with
+    ``--kv-cache-memory-bytes`` = u x cards x card_gib - weights_gib - cards x overhead_gib
+    (GiB), and without ``--gpu-memory-utilization``."""
+
+    cards: int = Field(ge=1)
+    card_gib: float = Field(gt=0)
+    weights_gib: float = Field(ge=0)
+    overhead_gib: float = Field(ge=0)
+
+    def kv_bytes(self, utilization: float) -> int:
+        """The KV cache's bytes at ``utilization`` (<= 0: nothing left for it)."""
+        gib = (
+            utilization * self.cards * self.card_gib
+            - self.weights_gib
+            - self.cards * self.overhead_gib
+        )
+        return int(gib * _GIB)
+
+
 class ServerArgs(StrictModel):
     """Arguments every trial passes to vLLM, whatever the search space proposes."""
 
@@ -37,6 +65,8 @@ class ServerArgs(StrictModel):
     # --enable-prompt-tokens-details: each response's usage says how many prompt tokens the
     # prefix cache held, the per-request cache accounting /metrics cannot give under load
     prompt_tokens_details: bool = True
+    # Emulate another machine's KV budget (e.g. two 24 GB cards on one H200): see KvBudget.
+    kv_budget: KvBudget | None = None
 
     @property
     def model_name(self) -> str:
@@ -57,6 +87,35 @@ class ServerArgs(StrictModel):
         if measuring and self.prompt_tokens_details and details not in self.extra_args:
             args.append(details)
         return args + list(self.extra_args)
+
+    def deployed_flags(self, flags: Sequence[str]) -> list[str]:
+        """The trial's flags as the server is started with them: with a ``kv_budget``, its
+        ``--gpu-memory-utilization`` (vLLM's default 0.9 when absent) becomes the emulated
+        machine's ``--kv-cache-memory-bytes``; the stored flags and the lines to paste keep the
+        utilization, which is what the emulated machine runs."""
+        if self.kv_budget is None:
+            return list(flags)
+        out, util, i = [], DEFAULT_UTILIZATION, 0
+        while i < len(flags):
+            if flags[i] == "--gpu-memory-utilization" and i + 1 < len(flags):
+                util, i = float(flags[i + 1]), i + 2
+                continue
+            out.append(flags[i])
+            i += 1
+        return [*out, "--kv-cache-memory-bytes", str(self.kv_budget.kv_bytes(util))]
+
+    def kv_budget_problem(self, flags: Sequence[str]) -> str | None:
+        """Why the emulated budget leaves no KV cache at the flags' utilization (None: it
+        leaves some)."""
+        if self.kv_budget is None:
+            return None
+        deployed = self.deployed_flags(flags)
+        if int(deployed[-1]) <= 0:
+            return (
+                "at this gpu_memory_utilization the emulated cards' memory holds the weights "
+                "and overhead but no KV cache (server.kv_budget)"
+            )
+        return None
 
 
 class Cost(StrictModel):

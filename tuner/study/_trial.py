@@ -266,7 +266,7 @@ def deploy_and_measure(
     with make_deployer(profile) as dep:
         while True:
             try:
-                endpoint = dep.start(flags, trial_dir, env)
+                endpoint = dep.start(profile.server.deployed_flags(flags), trial_dir, env)
                 startup_s = dep.wait_ready()
                 check_model(endpoint.base_url, endpoint.model)  # the server we started
                 m = measure(endpoint, workload, check_alive=dep.check_alive, enough=enough,

@@ -121,7 +121,9 @@ class StudyRunner:
 
     def _invalid(self, params: dict[str, ParamValue]) -> list[str]:
         """Why vLLM would refuse ``params`` with the profile's fixed arguments."""
-        return violations([*self.profile.server.to_args(), *self.space.to_flags(params)])
+        flags = self.space.to_flags(params)
+        budget = self.profile.server.kv_budget_problem(flags)
+        return violations([*self.profile.server.to_args(), *flags]) + ([budget] if budget else [])
 
     def open_study(self) -> optuna.Study:
         """Create or load the Optuna study with the proposer as its sampler; refuse one made

@@ -95,7 +95,7 @@ def soak(
     hits: list[list[float]] = []
 
     with sigterm_as_interrupt(), make_deployer(profile) as dep:
-        ep = dep.start(flags, workdir, env)
+        ep = dep.start(profile.server.deployed_flags(flags), workdir, env)
         dep.wait_ready()
         check_model(ep.base_url, ep.model)
         t0 = time.monotonic()
