@@ -19,7 +19,7 @@ from tuner.decide.guard import agreement
 from tuner.measure.guard import probes
 from tuner.measure.workload import AgentWorkload
 from tuner.report.headline import headline
-from tuner.report.synthesis import quality_warnings
+from tuner.report.synthesis import quality_warnings, synthesis_frame
 from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
 from tuner.study._judged import cost_per_mtok
 from tuner.testing import FAST_WORKLOAD, fake_profile
@@ -96,6 +96,9 @@ def test_a_study_says_which_configuration_changed_the_answers(
     warned = dict(quality_warnings(study, []))
     assert "answers differ from the baseline's on 6 of 6" in warned[fp8.number]
     assert spec.number not in warned
+    table = synthesis_frame(study).set_index("config")
+    assert table.loc["fp8_kv", "answers_same"] == fp8.user_attrs["answers_same"]
+    assert table.loc["baseline_reference", "answers_same"] == 1.0
     agree = agreement(study, fp8)
     assert agree is not None
     assert agree.changed == 6

@@ -31,8 +31,8 @@ __all__ = [
 # Column order of the mission's synthesis table after the dimensions (units in the names).
 MEASURE_COLUMNS = [
     "ttft_miss_ms", "ttft_hit_ms", "speedup", "gain_pct", "miss_vs_base_pct", "hit_vs_base_pct",
-    "throughput_tok_s", "vram_mib", "vram_gpu_max_mib", "startup_s", "hit_rate", "meets_criteria",
-    "status",
+    "throughput_tok_s", "vram_mib", "vram_gpu_max_mib", "startup_s", "hit_rate", "answers_same",
+    "meets_criteria", "status",
 ]  # fmt: skip
 # A MISS/HIT ratio above this with no prefix-cache hit cannot be a cache effect.
 SPEEDUP_WITHOUT_HITS = 1.2
@@ -103,6 +103,9 @@ def synthesis_frame(study: optuna.Study) -> pd.DataFrame:
             vram_gpu_max_mib=_num(a.get("vram_gpu_max_mib")),
             startup_s=_num(a.get("startup_s")),
             hit_rate=_num(a.get("hit_rate_hit")),
+            # the guard against the baseline's answers, as stored (or computed now for a trial
+            # measured before the baseline was)
+            answers_same=agree.tokens_same if (agree := agreement(study, t)) else None,
             meets_criteria=feasible(t),
             status=_status(t),
         )
