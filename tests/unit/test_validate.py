@@ -18,6 +18,7 @@ from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
 from tuner.decide import baseline_trial
 from tuner.report import recommend
+from tuner.report.headline import headline
 from tuner.schema import MeasurementsDoc, RequestRecord, TrialFolder
 from tuner.study import (
     RunSettings,
@@ -193,6 +194,29 @@ def test_a_pick_that_does_not_hold_is_flagged(
     assert final.validation.held is False
     assert "did NOT hold" in final.explanation
     assert any("did not hold" in n for n in final.notes)
+
+
+def test_the_baseline_stays_unless_a_candidate_beats_it_beyond_the_noise(
+    tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
+) -> None:
+    """Fresh deployments put the baseline level with the fastest candidate (within the
+    noise between deployments): the recommendation is to change nothing, and says so. A
+    candidate far ahead of it is still recommended (the test above)."""
+    profile = fake_profile()
+    paths = _search(tmp_path, space, seeds, objective, profile, 5)
+    validator = _validator(paths, space, objective, profile)
+    pick, runner, base = (c.number for c in validator.candidates)
+    script = {pick: 100.0, runner: 130.0, base: 103.0}
+    _validator(paths, space, objective, profile, evaluator=_scripted(script)).run()
+    final = recommend(load_study(paths), root=paths.root)
+    assert final is not None
+    assert final.validation is not None
+    assert final.trial.number == base
+    assert final.validation.kept is not None
+    assert final.validation.kept[0] < 0 < final.validation.kept[1]
+    assert "keep the baseline" in final.explanation
+    lines = headline(load_study(paths), final, paths.root)
+    assert lines[0].label == "Keep"
 
 
 def _adaptive(paths: StudyPaths, space: SearchSpace, obj: ObjectiveFile, profile: Profile,

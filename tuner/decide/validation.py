@@ -84,6 +84,9 @@ class ValidationSummary:
     planned: int
     done: int
     noise: NoiseModel | None = None  # the noise the intervals carry
+    # The group's fastest was not faster than the baseline beyond the noise: the baseline (no
+    # change at all) is the pick, and this is the interval of (that fastest - the baseline).
+    kept: Interval | None = None
 
     @property
     def held(self) -> bool | None:
@@ -120,7 +123,7 @@ class ValidationSummary:
                         f"takes about {need} deployments of each (`--validate-extra "
                         f"{(need - len(self.pick.deployments)) * len(self.group)}`)."
                     )
-        held = self.held
+        held = self.held if self.kept is None else None  # kept: the baseline, not a candidate
         if held is True:
             parts.append(f"The search's pick (trial {self.search_pick}) held.")
         elif held is False:
@@ -135,6 +138,12 @@ class ValidationSummary:
             parts.append(
                 f"The search's pick (trial {self.search_pick}) did NOT hold: once redeployed it "
                 f"is {why} {where}; the pick is trial {n}."
+            )
+        if self.kept is not None:
+            lo, hi = self.kept
+            parts.append(
+                f"No candidate was faster than the baseline beyond the noise (the fastest's HIT "
+                f"minus the baseline's: [{lo:+.1f}, {hi:+.1f}] ms): keep the baseline."
             )
         if self.done < self.planned:
             parts.append(f"Only {self.done} of {self.planned} planned deployments ran.")
@@ -251,6 +260,13 @@ def summarize_validation(
     ref = reference_params(search)
     pick = min(group, key=lambda r: (changes_from(r.candidate.params, ref), r.vram, r.value))
     numbers = tuple(r.candidate.number for r in group)
+    # The baseline changes nothing: unless the fastest beats it beyond the noise, it stays.
+    kept = None
+    base = next((r for r in results if r.is_baseline and r.samples), None)
+    if base is not None:
+        gain = noise.diff(METRICS[HIT].stat, best.samples, base.samples, seed=seed)
+        if math.isfinite(gain[1]) and gain[1] >= 0:
+            pick, kept = base, gain
     return ValidationSummary(
-        tuple(results), numbers, diffs, pick, search_pick, planned, finished, noise
+        tuple(results), numbers, diffs, pick, search_pick, planned, finished, noise, kept
     )
