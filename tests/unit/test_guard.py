@@ -156,3 +156,36 @@ def test_what_cannot_be_measured_is_refused_before_any_deployment(
     assert not (tmp_path / "s" / "trials").exists() or not any(
         (tmp_path / "s" / "trials").iterdir()
     )
+
+
+def test_a_server_without_token_ids_says_how_to_turn_the_guard_off() -> None:
+    """A server that answers without token ids (not vLLM, or too old) gets one clear line; the
+    trial keeps its measurement (deploy_and_measure records it as the guard's note)."""
+    import http.server
+    import json as _json
+    import threading
+
+    from tuner.errors import MeasureError
+    from tuner.measure.guard import Probe, ask
+
+    class Plain(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = _json.dumps({"choices": [{"message": {"content": "hi"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Plain)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(MeasureError, match="guard: null"):
+            ask(url, "m", [Probe(({"role": "user", "content": "x"},))], max_tokens=4, seed=0)
+    finally:
+        server.shutdown()
+        server.server_close()
