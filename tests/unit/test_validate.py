@@ -217,6 +217,8 @@ def test_the_baseline_stays_unless_a_candidate_beats_it_beyond_the_noise(
     assert "keep the baseline" in final.explanation
     lines = headline(load_study(paths), final, paths.root)
     assert lines[0].label == "Keep"
+    assert final.validation.held is None  # the baseline is no candidate that could hold
+    assert "pick held" not in lines[-1].text
 
 
 def _adaptive(paths: StudyPaths, space: SearchSpace, obj: ObjectiveFile, profile: Profile,

@@ -91,8 +91,8 @@ class ValidationSummary:
     @property
     def held(self) -> bool | None:
         """Whether the search's pick is in the validated best group (None: nothing to say)."""
-        if self.search_pick is None or self.pick is None:
-            return None
+        if self.search_pick is None or self.pick is None or self.kept is not None:
+            return None  # kept: the pick is the baseline, not a candidate that could hold
         return self.search_pick in self.group
 
     def _result(self, number: int | None) -> CandidateResult | None:
@@ -123,7 +123,7 @@ class ValidationSummary:
                         f"takes about {need} deployments of each (`--validate-extra "
                         f"{(need - len(self.pick.deployments)) * len(self.group)}`)."
                     )
-        held = self.held if self.kept is None else None  # kept: the baseline, not a candidate
+        held = self.held
         if held is True:
             parts.append(f"The search's pick (trial {self.search_pick}) held.")
         elif held is False:

@@ -169,7 +169,7 @@ def _sureness(study: optuna.Study, rec: Recommendation) -> Line:
         f"about {noise.detectable(deployments, deployments):.0%}."
     )
     searched = metric_value(study, rec.trial, HIT)
-    if math.isfinite(searched) and v.pick.value > 0:
+    if math.isfinite(searched) and v.pick.value > 0 and v.kept is None:
         words += (
             f" The search measured it at {searched:.1f} ms on its own conversations "
             f"({(searched - v.pick.value) / v.pick.value * 100:+.0f} % against validation: "
@@ -195,7 +195,10 @@ def headline(study: optuna.Study, rec: Recommendation | None, root: Any = None) 
     if effect is not None:
         lines.append(effect)
     lines.append(_sureness(study, rec))
-    answers = guard_line(study, rec.trial)
+    base = baseline_trial(study)
+    answers = (
+        guard_line(study, rec.trial) if base is None or base.number != rec.trial.number else None
+    )
     if answers is not None:
         label, _, text = answers.partition(": ")
         lines.append(Line(label + ":", text))
