@@ -64,6 +64,11 @@ class Agreement:
         """How many probes answered differently."""
         return sum(d is not None for d in self.first_difference)
 
+    @property
+    def same(self) -> bool:
+        """Every probe answered as the reference did, tool calls included."""
+        return self.changed == 0 and self.tools_same in (None, 1.0)
+
 
 def _same_prefix(a: Sequence[int], b: Sequence[int]) -> int | None:
     """Index of the first differing token (None: identical)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 
 from tuner.decide import load_observations, study_noise
-from tuner.decide.guard import agreement
+from tuner.decide.guard import agreement, baseline_answers
 from tuner.metrics import METRICS
 from tuner.trial import StoredTrial, seed_trial
 
@@ -36,6 +36,7 @@ def main(folder: Path, baseline: str = "knob_baseline") -> None:
     assert base is not None, f"no completed {baseline!r} trial"
     done = [t for t in study.trials if StoredTrial(t).measured]
     obs = load_observations(study, folder, done)
+    reference = baseline_answers(study)
     print(f"Noise: {noise.words()}.\n")
     print("| configuration | HIT p50 ms | vs baseline | MISS p50 ms | vs baseline | ITL p50 ms "
           "| vs baseline | KV tokens | hit rate | answers |")
@@ -58,7 +59,7 @@ def main(folder: Path, baseline: str = "knob_baseline") -> None:
         cells.append(f"{kv / 1000:.0f} k" if isinstance(kv, int | float) else "–")
         rate = t.user_attrs.get("hit_rate_hit")
         cells.append(f"{rate:.2f}" if isinstance(rate, int | float) else "–")
-        agree = agreement(study, t)
+        agree = agreement(reference, t)
         if agree is None:
             cells.append("–")
         elif agree.changed:

@@ -15,7 +15,7 @@ from tuner.cli._common import trial_line
 from tuner.config import ObjectiveFile, load_seeds, load_space
 from tuner.config.objective import Bound
 from tuner.config.profile import Cost
-from tuner.decide.guard import agreement
+from tuner.decide.guard import agreement, baseline_answers
 from tuner.measure.guard import probes
 from tuner.measure.workload import AgentWorkload
 from tuner.report.headline import headline
@@ -101,7 +101,7 @@ def test_a_study_says_which_configuration_changed_the_answers(
     table = synthesis_frame(study).set_index("config")
     assert table.loc["fp8_kv", "answers_same"] == fp8.user_attrs["answers_same"]
     assert table.loc["baseline_reference", "answers_same"] == 1.0
-    agree = agreement(study, fp8)
+    agree = agreement(baseline_answers(study), fp8)
     assert agree is not None
     assert agree.changed == 6
 

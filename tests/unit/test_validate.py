@@ -19,6 +19,7 @@ from tuner.config.space import SearchSpace
 from tuner.decide import baseline_trial
 from tuner.report import recommend
 from tuner.report.headline import headline
+from tuner.report.recommend import Recommendation
 from tuner.schema import MeasurementsDoc, RequestRecord, TrialFolder
 from tuner.study import (
     RunSettings,
@@ -176,19 +177,31 @@ def _scripted(hit_by_candidate: dict[int, float]) -> Any:
     return evaluate
 
 
+def _validated_at(
+    tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile,
+    hits: tuple[float, float, float],
+) -> tuple[Recommendation, StudyPaths, tuple[int, int, int]]:  # fmt: skip
+    """A 5-deployment search, then validation of its pick, a runner-up and the baseline
+    measured at the scripted ``hits`` (in that order); the final recommendation."""
+    profile = fake_profile()
+    paths = _search(tmp_path, space, seeds, objective, profile, 5)
+    pick, runner, base = (c.number for c in _validator(paths, space, objective, profile).candidates)
+    script = dict(zip((pick, runner, base), hits, strict=True))
+    _validator(paths, space, objective, profile, evaluator=_scripted(script)).run()
+    final = recommend(load_study(paths), root=paths.root)
+    assert final is not None
+    assert final.validation is not None
+    return final, paths, (pick, runner, base)
+
+
 def test_a_pick_that_does_not_hold_is_flagged(
     tmp_path: Path, space: SearchSpace, seeds: tuple[Seed, ...], objective: ObjectiveFile
 ) -> None:
     """When the search's pick measures slower than a runner-up beyond the noise on fresh
     deployments, the runner-up is recommended and the report says the pick did not hold."""
-    profile = fake_profile()
-    paths = _search(tmp_path, space, seeds, objective, profile, 5)
-    validator = _validator(paths, space, objective, profile)
-    pick, runner, base = (c.number for c in validator.candidates)
-    script = {pick: 150.0, runner: 100.0, base: 300.0}
-    _validator(paths, space, objective, profile, evaluator=_scripted(script)).run()
-    final = recommend(load_study(paths), root=paths.root)
-    assert final is not None
+    final, _, (_, runner, _) = _validated_at(
+        tmp_path, space, seeds, objective, (150.0, 100.0, 300.0)
+    )
     assert final.validation is not None
     assert final.trial.number == runner
     assert final.validation.held is False
@@ -202,14 +215,9 @@ def test_the_baseline_stays_unless_a_candidate_beats_it_beyond_the_noise(
     """Fresh deployments put the baseline level with the fastest candidate (within the
     noise between deployments): the recommendation is to change nothing, and says so. A
     candidate far ahead of it is still recommended (the test above)."""
-    profile = fake_profile()
-    paths = _search(tmp_path, space, seeds, objective, profile, 5)
-    validator = _validator(paths, space, objective, profile)
-    pick, runner, base = (c.number for c in validator.candidates)
-    script = {pick: 100.0, runner: 130.0, base: 103.0}
-    _validator(paths, space, objective, profile, evaluator=_scripted(script)).run()
-    final = recommend(load_study(paths), root=paths.root)
-    assert final is not None
+    final, paths, (_, _, base) = _validated_at(
+        tmp_path, space, seeds, objective, (100.0, 130.0, 103.0)
+    )
     assert final.validation is not None
     assert final.trial.number == base
     assert final.validation.kept is not None

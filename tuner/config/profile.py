@@ -95,27 +95,33 @@ class ServerArgs(StrictModel):
         utilization, which is what the emulated machine runs."""
         if self.kv_budget is None:
             return list(flags)
-        out, util, i = [], DEFAULT_UTILIZATION, 0
-        while i < len(flags):
-            if flags[i] == "--gpu-memory-utilization" and i + 1 < len(flags):
-                util, i = float(flags[i + 1]), i + 2
-                continue
-            out.append(flags[i])
-            i += 1
-        return [*out, "--kv-cache-memory-bytes", str(self.kv_budget.kv_bytes(util))]
+        rest, util = _without_utilization(flags)
+        return [*rest, "--kv-cache-memory-bytes", str(self.kv_budget.kv_bytes(util))]
 
     def kv_budget_problem(self, flags: Sequence[str]) -> str | None:
         """Why the emulated budget leaves no KV cache at the flags' utilization (None: it
         leaves some)."""
         if self.kv_budget is None:
             return None
-        deployed = self.deployed_flags(flags)
-        if int(deployed[-1]) <= 0:
+        if self.kv_budget.kv_bytes(_without_utilization(flags)[1]) <= 0:
             return (
                 "at this gpu_memory_utilization the emulated cards' memory holds the weights "
                 "and overhead but no KV cache (server.kv_budget)"
             )
         return None
+
+
+def _without_utilization(flags: Sequence[str]) -> tuple[list[str], float]:
+    """The flags without ``--gpu-memory-utilization``, and its value (vLLM's default 0.9 when
+    absent)."""
+    out, util, i = [], DEFAULT_UTILIZATION, 0
+    while i < len(flags):
+        if flags[i] == "--gpu-memory-utilization" and i + 1 < len(flags):
+            util, i = float(flags[i + 1]), i + 2
+            continue
+        out.append(flags[i])
+        i += 1
+    return out, util
 
 
 class Cost(StrictModel):

@@ -139,10 +139,15 @@ class Dimension:
     into: str | None = None  # writes json_key into that dimension's JSON flag instead
 
     @property
+    def takes_null(self) -> bool:
+        """Whether ``null`` (the flag left to vLLM) is one of its values."""
+        return any(v is None for v in self.values)
+
+    @property
     def choices(self) -> tuple[ParamValue, ...]:
         """What a point may hold here: the values, and ``None`` for "absent" when conditional
         (the Optuna distribution)."""
-        if self.when and not any(v is None for v in self.values):
+        if self.when and not self.takes_null:
             return (None, *self.values)
         return self.values
 
@@ -155,12 +160,15 @@ class Dimension:
         """What a report calls this dimension."""
         return self.label or self.name
 
-    def to_flags(self, value: ParamValue) -> list[str]:
-        """Flags for ``value``: none for ``None``, the flag or its negation for booleans."""
+    def to_flags(self, value: ParamValue, parts: Params | None = None) -> list[str]:
+        """Flags for ``value``: none for ``None``, the flag or its negation for booleans; a
+        JSON flag's object holds ``value`` under ``json_key`` and the ``parts`` written into
+        it by other dimensions."""
         if value is None or self.flag is None:
             return []
         if self.json_key is not None:
-            return [self.flag, json.dumps({self.json_key: value})]
+            obj = {self.json_key: value, **(parts or {})}
+            return [self.flag, json.dumps(obj, separators=(",", ":"))]
         if isinstance(value, bool):
             if value:
                 return [self.flag]
@@ -236,7 +244,7 @@ class SearchSpace:
             value = params.get(d.name)
             if not d.active(out):
                 value = None
-            elif value is None and d.when and not any(v is None for v in d.values):
+            elif value is None and d.when and not d.takes_null:
                 value = d.values[0]
             out[d.name] = value
         return out
@@ -259,18 +267,13 @@ class SearchSpace:
         params = self.normalize(params) if self.conditional else params
         flags: list[str] = []
         for d in self.dimensions:
-            value = params[d.name]
-            if d.into is not None or value is None:
-                continue
-            if d.json_key is not None and d.flag is not None:
-                obj: dict[str, ParamValue] = {d.json_key: value}
-                for part in self.dimensions:
-                    if part.into == d.name and params[part.name] is not None:
-                        assert part.json_key is not None
-                        obj[part.json_key] = params[part.name]
-                flags += [d.flag, json.dumps(obj, separators=(",", ":"))]
-            else:
-                flags += d.to_flags(value)
+            if d.into is None:  # a dimension written into a JSON flag has no flag of its own
+                parts = {
+                    str(p.json_key): params[p.name]
+                    for p in self.dimensions
+                    if p.into == d.name and params[p.name] is not None
+                }
+                flags += d.to_flags(params[d.name], parts)
         return flags
 
     def to_env(self, params: Params) -> dict[str, str]:
@@ -301,7 +304,7 @@ class SearchSpace:
         out: dict[str, ParamValue] = {}
         for d in self.dimensions:
             if d.name not in params:
-                if d.active(out) and not any(v is None for v in d.values):
+                if d.active(out) and not d.takes_null:
                     raise ConfigError(f"missing value for {d.name}", key=where)
                 out[d.name] = None
                 continue

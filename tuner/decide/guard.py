@@ -20,7 +20,10 @@ from tuner.answers import Agreement, Answer, compare
 from tuner.decide.pick import baseline_trial
 from tuner.trial import Attr
 
-__all__ = ["agreement", "answers_of", "guard_attrs", "guard_line"]
+__all__ = ["NO_REFERENCE", "agreement", "answers_of", "baseline_answers", "guard_attrs",
+           "guard_line"]  # fmt: skip
+
+NO_REFERENCE = "no baseline answers yet"  # the note of a trial told before the baseline
 
 
 def answers_of(t: FrozenTrial | dict[str, Any]) -> list[Answer] | None:
@@ -40,7 +43,7 @@ def guard_attrs(
     out: dict[str, Any] = {Attr.GUARD_ANSWERS: [a.to_json() for a in mine]}
     notes = sorted({a.note for a in mine if a.note})
     if reference is None:
-        out[Attr.GUARD_NOTE] = "no baseline answers yet"
+        out[Attr.GUARD_NOTE] = NO_REFERENCE
         return out
     agree = compare(reference, mine)
     out.update(
@@ -53,22 +56,26 @@ def guard_attrs(
     return out
 
 
-def agreement(study: optuna.Study, t: FrozenTrial) -> Agreement | None:
-    """``t``'s answers against the baseline's, as stored (None: either has none)."""
+def baseline_answers(study: optuna.Study) -> list[Answer] | None:
+    """The baseline seed's stored answers: every trial's reference (None: none yet)."""
     base = baseline_trial(study)
-    ref = answers_of(base) if base is not None else None
+    return answers_of(base) if base is not None else None
+
+
+def agreement(reference: Sequence[Answer] | None, t: FrozenTrial) -> Agreement | None:
+    """``t``'s stored answers against ``reference`` (None: either is missing)."""
     mine = answers_of(t)
-    return compare(ref, mine) if ref is not None and mine is not None else None
+    return compare(reference, mine) if reference is not None and mine is not None else None
 
 
 def guard_line(study: optuna.Study, t: FrozenTrial) -> str | None:
     """One line on whether ``t`` answers as the baseline did (None: nothing to say)."""
-    agree = agreement(study, t)
+    agree = agreement(baseline_answers(study), t)
     if agree is None or math.isnan(agree.tokens_same):
         return None
     n = len(agree.first_difference)
     tools = f"; tool calls {agree.tools_same:.0%} the same" if agree.tools_same is not None else ""
-    if agree.changed == 0 and (agree.tools_same is None or agree.tools_same == 1.0):
+    if agree.same:
         return f"Answers: the same as the baseline's on all {n} greedy probes{tools}."
     return (
         f"Answers CHANGED: {agree.changed} of {n} greedy probes differ from the baseline's "

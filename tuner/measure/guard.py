@@ -105,12 +105,12 @@ def ask(
                 if isinstance(reply, str):
                     note = reply
                 else:
-                    out.append(_answer(reply, probe.tools, asked_tool=True))
+                    out.append(_answer(reply, probe.tools))
                     continue
             reply = _post(client, base_url, body)
             if isinstance(reply, str):
                 raise MeasureError(f"guard request refused: {reply}")
-            out.append(Answer(_answer(reply, None, asked_tool=False).tokens, note=note))
+            out.append(_answer(reply, None, note=note))
     return out
 
 
@@ -133,9 +133,10 @@ def _post(client: httpx.Client, base_url: str, body: dict[str, Any]) -> dict[str
     return doc
 
 
-def _answer(doc: dict[str, Any], tools: list[dict[str, Any]] | None, *, asked_tool: bool) -> Answer:
-    """The token ids of a non-streamed answer, and the tool its first call named if that call
-    parses (a known tool, JSON arguments)."""
+def _answer(doc: dict[str, Any], tools: list[dict[str, Any]] | None, note: str = "") -> Answer:
+    """The token ids of a non-streamed answer and, when it was asked for a tool call (with
+    ``tools``), the tool its first call named if that call parses (a known tool, JSON
+    arguments); ``note``: why a tool call was not asked."""
     try:
         choice = doc["choices"][0]
     except (KeyError, IndexError, TypeError) as exc:
@@ -148,12 +149,12 @@ def _answer(doc: dict[str, Any], tools: list[dict[str, Any]] | None, *, asked_to
         )
     tool = None
     calls = (choice.get("message") or {}).get("tool_calls") or []
-    if asked_tool and calls:
+    if tools is not None and calls:
         fn = calls[0].get("function") or {}
-        known = {(t.get("function") or {}).get("name") for t in tools or ()}
+        known = {(t.get("function") or {}).get("name") for t in tools}
         try:
             json.loads(fn.get("arguments") or "")
             tool = fn.get("name") if fn.get("name") in known else None
         except (ValueError, TypeError):
             tool = None
-    return Answer(tuple(int(x) for x in ids), tool, asked_tool=asked_tool)
+    return Answer(tuple(int(x) for x in ids), tool, asked_tool=tools is not None, note=note)

@@ -191,11 +191,11 @@ def headline(study: optuna.Study, rec: Recommendation | None, root: Any = None) 
     if rec is None:
         return [Line("Nothing to recommend yet:", "no trial completed.")]
     lines = [_changes(study, rec.trial)]
-    effect = _effect(study, rec, root, baseline_trial(study))
+    base = baseline_trial(study)
+    effect = _effect(study, rec, root, base)
     if effect is not None:
         lines.append(effect)
     lines.append(_sureness(study, rec))
-    base = baseline_trial(study)
     answers = (
         guard_line(study, rec.trial) if base is None or base.number != rec.trial.number else None
     )

@@ -12,7 +12,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.decide import baseline_trial
-from tuner.decide.guard import agreement
+from tuner.decide.guard import NO_REFERENCE, agreement, baseline_answers
 from tuner.errors import Reason
 from tuner.front import feasible
 from tuner.trial import Attr, StoredTrial, StudyAttr
@@ -80,6 +80,7 @@ def synthesis_frame(study: optuna.Study) -> pd.DataFrame:
     b_miss = _num(base.user_attrs.get("ttft_miss_ms")) if base else None
     b_hit = _num(base.user_attrs.get("ttft_hit_ms")) if base else None
     titles = dimension_titles(study)
+    reference = baseline_answers(study)
     rows: list[dict[str, Any]] = []
     done = (TrialState.COMPLETE, TrialState.FAIL)
     for t in study.get_trials(deepcopy=False, states=done):
@@ -105,7 +106,7 @@ def synthesis_frame(study: optuna.Study) -> pd.DataFrame:
             hit_rate=_num(a.get("hit_rate_hit")),
             # the guard against the baseline's answers, as stored (or computed now for a trial
             # measured before the baseline was)
-            answers_same=agree.tokens_same if (agree := agreement(study, t)) else None,
+            answers_same=agree.tokens_same if (agree := agreement(reference, t)) else None,
             meets_criteria=feasible(t),
             status=_status(t),
         )
@@ -162,6 +163,7 @@ def ranges_overlap(a: FrozenTrial, b: FrozenTrial, metric: str = "ttft_hit") -> 
 def quality_warnings(study: optuna.Study, front: list[FrozenTrial]) -> list[tuple[int, str]]:
     """(trial number, warning) for results that should not be trusted as they stand."""
     out: list[tuple[int, str]] = []
+    reference = baseline_answers(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if StoredTrial(t).duplicate_of is not None:
             continue
@@ -198,9 +200,8 @@ def quality_warnings(study: optuna.Study, front: list[FrozenTrial]) -> list[tupl
         n = a.get("n_hit")
         if isinstance(n, int) and n < MIN_SAMPLES:
             out.append((t.number, f"only {n} HIT samples"))
-        agree = agreement(study, t)
-        tools_changed = agree is not None and agree.tools_same not in (None, 1.0)
-        if agree is not None and (agree.changed or tools_changed):
+        agree = agreement(reference, t)
+        if agree is not None and not agree.same:
             tools = (
                 f", tool calls {agree.tools_same:.0%} the same"
                 if agree.tools_same is not None
@@ -209,7 +210,7 @@ def quality_warnings(study: optuna.Study, front: list[FrozenTrial]) -> list[tupl
             out.append((t.number, f"answers differ from the baseline's on {agree.changed} of "
                         f"{len(agree.first_difference)} greedy probes ({agree.tokens_same:.0%} "
                         f"of output tokens identical{tools})"))  # fmt: skip
-        elif a.get(Attr.GUARD_NOTE) and a.get(Attr.GUARD_NOTE) != "no baseline answers yet":
+        elif a.get(Attr.GUARD_NOTE) and a.get(Attr.GUARD_NOTE) != NO_REFERENCE:
             out.append((t.number, f"answer guard: {a[Attr.GUARD_NOTE]}"))
     for i, x in enumerate(front):
         for y in front[i + 1 :]:

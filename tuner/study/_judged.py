@@ -19,7 +19,7 @@ from tuner.config.objective import ObjectiveFile
 from tuner.decide.guard import answers_of, guard_attrs
 from tuner.trial import Attr, seed_trial
 
-__all__ = ["cost_per_mtok", "judged_attrs"]
+__all__ = ["cost_per_mtok", "is_baseline", "judged_attrs"]
 
 
 def cost_per_mtok(price_per_hour: float | None, good_tok_s: float) -> float:
@@ -32,7 +32,7 @@ def cost_per_mtok(price_per_hour: float | None, good_tok_s: float) -> float:
     return price_per_hour / (good_tok_s * 3600.0 / 1e6)
 
 
-def _is_baseline(trial: optuna.Trial, objective: ObjectiveFile) -> bool:
+def is_baseline(trial: optuna.Trial, objective: ObjectiveFile) -> bool:
     """Whether ``trial`` is the criteria's baseline seed (by name or alias)."""
     crit = objective.criteria
     if crit is None:
@@ -59,7 +59,7 @@ def judged_attrs(
         if guard_note:
             out[Attr.GUARD_NOTE] = guard_note
         return out
-    if _is_baseline(trial, objective):
+    if is_baseline(trial, objective):
         reference: Sequence[Answer] | None = answers
     else:
         crit = objective.criteria

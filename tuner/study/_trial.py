@@ -31,7 +31,7 @@ from tuner.measure import TrialMeasurement, measure
 from tuner.measure.guard import answers as ask_guard
 from tuner.metrics import METRICS, within_precision
 from tuner.schema import MeasurementsDoc, TrialFolder
-from tuner.study._judged import judged_attrs
+from tuner.study._judged import is_baseline, judged_attrs
 from tuner.study._stops import dominated_stop
 from tuner.study.artifacts import ArtifactStore, upload_files
 from tuner.trial import Attr, seed_trial
@@ -132,9 +132,7 @@ def set_constraints(
     if crit is None:
         return
     miss, hit = m.miss.median, m.hit.median
-    if trial.user_attrs.get(Attr.SEED_NAME) == crit.baseline or crit.baseline in (
-        trial.user_attrs.get(Attr.SEED_ALIASES) or ()
-    ):
+    if is_baseline(trial, objective):
         base_miss, base_hit = miss, hit
     else:
         base = seed_trial(study.get_trials(deepcopy=False), crit.baseline)
