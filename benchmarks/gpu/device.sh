@@ -3,7 +3,8 @@
 #   receive          move the staged part(s) carried in .stage/parts/ to /root/stage (one per call:
 #                    a transfer may be limited in size; benchmarks/gpu/stage.py makes them)
 #   install          untar, pip-install the wheels the machine lacks, build the test model
-#                    (MODEL_ARGS="hidden layers heads kv_heads vocab", default "4096 32 16 8 32000":
+#                    (MODEL_ARGS="hidden layers heads kv_heads vocab", default "4096 32 16 8 32000";
+#                    WEIGHTS=dummy: config and tokenizer only, for --load-format dummy;
 #                    the 6.3 B model of the first study; MODEL_DIR, default /root/model6b)
 #   study NAME N [PROFILE [OBJECTIVE [SEEDS]]]
 #                    tuner optimize until study NAME holds N deployments (resumes it); defaults:

@@ -41,6 +41,26 @@ def test_the_utilization_becomes_the_emulated_cards_kv_bytes() -> None:
     assert server.kv_budget_problem(["--gpu-memory-utilization", "0.9"]) is None
 
 
+def test_a_cache_shorter_than_one_max_model_len_request_is_refused_before_deploying() -> None:
+    """vLLM refuses to start when its KV cache cannot hold one ``max_model_len`` request: at
+    131072 on the mission's cards every bf16 utilization up to 0.95 (98 k tokens) is refused,
+    fp8 KV (twice the tokens) fits from 0.85 (156 k); without the model's bytes per token
+    the budget cannot tell."""
+    shaped = MISSION.model_copy(update={"kv_bytes_per_token": 64 * 8 * 128 * 2 * 2})
+    server = ServerArgs(model="m", max_model_len=131072, kv_budget=shaped)
+    bf16 = server.kv_budget_problem(["--gpu-memory-utilization", "0.95"])
+    assert bf16 is not None and "97894 tokens" in bf16 and "131072" in bf16
+    fp8 = ["--kv-cache-dtype", "fp8"]
+    assert server.kv_budget_problem(["--gpu-memory-utilization", "0.85", *fp8]) is None
+    assert shaped.kv_tokens(0.85, "fp8") == shaped.kv_bytes(0.85) // (128 * 1024) == 156467
+    low = server.kv_budget_problem(["--gpu-memory-utilization", "0.85", "--kv-cache-dtype=fp8"])
+    assert low is None
+    shorter = server.model_copy(update={"max_model_len": 65536})
+    assert shorter.kv_budget_problem(["--gpu-memory-utilization", "0.90"]) is None
+    unknown = server.model_copy(update={"kv_budget": MISSION})
+    assert unknown.kv_budget_problem(["--gpu-memory-utilization", "0.95"]) is None
+
+
 def test_a_study_deploys_the_budget_and_stores_the_utilization(
     tmp_path: Path, space: SearchSpace, objective: ObjectiveFile
 ) -> None:

@@ -37,12 +37,23 @@ class KvBudget(StrictModel):
     holding ``weights_gib`` of weights (all cards together) and ``overhead_gib`` per card
     (activations, CUDA graphs, the communication buffers): the server is started with
     ``--kv-cache-memory-bytes`` = u x cards x card_gib - weights_gib - cards x overhead_gib
-    (GiB), and without ``--gpu-memory-utilization``."""
+    (GiB), and without ``--gpu-memory-utilization``. With ``kv_bytes_per_token`` (the
+    emulated model's, at 16 bits: layers x KV heads x head size x 2 x 2 bytes; fp8 KV holds
+    twice the tokens), a utilization whose cache cannot hold one ``max_model_len`` request is
+    refused before deploying, as vLLM refuses it at start-up."""
 
     cards: int = Field(ge=1)
     card_gib: float = Field(gt=0)
     weights_gib: float = Field(ge=0)
     overhead_gib: float = Field(ge=0)
+    kv_bytes_per_token: int | None = Field(default=None, gt=0)
+
+    def kv_tokens(self, utilization: float, dtype: str) -> int | None:
+        """Tokens the cache holds at ``utilization`` with KV dtype ``dtype`` (None: unknown)."""
+        if self.kv_bytes_per_token is None:
+            return None
+        per_token = self.kv_bytes_per_token // (2 if dtype.startswith("fp8") else 1)
+        return max(0, self.kv_bytes(utilization)) // per_token
 
     def kv_bytes(self, utilization: float) -> int:
         """The KV cache's bytes at ``utilization`` (<= 0: nothing left for it)."""
@@ -103,12 +114,32 @@ class ServerArgs(StrictModel):
         leaves some)."""
         if self.kv_budget is None:
             return None
-        if self.kv_budget.kv_bytes(_without_utilization(flags)[1]) <= 0:
+        util = _without_utilization(flags)[1]
+        if self.kv_budget.kv_bytes(util) <= 0:
             return (
                 "at this gpu_memory_utilization the emulated cards' memory holds the weights "
                 "and overhead but no KV cache (server.kv_budget)"
             )
+        dtype = _flag_value(flags, "--kv-cache-dtype") or "auto"
+        tokens = self.kv_budget.kv_tokens(util, dtype)
+        if tokens is not None and self.max_model_len and tokens < self.max_model_len:
+            return (
+                f"at gpu_memory_utilization {util:g} the emulated cards leave a KV cache of "
+                f"{tokens} tokens ({dtype} KV), less than one max_model_len "
+                f"({self.max_model_len}) request: vLLM refuses to start (server.kv_budget); "
+                "fp8 KV, a higher utilization or a shorter max_model_len would fit"
+            )
         return None
+
+
+def _flag_value(flags: Sequence[str], name: str) -> str | None:
+    """The value after ``name`` in ``flags`` (``--name=value`` too), None when absent."""
+    for i, flag in enumerate(flags):
+        if flag == name and i + 1 < len(flags):
+            return flags[i + 1]
+        if flag.startswith(name + "="):
+            return flag.split("=", 1)[1]
+    return None
 
 
 def _without_utilization(flags: Sequence[str]) -> tuple[list[str], float]:
