@@ -91,7 +91,7 @@ remeasure)
   name=${2:?usage: device.sh remeasure NAME TRIALS ROUNDS [PROFILE [OBJECTIVE]]}
   if [ ! -d "$ST/$name" ] && [ -n "${RESUME:-}" ]; then cp -r "$RESUME" "$ST/$name"; fi
   timeout -s TERM "${BUDGET_S:-500}" python3 benchmarks/gpu/remeasure.py "$ST" "$name" "${3:?TRIALS}" \
-    "${4:-2}" "$(( ${BUDGET_S:-500} - 80 ))" "${5:-benchmarks/gpu/h100.yaml}" "${6:-benchmarks/gpu/agent_long.yaml}"
+    "${4:-2}" "$(( ${BUDGET_S:-500} - 80 ))" "${5:-benchmarks/gpu/h100.yaml}" "${6:-benchmarks/gpu/agent_long.yaml}" "${7:-search_spaces/seed_192.yaml}"
   echo "remeasure rc=$?"
   collect
   ;;

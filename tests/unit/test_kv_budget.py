@@ -12,6 +12,7 @@ from tuner.config import ObjectiveFile
 from tuner.config.profile import KvBudget, ServerArgs
 from tuner.config.seeds import Seed
 from tuner.config.space import SearchSpace
+from tuner.report import write_report
 from tuner.study import RunSettings, StudyPaths, StudyRunner, load_study
 from tuner.testing import fake_profile
 from tuner.trial import StoredTrial
@@ -49,7 +50,9 @@ def test_a_cache_shorter_than_one_max_model_len_request_is_refused_before_deploy
     shaped = MISSION.model_copy(update={"kv_bytes_per_token": 64 * 8 * 128 * 2 * 2})
     server = ServerArgs(model="m", max_model_len=131072, kv_budget=shaped)
     bf16 = server.kv_budget_problem(["--gpu-memory-utilization", "0.95"])
-    assert bf16 is not None and "97894 tokens" in bf16 and "131072" in bf16
+    assert bf16 is not None
+    assert "97894 tokens" in bf16
+    assert "131072" in bf16
     fp8 = ["--kv-cache-dtype", "fp8"]
     assert server.kv_budget_problem(["--gpu-memory-utilization", "0.85", *fp8]) is None
     assert shaped.kv_tokens(0.85, "fp8") == shaped.kv_bytes(0.85) // (128 * 1024) == 156467
@@ -75,7 +78,9 @@ def test_a_study_deploys_the_budget_and_stores_the_utilization(
     profile = profile.model_copy(
         update={"server": profile.server.model_copy(update={"kv_budget": squeezed})}
     )
-    seeds = (Seed("fits", {**base, "gpu_memory_utilization": 0.95}), Seed("no_room", base))
+    # the refused one is the criteria's baseline: the report says why nothing is judged
+    seeds = (Seed("fits", {**base, "gpu_memory_utilization": 0.95}),
+             Seed("baseline_reference", base))  # fmt: skip
     StudyRunner(paths=StudyPaths.create("s", tmp_path), space=space, seeds=seeds,
                 objective=objective, profile=profile,
                 settings=RunSettings(n_trials=2, sampler_seed=1)).run()  # fmt: skip
@@ -86,5 +91,10 @@ def test_a_study_deploys_the_budget_and_stores_the_utilization(
     argv = json.loads((Path(fits.user_attrs["trial_dir"]) / "command.json").read_text())["argv"]
     assert "--gpu-memory-utilization" not in argv
     assert int(argv[argv.index("--kv-cache-memory-bytes") + 1]) == squeezed.kv_bytes(0.95)
-    assert by["no_room"].user_attrs["reason"] == "invalid"
-    assert "no KV cache" in by["no_room"].user_attrs["error"]
+    refused = by["baseline_reference"]
+    assert refused.user_attrs["reason"] == "invalid"
+    assert "no KV cache" in refused.user_attrs["error"]
+    md = write_report(study, tmp_path / "r")["report_md"].read_text()
+    line = next(x for x in md.splitlines() if x.startswith("Baseline:"))
+    assert f"trial {refused.number} invalid: at this gpu_memory_utilization" in line
+    assert "no trial can be judged against it" in line

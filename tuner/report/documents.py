@@ -24,9 +24,15 @@ from tuner.report.model import (
 )
 from tuner.report.pareto import write_pareto
 from tuner.report.recommend import Recommendation, Rule
-from tuner.trial import Attr, StudyAttr
+from tuner.trial import Attr, StoredTrial, StudyAttr
 
 __all__ = ["Report", "build_report", "md_table", "write_report"]
+
+
+def _first_line(attrs: dict[str, object]) -> str:
+    """The first line of a failed trial's error."""
+    lines = str(attrs.get("error") or "").strip().splitlines()
+    return lines[0] if lines else "no message"
 
 
 def _criteria_lines(rep: Report) -> list[str]:
@@ -36,14 +42,22 @@ def _criteria_lines(rep: Report) -> list[str]:
     if not crit:
         return ["No success criteria in the objective file."]
     base = baseline_trial(rep.study)
-    lines = [
-        f"Baseline: `{crit['baseline']}`"
-        + (
+    if base is not None:
+        state = (
             f" (trial {base.number}: MISS {base.user_attrs['ttft_miss_ms']:.1f} ms, "
             f"HIT {base.user_attrs['ttft_hit_ms']:.1f} ms)"
-            if base
+        )
+    else:
+        failed = [t for t in rep.study.trials if StoredTrial(t).is_seed(crit["baseline"])]
+        reason = failed[-1].user_attrs.get("reason") if failed else None
+        state = (
+            f" (trial {failed[-1].number} {reason}: {_first_line(failed[-1].user_attrs)}; "
+            "no trial can be judged against it)"
+            if reason
             else " (not measured yet: no trial can be judged)"
-        ),
+        )
+    lines = [
+        f"Baseline: `{crit['baseline']}`{state}",
         f"- TTFT MISS <= {crit['miss_max_ratio']:g} x baseline MISS",
         f"- TTFT HIT <= {crit['hit_max_ratio']:g} x baseline HIT",
         f"- MISS/HIT speed-up >= {crit['min_speedup']:g}",

@@ -225,10 +225,11 @@ def _group_words(study: optuna.Study, group: Group, best: FrozenTrial) -> str:
     base = "the baseline" if ref is not None else "vLLM's defaults"
     if len(group.members) == 1:
         return (
-            f"{_label(best)} is faster on TTFT HIT than every other candidate: each is beyond the "
-            "noise (its 95 % Bonferroni-corrected interval excludes 0"
+            f"{_label(best)} has the lowest TTFT HIT and no other candidate is level with it: "
+            "each is beyond the noise (its 95 % Bonferroni-corrected interval excludes 0"
             + (f", carrying {group.noise.words()}" if group.noise is not None else "")
-            + f") or more than {TIE:.0%} slower ({group.comparisons} difference(s) tested)."
+            + f") or more than {TIE:.0%} slower on its estimate, which the noise may not carry "
+            f"(the lines below say which; {group.comparisons} difference(s) tested)."
         )
     nums = sorted(t.number for t in group.members)
     listed = ", ".join(str(n) for n in nums[:-1]) + f" and {nums[-1]}"
