@@ -3,15 +3,15 @@
 #   receive          move the staged part(s) carried in .stage/parts/ to /root/stage (one per call:
 #                    a transfer may be limited in size; benchmarks/gpu/stage.py makes them)
 #   install          untar, pip-install the wheels the machine lacks, build the test model
-#                    (MODEL_ARGS="hidden layers heads kv_heads vocab", default "4096 32 16 8 32000";
-#                    WEIGHTS=dummy: config and tokenizer only, for --load-format dummy;
-#                    the 6.3 B model of the first study; MODEL_DIR, default /root/model6b)
+#                    (MODEL_ARGS="hidden layers heads kv_heads vocab", default "4096 32 16 8 32000":
+#                    the 6.3 B model of the first study; MODEL_DIR, default /root/model6b;
+#                    WEIGHTS=dummy: config and tokenizer only, for --load-format dummy)
 #   study NAME N [PROFILE [OBJECTIVE [SEEDS]]]
 #                    tuner optimize until study NAME holds N deployments (resumes it); defaults:
 #                    benchmarks/gpu/h100.yaml, benchmarks/gpu/agent_long.yaml, configs/strategic_12.yaml.
 #                    RESUME=DIR starts a fresh machine from a committed study folder (copied once).
 #                    EXTRA="..." more `tuner optimize` options (e.g. --no-validate, --validate-top 3)
-#   remeasure NAME TRIALS ROUNDS [PROFILE [OBJECTIVE]]
+#   remeasure NAME TRIALS ROUNDS [PROFILE [OBJECTIVE [SPACE]]]
 #                    re-deploy trials (e.g. 36,2,10) of study NAME in interleaved validation rounds
 #                    on held-out conversations (benchmarks/gpu/remeasure.py); RESUME=DIR as above
 #   noise [K [SEED [PROFILE [OBJECTIVE]]]]
