@@ -23,6 +23,7 @@ from tuner.config import (
     ServerArgs,
 )
 from tuner.deploy import DEPLOYER_KINDS, Deployer, classify_exit, make_deployer
+from tuner.deploy.base import exit_cause, exited_message
 from tuner.deploy.local import free_port
 from tuner.errors import ServerExited, StartupTimeout
 from tuner.testing import fake_profile, fake_server
@@ -284,6 +285,34 @@ class TestClassify:
         """GPU vLLM: SchedulerConfig refusal → invalid; a GPU already held by another process → oom,
         also when only one rank of a tensor-parallel server meets it."""
         assert classify_exit(1, (DATA / name).read_text()) == reason
+
+    @pytest.mark.parametrize(
+        ("name", "cause"),
+        [
+            # the mission's baseline on its emulated cards, H200, vLLM 0.25.0
+            # (benchmarks/results/gpu/h200_mission): vLLM's own line, not the API server's wrapper
+            ("vllm_gpu_kv_shorter_than_max_len.log",
+             "ValueError: To serve at least one request with the model's max seq len (131072)"),
+            ("vllm_gpu_memory_held.log", "ValueError: Free memory on device cuda:0 (18.15/79.18 GiB)"),
+            ("vllm_invalid_budget.log", "ValidationError: 1 validation error for SchedulerConfig: "
+             "Value error, max_num_batched_tokens (2048) is smaller than max_model_len (4096)"),
+        ],
+    )  # fmt: skip
+    def test_the_failure_names_the_error_the_log_ends_with(self, name: str, cause: str) -> None:
+        """A server that exits says why in one line: the error its log names, the wrappers
+        vLLM's API server adds after it skipped; nothing added when the log names none."""
+        log = (DATA / name).read_text()
+        said = exited_message("server", 1, classify_exit(1, log), log)
+        assert said.startswith(f"server exited with status 1 ({classify_exit(1, log)}): {cause}")
+        assert "root cause" not in said
+        assert len(said) < 500
+        assert (
+            exited_message("server", -9, "oom", "killed\n") == "server exited with status -9 (oom)"
+        )
+        assert (
+            exit_cause("RuntimeError: Engine core initialization failed. See root cause above.")
+            is None
+        )
 
     @pytest.mark.parametrize(
         ("rc", "log", "reason"),

@@ -30,6 +30,8 @@ __all__ = [
     "Endpoint",
     "InProcessDeployer",
     "classify_exit",
+    "exit_cause",
+    "exited_message",
     "confined",
     "said",
     "tail",
@@ -96,6 +98,35 @@ _INVALID = re.compile(
     r"validation error for \w+Config|unrecognized arguments|invalid choice|"
     r"error: argument --|is not supported|ValueError: .*must be",
 )
+
+
+_CAUSE = re.compile(r"\b([A-Z]\w*(?:Error|Exception)): (.+)$")
+# vLLM's API server re-raises the engine's failure as these: the cause is logged before them
+_WRAPPER = re.compile(r"root cause|initialization failed|Failed core proc")
+
+
+def exit_cause(log: str, limit: int = 400) -> str | None:
+    """The error that ended a server, in one line from its log: the last ``XError: message``
+    that is not a wrapper of an earlier one (a pydantic validation error with its first
+    detail line). None when the log names none."""
+    lines = log.splitlines()
+    found = [
+        (i, m) for i, line in enumerate(lines)
+        if (m := _CAUSE.search(line)) and not _WRAPPER.search(line)
+    ]  # fmt: skip
+    if not found:
+        return None
+    i, m = found[-1]
+    cause = f"{m.group(1)}: {m.group(2).strip()}"
+    if m.group(1) == "ValidationError" and i + 1 < len(lines):
+        cause += f": {lines[i + 1].strip().split(' [type=')[0]}"
+    return cause if len(cause) <= limit else cause[: limit - 3] + "..."
+
+
+def exited_message(what: str, returncode: int | None, reason: str, log: str) -> str:
+    """``what exited with status N (reason)``, then the error the log names, if any."""
+    cause = exit_cause(log)
+    return f"{what} exited with status {returncode} ({reason})" + (f": {cause}" if cause else "")
 
 
 def classify_exit(returncode: int | None, log: str) -> str:

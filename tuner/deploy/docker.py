@@ -18,7 +18,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest
 
 from tuner.config.profile import DEFAULT_DEPLOYMENT, DEFAULT_PORT, DockerConfig, Profile
-from tuner.deploy.base import BaseDeployer, classify_exit, confined, said, tail
+from tuner.deploy.base import BaseDeployer, classify_exit, confined, exited_message, said, tail
 from tuner.deploy.local import deferred_interrupts
 from tuner.errors import ConfigError, DeployError, EnvironmentFault, ServerExited, TunerError
 from tuner.types import Endpoint, WorkerSlot
@@ -100,9 +100,7 @@ def container_exited(state: dict[str, Any], log: str, what: str) -> ServerExited
         return None
     rc = int(state.get("ExitCode", -1))
     reason = "oom" if state.get("OOMKilled") else classify_exit(rc, log)
-    return ServerExited(
-        f"{what} exited with status {rc} ({reason})", reason=reason, log_tail=tail(log)
-    )
+    return ServerExited(exited_message(what, rc, reason, log), reason=reason, log_tail=tail(log))
 
 
 def _gpu_requests(gpus: str | list[str]) -> list[DeviceRequest]:

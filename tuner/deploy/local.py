@@ -17,7 +17,7 @@ from typing import IO, Any
 from tuner.config.profile import DEFAULT_DEPLOYMENT, DEFAULT_PORT, LocalConfig, Profile
 from tuner.deploy._identity import check_served_by, free_port
 from tuner.deploy._records import forget, reclaim_processes, remember
-from tuner.deploy.base import BaseDeployer, classify_exit, confined, said, tail
+from tuner.deploy.base import BaseDeployer, classify_exit, confined, exited_message, said, tail
 from tuner.errors import DeployError, ServerExited
 from tuner.types import Endpoint, WorkerSlot
 
@@ -165,7 +165,7 @@ class LocalDeployer(BaseDeployer):
             log = self._read_log()
             reason = classify_exit(rc, log)
             raise ServerExited(
-                f"server exited with status {rc} ({reason})", reason=reason, log_tail=tail(log)
+                exited_message("server", rc, reason, log), reason=reason, log_tail=tail(log)
             )
 
     def wait_ready(self) -> float:
