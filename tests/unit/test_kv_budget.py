@@ -58,6 +58,10 @@ def test_a_cache_shorter_than_one_max_model_len_request_is_refused_before_deploy
     assert shaped.kv_tokens(0.85, "fp8") == shaped.kv_bytes(0.85) // (128 * 1024) == 156467
     low = server.kv_budget_problem(["--gpu-memory-utilization", "0.85", "--kv-cache-dtype=fp8"])
     assert low is None
+    # fp8 fixed by the profile counts too; a trial's own dtype after it wins
+    fixed = server.model_copy(update={"extra_args": ["--kv-cache-dtype", "fp8"]})
+    assert fixed.kv_budget_problem(["--gpu-memory-utilization", "0.95"]) is None
+    assert fixed.kv_budget_problem(["--kv-cache-dtype", "auto"]) is not None
     shorter = server.model_copy(update={"max_model_len": 65536})
     assert shorter.kv_budget_problem(["--gpu-memory-utilization", "0.90"]) is None
     unknown = server.model_copy(update={"kv_budget": MISSION})

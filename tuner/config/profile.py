@@ -120,7 +120,8 @@ class ServerArgs(StrictModel):
                 "at this gpu_memory_utilization the emulated cards' memory holds the weights "
                 "and overhead but no KV cache (server.kv_budget)"
             )
-        dtype = _flag_value(flags, "--kv-cache-dtype") or "auto"
+        # the trial's flags after the profile's fixed ones: vLLM keeps the last
+        dtype = _flag_value([*self.extra_args, *flags], "--kv-cache-dtype") or "auto"
         tokens = self.kv_budget.kv_tokens(util, dtype)
         if tokens is not None and self.max_model_len and tokens < self.max_model_len:
             return (
@@ -133,13 +134,14 @@ class ServerArgs(StrictModel):
 
 
 def _flag_value(flags: Sequence[str], name: str) -> str | None:
-    """The value after ``name`` in ``flags`` (``--name=value`` too), None when absent."""
+    """The last value given to ``name`` in ``flags`` (``--name=value`` too), None when absent."""
+    value = None
     for i, flag in enumerate(flags):
         if flag == name and i + 1 < len(flags):
-            return flags[i + 1]
-        if flag.startswith(name + "="):
-            return flag.split("=", 1)[1]
-    return None
+            value = flags[i + 1]
+        elif flag.startswith(name + "="):
+            value = flag.split("=", 1)[1]
+    return value
 
 
 def _without_utilization(flags: Sequence[str]) -> tuple[list[str], float]:
