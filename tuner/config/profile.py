@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import Field
 
 from tuner.config._yaml import StrictModel, load_model
+from tuner.config.rules import parse_flags
 
 __all__ = [
     "DEFAULT_DEPLOYMENT",
@@ -121,7 +122,7 @@ class ServerArgs(StrictModel):
                 "and overhead but no KV cache (server.kv_budget)"
             )
         # the trial's flags after the profile's fixed ones: vLLM keeps the last
-        dtype = _flag_value([*self.extra_args, *flags], "--kv-cache-dtype") or "auto"
+        dtype = parse_flags([*self.extra_args, *flags]).get("--kv-cache-dtype") or "auto"
         tokens = self.kv_budget.kv_tokens(util, dtype)
         if tokens is not None and self.max_model_len and tokens < self.max_model_len:
             return (
@@ -131,17 +132,6 @@ class ServerArgs(StrictModel):
                 "fp8 KV, a higher utilization or a shorter max_model_len would fit"
             )
         return None
-
-
-def _flag_value(flags: Sequence[str], name: str) -> str | None:
-    """The last value given to ``name`` in ``flags`` (``--name=value`` too), None when absent."""
-    value = None
-    for i, flag in enumerate(flags):
-        if flag == name and i + 1 < len(flags):
-            value = flags[i + 1]
-        elif flag.startswith(name + "="):
-            value = flag.split("=", 1)[1]
-    return value
 
 
 def _without_utilization(flags: Sequence[str]) -> tuple[list[str], float]:
