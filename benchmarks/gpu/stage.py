@@ -2,7 +2,7 @@
 
 For a GPU machine with Python 3.12, torch 2.11.0+cu130 and transformers, but no vLLM and no network.
 This downloads, on a machine with PyPI, every wheel the GPU side lacks, then tars and splits them into
-parts small enough for one transfer each (62 MB, for transfers limited to 64 MiB).
+parts small enough for one transfer each: a transfer is limited to 64 MiB, the working tree included.
 
 Usage: python benchmarks/gpu/stage.py [DIR]   (default .stage/)
   DIR/work/    the downloads (vLLM wheel, wh/, report.json, pins.txt): kept to re-stage quickly
@@ -41,8 +41,20 @@ EXTRA = [
     # imported by the tuner at start-up (the deployers, the dashboard): missing, nothing runs
     "docker>=7", "optuna-dashboard>=0.17", "sqlalchemy>=2.0",
 ]
-# The working tree travels with every call too (14 MiB with the committed results): leave room.
-PART_BYTES = 47_000_000
+# One transfer holds 64 MiB, and the working tree travels with every part (21 MB with the committed
+# results): a part is what the tree leaves, less a margin for files a run adds before it.
+TRANSFER_BYTES = 64 * 2**20
+MARGIN_BYTES = 3 * 2**20
+
+
+def part_bytes() -> int:
+    """The largest part that travels with this checkout's tracked files in one transfer."""
+    names = subprocess.run(["git", "ls-files", "-z"], capture_output=True, check=True).stdout
+    tree = sum(Path(n).stat().st_size for n in names.decode().split("\0") if n and Path(n).is_file())
+    size = TRANSFER_BYTES - tree - MARGIN_BYTES
+    if size < 8 * 2**20:
+        raise SystemExit(f"the working tree ({tree / 2**20:.0f} MiB) leaves no room for a part")
+    return size
 
 
 def norm(name: str) -> str:
@@ -93,11 +105,11 @@ def main() -> None:
         for f in sorted(wh.glob("*.whl")):
             tar.add(f, arcname=f"wh/{f.name}")
     data = tar_path.read_bytes()
-    for i in range(0, len(data), PART_BYTES):
-        idx = i // PART_BYTES
-        (parts / f"part_{idx:02d}").write_bytes(data[i : i + PART_BYTES])
+    n = -(-len(data) // part_bytes())
+    size = -(-len(data) // n)  # n parts of equal size
+    for idx in range(n):
+        (parts / f"part_{idx:02d}").write_bytes(data[idx * size : (idx + 1) * size])
     tar_path.unlink()
-    n = -(-len(data) // PART_BYTES)
     print(f"{len(pins)} dependency wheels + vLLM, {len(data) / 1e6:.0f} MB in {n} parts in {parts}/")
     print("carry one per call: " + ", ".join(f'"{parts}/part_{i:02d}"' for i in range(n)))
 
