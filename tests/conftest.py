@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -26,6 +29,86 @@ BASE_POINT: dict[str, object] = {
     "max_num_seqs": None,
     "max_num_batched_tokens": None,
 }
+
+
+def _cpu_bind() -> str:
+    """The core a vLLM-CPU server of this test process binds its compute threads to: its own
+    core per pytest-xdist worker (``gw0`` -> 0, ``gw1`` -> 1, ...), else vLLM's default. vLLM-CPU
+    binds every server to core 0 by default: two workers' servers then share one core (a fixed
+    load took 24 s on each of two servers at once, 13-15 s with a core each, on 2 cores)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return "auto"
+    return str(int(worker[2:]) % (os.cpu_count() or 1))
+
+
+# Local servers inherit it; docker and compose tests write it into the container's environment.
+CPU_BIND = os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_bind())
+
+
+def _uses_docker(node: pytest.Item | pytest.Collector) -> bool:
+    """Whether a test (or a module) uses the Docker Engine: marked ``docker``, or a contract
+    test of the docker or compose deployer."""
+    callspec = getattr(node, "callspec", None)
+    kind = callspec.params.get("deployer") if callspec is not None else None
+    return node.get_closest_marker("docker") is not None or kind in ("docker", "compose")
+
+
+class _EngineTurn:
+    """One test process at a time uses the Docker Engine: the tests that do list and remove
+    the tool's labelled containers (and the compose tests a fixed project), and another
+    pytest-xdist worker's would see, or lose, its own. A lock file shared by the workers,
+    taken once per process however deeply it is asked for (module, then test)."""
+
+    def __init__(self) -> None:
+        self._file: IO[str] | None = None
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def held(self, folder: Path) -> Iterator[None]:
+        if self._depth == 0:
+            self._file = (folder / "docker-engine.lock").open("w")
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._file is not None:
+                fcntl.flock(self._file, fcntl.LOCK_UN)
+                self._file.close()
+                self._file = None
+
+
+_ENGINE_TURN = _EngineTurn()
+
+
+@pytest.fixture(scope="session")
+def _lock_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every worker of this run shares (the parent of each worker's base temp)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _docker_module_turn(request: pytest.FixtureRequest, _lock_folder: Path) -> Iterator[None]:
+    """A module of docker tests holds the engine from its first module fixture to its last
+    (the compose stack lives across its tests)."""
+    if not _uses_docker(request.node):
+        yield
+        return
+    with _ENGINE_TURN.held(_lock_folder):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _docker_test_turn(request: pytest.FixtureRequest, _lock_folder: Path) -> Iterator[None]:
+    """A docker test in a module of others holds the engine for itself."""
+    if not _uses_docker(request.node):
+        yield
+        return
+    with _ENGINE_TURN.held(_lock_folder):
+        yield
 
 
 def docker_engine() -> Any:
@@ -76,6 +159,7 @@ def objective() -> ObjectiveFile:
 
 __all__ = [
     "BASE_POINT",
+    "CPU_BIND",
     "FAST_WORKLOAD",
     "ROOT",
     "docker_engine",

@@ -25,7 +25,7 @@ from tests.conftest import HOST_ENV_IMAGE, docker_engine, host_env_mounts
 from tuner.deploy.compose import compose_command
 from tuner.deploy.local import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
 docker = pytest.importorskip("docker")
 
 PY = sys.executable

@@ -20,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import HOST_ENV_IMAGE, docker_engine, host_env_mounts
+from tests.conftest import CPU_BIND, HOST_ENV_IMAGE, docker_engine, host_env_mounts
 from tests.integration.conftest import OBJECTIVE
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -62,7 +62,7 @@ deployer:
   entrypoint: [{ROOT}/.venv/bin/python, -m, vllm.entrypoints.openai.api_server]
   gpus: none
   network: host
-  env: {{VLLM_CPU_KVCACHE_SPACE: "1", HOME: /tmp}}
+  env: {{VLLM_CPU_KVCACHE_SPACE: "1", VLLM_CPU_OMP_THREADS_BIND: "{CPU_BIND}", HOME: /tmp}}
   volumes:
 {vols}
   shm_size: 1g
@@ -165,6 +165,7 @@ services:
     entrypoint: ["{root}/.venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     environment:
       - VLLM_CPU_KVCACHE_SPACE=1
+      - VLLM_CPU_OMP_THREADS_BIND={bind}
       - HOME=/tmp
     tmpfs: [/tmp]
     volumes:
@@ -192,7 +193,9 @@ def _compose_setup(tmp: Path, model: Path, port: int) -> tuple[Path, str]:
     vols = "\n".join(f'      - "{h}:{c}"' for h, c in host_env_mounts(model).items())
     compose = tmp / "app" / "docker-compose.yml"
     compose.parent.mkdir()
-    compose.write_text(COMPOSE.format(image=IMAGE, root=ROOT, volumes=vols, model=model, port=port))
+    compose.write_text(
+        COMPOSE.format(image=IMAGE, root=ROOT, volumes=vols, model=model, port=port, bind=CPU_BIND)
+    )
     profile = f"""\
 name: compose_cpu
 server: {{model: {model}, served_model_name: tiny-llama, max_model_len: 4096}}

@@ -330,6 +330,7 @@ class TestClassify:
         assert classify_exit(rc, log) == reason
 
 
+@pytest.mark.docker
 class TestDocker:
     def test_crash_and_labels_and_secrets(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -172,7 +172,7 @@ class TestConstraints:
         t = by_seed(study)
         assert t["baseline_reference"].constraints["hit_vs_baseline"] == pytest.approx(0.3)
         assert t["baseline_reference"].constraints["miss_vs_baseline"] == pytest.approx(-0.2)
-        assert all(v <= 0 for v in t["prefix"].constraints.values())
+        assert all(v <= 0 for v in t["prefix"].constraints.values()), t["prefix"].constraints
         assert [b.number for b in study.best_trials] == [t["prefix"].number]
 
 

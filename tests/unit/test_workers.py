@@ -182,6 +182,7 @@ def test_heartbeat_warning_is_only_ours_to_silence(tmp_path: Path) -> None:
     assert any("Heartbeat of storage" in str(w.message) for w in caught)
 
 
+@pytest.mark.docker  # without a study, `tuner cleanup` removes every labelled container
 def test_cleanup_refuses_while_a_worker_runs(tmp_path: Path) -> None:
     """`tuner cleanup` stops what dead runs left; a live worker's server is not its to stop."""
     import subprocess
